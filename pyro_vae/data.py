@@ -1,0 +1,276 @@
+"""Data sets, as flat float tensors ``(N, C*H*W)`` with their image shape.
+
+Names understood by :func:`load_dataset`:
+
+==================  ==============================================================
+``digits``          scikit-learn's bundled 8×8 digits (1,797 labelled images, values
+                    0..16 scaled to [0, 1]); works offline anywhere. Split with a fixed
+                    seed: 1,497 train / 300 valid.
+``binarized-mnist`` static binarized MNIST (Larochelle & Murray 2011), the
+                    ``binarized_mnist_{train,valid,test}.amat`` text files, from
+                    ``root`` or ``root/binarized_mnist``.
+``mnist``           MNIST through torchvision (60k train / 10k test), grey-scale in
+                    [0, 1]; ``valid`` is the official test split.
+``fashion-mnist``   Fashion-MNIST through torchvision, likewise.
+``mnist10k``        the 10,000 labelled MNIST *test* images alone (``mnist/raw/t10k-*``
+                    IDX files, the only labelled MNIST available offline here), split
+                    with a fixed seed into 8,000 train / 2,000 valid.
+==================  ==============================================================
+
+The data folder ``root`` comes from the argument or the ``PYRO_VAE_DATA`` environment
+variable (default ``./data``). Nothing is downloaded unless ``download=True``.
+"""
+
+import gzip
+import math
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
+DATASETS = ("digits", "binarized-mnist", "mnist", "fashion-mnist", "mnist10k")
+BINARIZE_MODES = (None, "none", "static", "dynamic")
+
+
+class DataError(ValueError):
+    """A data set is missing, corrupt, or unfit for the chosen likelihood."""
+
+
+@dataclass
+class ImageData:
+    """A split of an image data set.
+
+    :ivar torch.Tensor x: ``(N, C*H*W)`` float32.
+    :ivar torch.Tensor y: ``(N,)`` int64 labels, or None.
+    :ivar tuple image_shape: ``(C, H, W)``.
+    :ivar str binarize: None, ``"static"`` (x already drawn once) or ``"dynamic"``
+        (each batch of :meth:`batches` is a fresh draw x_b ~ Bernoulli(x)).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor = None
+    image_shape: tuple = (1, 28, 28)
+    name: str = ""
+    binarize: str = None
+    num_classes: int = field(default=None)
+
+    def __post_init__(self):
+        if self.x.dim() != 2 or self.x.shape[1] != math.prod(self.image_shape):
+            raise DataError(f"{self.name or 'data'}: expected images of shape (N, {math.prod(self.image_shape)}) "
+                            f"for image shape {tuple(self.image_shape)}, got {tuple(self.x.shape)}")
+        if not torch.isfinite(self.x).all():
+            raise DataError(f"{self.name or 'data'}: the images hold NaN or inf values")
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    @property
+    def x_dim(self):
+        return self.x.shape[1]
+
+    def to(self, device):
+        self.x = self.x.to(device)
+        if self.y is not None:
+            self.y = self.y.to(device)
+        return self
+
+    def batches(self, batch_size, shuffle=True, generator=None, drop_last=False):
+        """Yield ``(x_batch, y_batch)`` minibatches (``y_batch`` None without labels).
+
+        With ``binarize == "dynamic"`` each batch is a fresh Bernoulli draw of its
+        grey levels (the generator makes it reproducible)."""
+        n = len(self)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if shuffle:
+            order = torch.randperm(n, generator=generator).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            xb = self.x[idx]
+            if self.binarize == "dynamic":
+                u = torch.rand(xb.shape, generator=generator).to(xb.device)
+                xb = (u < xb).to(xb.dtype)
+            yield xb, (self.y[idx] if self.y is not None else None)
+
+
+def data_root(root=None):
+    """The data folder: ``root``, else ``$PYRO_VAE_DATA``, else ``./data``."""
+    return Path(root or os.environ.get("PYRO_VAE_DATA") or "data")
+
+
+def _binarize_static(x, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(x.shape, generator=g) < x).to(x.dtype)
+
+
+def _split(n, n_valid, seed):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_valid:], perm[:n_valid]
+
+
+# ---- readers -------------------------------------------------------------------------
+def read_amat(path, dim=784):
+    """Read an ``.amat`` file of 0/1 values (one image per line) into ``(N, dim)`` float32.
+
+    Raises :class:`DataError` naming the file for a missing file, a truncated line, or a
+    value other than 0 or 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0:
+        raise DataError(f"{path} is empty")
+    allowed = np.zeros(256, dtype=bool)
+    allowed[[ord("0"), ord("1"), ord(" "), ord("\n"), ord("\r"), ord("\t")]] = True
+    if not allowed[raw].all():
+        bad = raw[~allowed[raw]][0]
+        raise DataError(f"{path} holds a value other than 0 or 1 (byte {chr(bad)!r}); "
+                        "an .amat file of binarized MNIST holds only 0/1 values")
+    digits = raw[(raw == ord("0")) | (raw == ord("1"))] - ord("0")
+    n_lines = int(np.count_nonzero(raw == ord("\n"))) + (raw[-1] != ord("\n"))
+    if digits.size != n_lines * dim:
+        # find the first bad line to name it
+        lines = raw.tobytes().split(b"\n")
+        for i, line in enumerate(lines):
+            if line.strip() and len(line.split()) != dim:
+                raise DataError(f"{path}: line {i + 1} has {len(line.split())} values, expected {dim} "
+                                "(the file is truncated or corrupt)")
+        raise DataError(f"{path}: {digits.size} values is not {n_lines} lines × {dim}")
+    return torch.from_numpy(digits.reshape(n_lines, dim).astype(np.float32))
+
+
+def _read_idx_gz(path):
+    """Read a gzipped IDX file with torchvision's reader."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
+    with tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+        try:
+            with gzip.open(path, "rb") as f:
+                shutil.copyfileobj(f, tmp)
+            tmp.flush()
+            return read_sn3_pascalvincent_tensor(tmp.name, strict=True)
+        except (OSError, AssertionError, EOFError, RuntimeError) as e:
+            raise DataError(f"{path} is not a valid gzipped IDX file ({type(e).__name__}: {e})") from None
+
+
+def _download(url, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} ({e}); without network, put the file at {dest}") from None
+    os.replace(tmp, dest)
+
+
+# ---- loaders -------------------------------------------------------------------------
+def _load_digits(split, seed=0):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    train, valid = _split(len(x), 300, seed=12345)
+    idx = train if split == "train" else valid
+    return x[idx], y[idx], (1, 8, 8)
+
+
+def _find_binarized_mnist(root, split, download):
+    names = [f"binarized_mnist_{split}.amat"]
+    candidates = [root / "binarized_mnist" / names[0], root / names[0]]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if download:
+        dest = candidates[0]
+        _download(BINARIZED_MNIST_URL.format(split), dest)
+        return dest
+    raise DataError(
+        f"binarized MNIST split {split!r} not found: put binarized_mnist_{split}.amat in "
+        f"{root / 'binarized_mnist'} (or {root}), set PYRO_VAE_DATA to the folder that holds it, "
+        "or pass download=True (CLI --download) on a machine with network")
+
+
+def _load_torchvision(name, root, split, download):
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    try:
+        ds = cls(str(root), train=(split == "train"), download=download)
+    except RuntimeError as e:
+        hint = (" Offline, the 10,000 labelled MNIST test images in mnist/raw serve as dataset 'mnist10k'."
+                if name == "mnist" else "")
+        raise DataError(f"{name} not found under {root} ({e}). Pass download=True (CLI --download) on a machine "
+                        f"with network, or put torchvision's {cls.__name__}/raw files under {root}.{hint}") from None
+    x = ds.data.reshape(len(ds.data), -1).to(torch.float32) / 255.0
+    return x, ds.targets.to(torch.int64), (1, 28, 28)
+
+
+def _load_mnist10k(root, split):
+    raw = root / "mnist" / "raw"
+    files = [raw / "t10k-images-idx3-ubyte.gz", raw / "t10k-labels-idx1-ubyte.gz"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"mnist10k needs the MNIST test files {', '.join(f.name for f in files)} in {raw}; "
+                        f"missing: {', '.join(missing)}")
+    images = _read_idx_gz(files[0])
+    labels = _read_idx_gz(files[1])
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise DataError(f"{files[0]}: expected (N, 28, 28) images with N labels, got "
+                        f"{tuple(images.shape)} and {len(labels)} labels")
+    x = images.reshape(len(images), -1).to(torch.float32) / 255.0
+    train, valid = _split(len(x), 2000, seed=12345)
+    idx = train if split == "train" else valid
+    return x[idx], labels.to(torch.int64)[idx], (1, 28, 28)
+
+
+def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0, download=False):
+    """Load one split of a data set as :class:`ImageData`.
+
+    :param str name: one of :data:`DATASETS`.
+    :param str split: ``"train"``, ``"valid"`` (or ``"test"`` where the files exist).
+    :param root: the data folder (default ``$PYRO_VAE_DATA`` or ``./data``).
+    :param str binarize: None (keep grey levels), ``"static"`` (one Bernoulli draw,
+        seeded with ``seed``) or ``"dynamic"`` (a fresh draw for every training batch).
+        Validation splits are always binarized statically, so their loss is comparable
+        from epoch to epoch. Binarized MNIST is binary already and ignores it.
+    :param bool download: fetch missing files (needs network).
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    if split not in ("train", "valid", "test"):
+        raise DataError(f"unknown split {split!r}; choose 'train', 'valid' or 'test'")
+    if binarize == "none":
+        binarize = None
+    if binarize not in BINARIZE_MODES:
+        raise DataError(f"unknown binarization {binarize!r}; choose 'static', 'dynamic' or none")
+    root = data_root(root)
+    y = None
+    if name == "digits":
+        x, y, shape = _load_digits(split)
+    elif name == "binarized-mnist":
+        x, shape = read_amat(_find_binarized_mnist(root, split, download)), (1, 28, 28)
+        binarize = None
+    elif name == "mnist10k":
+        x, y, shape = _load_mnist10k(root, split)
+    else:
+        x, y, shape = _load_torchvision(name, root, split, download)
+    if binarize == "static" or (binarize == "dynamic" and split != "train"):
+        x, binarize = _binarize_static(x, seed + (split != "train")), None
+    return ImageData(x=x, y=y, image_shape=shape, name=f"{name}/{split}", binarize=binarize,
+                     num_classes=10 if y is not None else None)
+
