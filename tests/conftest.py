@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    """Every test starts with an empty param store and seeded RNGs."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+    pyro.clear_param_store()
+
+
+def _shared_data():
+    for candidate in (os.environ.get("PYRO_VAE_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "binarized_mnist").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The folder of ../shared/data (binarized MNIST, MNIST test IDX files).
+
+    In CI (``CI`` set) a missing folder fails the test: CI always has it."""
+    path = _shared_data()
+    if path is None:
+        msg = "the shared data folder (../shared/data or $PYRO_VAE_DATA) is missing"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
