@@ -3,6 +3,7 @@
     pyro-vae train                       # digits, offline, about a minute on a CPU
     pyro-vae train --dataset binarized-mnist --data ../shared/data --epochs 10 --out runs/bmnist
     pyro-vae sample runs/bmnist -n 64
+    pyro-vae evaluate runs/bmnist --split valid -K 5000   # NLL, -ELBO, -L_K, active units
 
 ``train`` writes into its output folder ``checkpoint.pt`` (tensors only), ``run.json``
 (configuration and history) and PNG figures (loss curves, reconstructions, samples).
@@ -16,11 +17,14 @@ from pathlib import Path
 import torch
 
 from . import checkpoints
+from . import distributed  # data-parallel training under torchrun (issue #9)
 from .data import DATASETS, DataError, load_dataset
 from .models import build_model
 from .objectives import OBJECTIVES, ALIASES
 from .plots import plot_losses, save_reconstructions, save_samples
+from .plots import save_class_samples, save_completions  # conditional VAE (issue #4)
 from .training import NonFiniteLossError, Trainer
+from . import gradvar  # score function vs reparameterization (issue #7)
 
 
 class UsageError(ValueError):
@@ -37,6 +41,7 @@ def load_run(run_dir, device="cpu"):
     run = checkpoints.load_json(run_dir / checkpoints.RUN_JSON)
     model = build_model(run["model"])
     state = checkpoints.load_checkpoint(run_dir / checkpoints.CHECKPOINT, map_location="cpu")
+    checkpoints.check_config(state.get("config"), getattr(model, "config", None), what=f"run.json of {run_dir}")
     checkpoints.load_state_dict(model, state["model"], what=f"{run['model'].get('model', 'vae')} of {run_dir}")
     model.num_data = run.get("num_data")
     return model.to(device).eval(), run
@@ -51,8 +56,7 @@ def _check_out_dir(out, overwrite):
                                  "or choose another --out")
         elif not overwrite:
             raise UsageError(f"{out} is not empty and holds no run; pass --overwrite to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out  # created once data and model are ready (Checkpointer), so a failed start leaves nothing
 
 
 # ---- train -------------------------------------------------------------------------
@@ -73,6 +77,9 @@ def add_train_arguments(p):
                    help="hidden layer sizes of the MLP (default: 400, or 128 for 8×8 digits)")
     m.add_argument("--z-dim", type=int, default=None, help="latent dimension (default: 50, or 8 for digits)")
     m.add_argument("--guide", default="diagonal", help="guide family (default: diagonal)")
+    m.add_argument("--prior", default=None, choices=["fixed", "learned"],
+                   help="conditional VAEs: p(z|c) = N(0, I) or a prior network "
+                        "(default: fixed for cvae, learned for cvae-quadrant)")
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=int, default=1, help="L, particles per data point")
@@ -86,6 +93,10 @@ def add_train_arguments(p):
     r.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
     r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="save a checkpoint every N steps as well as at each epoch end")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint (options default to the run's)")
 
 
 def _validate_train_args(args):
@@ -102,6 +113,10 @@ def _validate_train_args(args):
         raise UsageError(f"unknown --objective {args.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
+    if args.clip_norm is not None and not args.clip_norm > 0:
+        raise UsageError(f"--clip-norm must be a positive number, got {args.clip_norm}")
 
 
 def model_config(args, image_shape, binary):
@@ -110,40 +125,62 @@ def model_config(args, image_shape, binary):
     likelihood = args.likelihood
     if likelihood == "auto":
         likelihood = "bernoulli" if binary else "gaussian"
-    return dict(model=args.model, image_shape=list(image_shape), z_dim=args.z_dim or (8 if small else 50),
-                network=args.network, hidden_dims=args.hidden or ([128] if small else [400]),
-                likelihood=likelihood, guide=args.guide, scale=args.scale)
+    config = dict(model=args.model, image_shape=list(image_shape), z_dim=args.z_dim or (8 if small else 50),
+                  network=args.network, hidden_dims=args.hidden or ([128] if small else [400]),
+                  likelihood=likelihood, guide=args.guide, scale=args.scale)
+    if getattr(args, "prior", None) is not None:  # conditional VAEs (issue #4)
+        if not args.model.startswith("cvae"):
+            raise UsageError(f"--prior applies to the conditional VAEs (cvae, cvae-quadrant), "
+                             f"not --model {args.model}")
+        config["prior"] = args.prior
+    return config
 
 
 def cmd_train(args):
+    if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones (issue #9)
+        args = _resume_args(args)
     _validate_train_args(args)
-    out = _check_out_dir(args.out or Path("runs") / args.dataset, args.overwrite)
+    device = distributed.init_from_env(args.device)  # under torchrun: join the process group (issue #9)
+    out = Path(args.resume) if args.resume else _check_out_dir(args.out or Path("runs") / args.dataset,
+                                                                 args.overwrite)
     train = load_dataset(args.dataset, "train", args.data, binarize=args.binarize, seed=args.seed,
                          download=args.download)
     valid = load_dataset(args.dataset, "valid", args.data, binarize=args.binarize, seed=args.seed,
                          download=args.download)
     binary = args.dataset == "binarized-mnist" or args.binarize in ("static", "dynamic")
     config = model_config(args, train.image_shape, binary)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
     model = build_model(config)
+    conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c) (issue #4)
+    if conditional:
+        train, valid = model.prepare_data(train), model.prepare_data(valid)
     trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, device=args.device, clip_norm=args.clip_norm)
+                      batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
+                      with_labels=conditional)
     run = dict(model=config, data=dict(dataset=args.dataset, binarize=args.binarize, seed=args.seed),
                train=dict(objective=args.objective, particles=args.particles, lr=args.lr,
                           batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, device=args.device,
                           clip_norm=args.clip_norm),
-               num_data=len(train))
-
-    def save(trainer):
-        state = {"model": trainer.vae.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                 "epoch": trainer.epoch, "step": trainer.step_count}
-        checkpoints.save_checkpoint(out / checkpoints.CHECKPOINT, state)
-        checkpoints.save_json(out / checkpoints.RUN_JSON, dict(run, history=trainer.history.to_dict(),
-                                                                 epoch=trainer.epoch))
-
-    print(f"training a {config['model']} ({config['network']}, z_dim={config['z_dim']}, "
-          f"{config['likelihood']} likelihood, {config['guide']} guide) on {args.dataset} "
-          f"({len(train)} train / {len(valid)} valid) with {args.objective}, writing {out}")
-    history = trainer.run(args.epochs, progress=not args.no_progress, callback=save)
+               num_data=len(train), options=_options(args), world_size=trainer.world_size)
+    # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only (issue #9)
+    save = checkpoints.Checkpointer(out, every=args.checkpoint_every, run=run)
+    if args.resume:
+        trainer.load_state_dict(checkpoints.load_checkpoint(out / checkpoints.CHECKPOINT))
+        if args.epochs <= trainer.epoch:
+            raise UsageError(f"--resume {out}: the run has already trained {trainer.epoch} epochs; "
+                             f"pass --epochs N with N > {trainer.epoch} to train further")
+    main_rank = distributed.is_main()
+    if main_rank:
+        print(f"training a {config['model']} ({config['network']}, z_dim={config['z_dim']}, "
+              f"{config['likelihood']} likelihood, {config['guide']} guide) on {args.dataset} "
+              f"({len(train)} train / {len(valid)} valid) with {args.objective}, writing {out}"
+              + (f"; resuming after step {trainer.step_count} (epoch {trainer.epoch + 1}, batch "
+                 f"{trainer.epoch_step})" if args.resume else "")
+              + (f"; {trainer.world_size} processes" if trainer.world_size > 1 else ""))
+    history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress, callback=save.on_epoch,
+                          step_callback=save.on_step)
+    if not main_rank:  # rank 0 writes the figures (issue #9)
+        return 0
     model.eval()
     write_figures(model, history.to_dict(), valid, out)
     print(f"epoch {trainer.epoch}: train -ELBO {history.train_loss[-1]:.3f}, "
@@ -156,8 +193,78 @@ def write_figures(model, history, valid, out):
     shape = valid.image_shape
     x = valid.x[:32].to(next(model.parameters()).device)
     plot_losses(history, out / "loss_curves.png")
+    if hasattr(model, "prepare_data"):  # conditional VAE (issue #4): one row per class, or completions
+        if hasattr(model.condition, "num_classes"):
+            save_class_samples(model, shape, out / "samples.png")
+        else:
+            save_completions(model, x[:8], shape, out / "completions.png")
+        return
     save_reconstructions(model, x, shape, out / "reconstructions.png")
     save_samples(model, shape, out / "samples.png")
+
+
+# ---- resume (issue #9) -------------------------------------------------------------
+#: Options that may differ from the run's when resuming; any other option given with
+#: --resume must equal the value the run's run.json stores.
+RESUME_MAY_CHANGE = ("epochs", "device", "no_progress", "checkpoint_every", "data", "download", "resume", "out",
+                     "overwrite")
+
+
+def _options(args):
+    """The train options as JSON values: what ``run.json`` stores to resume the run."""
+    skip = {"func", "command", "argv", "resume", "out", "overwrite"}
+    return {k: v for k, v in vars(args).items()
+            if k not in skip and (v is None or isinstance(v, (bool, int, float, str, list)))}
+
+
+def _given_options(args):
+    """The names (``dest``) of the train options given on the command line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(parser)
+    argv = getattr(args, "argv", None)
+    if argv is None:  # called without main(): options that differ from their defaults
+        return {a.dest for a in parser._actions if getattr(args, a.dest, a.default) != a.default}
+    argv = list(argv)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv[argv.index("train") + 1:] if "train" in argv else argv)
+    return set(vars(given))
+
+
+def _resume_args(args):
+    """The options of the run in ``args.resume``, with those that may change
+    (:data:`RESUME_MAY_CHANGE`) taken from the command line.
+
+    :raises UsageError: if the folder holds no run, or an option given on the command
+        line differs from the run's, naming each.
+    """
+    run_dir = Path(args.resume)
+    for name in (checkpoints.RUN_JSON, checkpoints.CHECKPOINT):
+        if not (run_dir / name).is_file():
+            raise UsageError(f"--resume {run_dir}: there is no {name} there; is it a run folder written by "
+                             "pyro-vae train?")
+    if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+        raise UsageError(f"--resume continues the run in its own folder {run_dir}; drop --out {args.out}")
+    stored = checkpoints.load_json(run_dir / checkpoints.RUN_JSON).get("options")
+    if stored is None:
+        raise UsageError(f"--resume {run_dir}: its run.json stores no options (written by an older pyro-vae), "
+                         "so the run cannot be resumed")
+    given = _given_options(args)
+    defaults = vars(build_parser().parse_args(["train"]))
+    diffs = []
+    for k in sorted(given - set(RESUME_MAY_CHANGE)):
+        value = getattr(args, k)
+        if stored.get(k, defaults.get(k)) != value:
+            diffs.append(f"--{k.replace('_', '-')} {value!r} (the run has {stored.get(k, defaults.get(k))!r})")
+    if diffs:
+        raise UsageError(f"--resume {run_dir}: the given options differ from the run's (its run.json): "
+                         f"{', '.join(diffs)}; drop them to continue the run as it was, or start a new run "
+                         "with another --out")
+    merged = dict(vars(args))
+    for k, v in stored.items():
+        if not (k in RESUME_MAY_CHANGE and k in given):
+            merged[k] = v
+    return argparse.Namespace(**merged)
 
 
 # ---- sample ------------------------------------------------------------------------
@@ -168,8 +275,352 @@ def cmd_sample(args):
     torch.manual_seed(args.seed)
     shape = tuple(run["model"]["image_shape"])
     out = Path(args.out or Path(args.run_dir) / "samples.png")
-    save_samples(model, shape, out, n=args.n, mean=not args.draw)
+    if hasattr(getattr(model, "condition", None), "num_classes"):  # class-conditional VAE: n split over classes
+        save_class_samples(model, shape, out, n=-(-args.n // model.condition.num_classes), mean=not args.draw)
+    else:
+        save_samples(model, shape, out, n=args.n, mean=not args.draw)
     print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+# ---- evaluate (issue #5) -------------------------------------------------------------
+def add_evaluate_arguments(p):
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
+    p.add_argument("-K", "--num-samples", type=int, default=5000,
+                   help="importance samples per data point for log p(x) (default: 5000)")
+    p.add_argument("--iwae-k", type=int, nargs="+", default=None, metavar="K",
+                   help="K of the IWAE bounds L_K to report, each dividing -K (default: 5, 50 and the run's own K)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N data points")
+    p.add_argument("--batch-size", type=int, default=100, help="data points per batch (default: 100)")
+    p.add_argument("--chunk-size", type=int, default=100,
+                   help="samples per chunk; memory grows as batch × chunk × x_dim (default: 100)")
+    p.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA or ./data)")
+    p.add_argument("--out", default=None, help="JSON path (default: RUN_DIR/eval_<split>.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_evaluate(args):
+    """−ELBO, −L_K and NLL = −log p̂(x) (importance sampling, K samples) with their standard
+    errors, and the active units, on one split of the run's data set; printed and saved as JSON."""
+    import pyro
+
+    from .evaluation import likelihood_report
+
+    K = args.num_samples
+    if K < 1:
+        raise UsageError(f"-K must be a positive number of importance samples, got {K}")
+    for name in ("batch_size", "chunk_size", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.iwae_k is not None:
+        for k in args.iwae_k:
+            if k < 1 or K % k:
+                raise UsageError(f"--iwae-k {k}: each K must be a positive divisor of -K {K} (L_K is "
+                                 f"estimated from the -K samples split into groups of K)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    model, run = load_run(args.run_dir, args.device)
+    ks = args.iwae_k
+    if ks is None:
+        train_cfg = run.get("train", {})
+        own = train_cfg.get("particles") if train_cfg.get("objective") in ("iwae", "IWAE", "IWAE_ELBO") else None
+        ks = [k for k in (5, 50, own) if k and k > 1 and K % k == 0]
+    ks = sorted(set(ks) - {1})
+    data_cfg = run.get("data", {})
+    binarize = "static" if data_cfg.get("binarize") == "dynamic" else data_cfg.get("binarize")
+    data = load_dataset(data_cfg.get("dataset", "digits"), args.split, args.data, binarize=binarize,
+                        seed=data_cfg.get("seed", 0))
+    if args.limit is not None:
+        data.x = data.x[: args.limit]
+        data.y = data.y[: args.limit] if data.y is not None else None
+    conditional = hasattr(model, "prepare_data")  # a conditional VAE takes (x, c), as in training
+    if conditional:
+        data = model.prepare_data(data)
+    extra = (data.y,) if conditional else ()
+    pyro.set_rng_seed(args.seed)
+    report = likelihood_report(model, data.x, *extra, num_samples=K, ks=ks, batch_size=args.batch_size,
+                               chunk_size=args.chunk_size, progress=not args.no_progress)
+    result = dict(run_dir=str(args.run_dir), dataset=data_cfg.get("dataset"), split=args.split, **report)
+    print(f"{data.name}: {report['n']} data points, K={K} importance samples, {report['seconds']:.1f} s; "
+          "nats per data point, ± standard error over the data points")
+    print(f"  {'-ELBO':16s}{report['neg_elbo']:9.3f} ± {report['neg_elbo_stderr']:.3f}")
+    for k in ks:
+        print(f"  {f'-L_{k}':16s}{report['neg_iwae'][str(k)]:9.3f} ± {report['neg_iwae_stderr'][str(k)]:.3f}")
+    print(f"  {f'NLL (K={K})':16s}{report['nll']:9.3f} ± {report['nll_stderr']:.3f}  "
+          f"(Monte Carlo part ± {report['nll_mc_stderr']:.3f}; median ESS {report['median_ess']:.0f})")
+    print(f"  {'active units':16s}{report['active_units']:>9d} of {report['latent_units']}")
+    out = Path(args.out or Path(args.run_dir) / f"eval_{args.split}.json")
+    checkpoints.save_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---- plot (issue #3) -----------------------------------------------------------------
+#: The labelled data a run's latent map and classifier use, by the run's data set:
+#: binarized MNIST has no labels, so the labelled MNIST test images (mnist10k) stand in.
+LABELLED_DATA = {"binarized-mnist": "mnist10k"}
+
+
+def add_plot_arguments(p):
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders, e.g. an autoencoder's and a VAE's: drawn side by side")
+    p.add_argument("--out", default=None, help="folder for the figures (default: RUN_DIR/plots of the first run)")
+    p.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA or ./data)")
+    p.add_argument("-n", type=int, default=64, help="samples per model (default: 64)")
+    p.add_argument("--grid", type=int, default=15, help="side of the decoded manifold's grid (default: 15)")
+    p.add_argument("--steps", type=int, default=10, help="decoded images per interpolation (default: 10)")
+    p.add_argument("--draws", type=int, default=2000, help="N(0, I) draws for the dead-zone numbers (default: 2000)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N test images")
+    p.add_argument("--classifier-epochs", type=int, default=10,
+                   help="epochs of the independent classifier, trained once and kept in OUT/classifier.pt")
+    p.add_argument("--no-classifier", action="store_true", help="skip the classifier's confidence")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def _plot_test_data(run, root, limit):
+    """Labelled test images for a run: its data set's validation split, binarized as in
+    training; for binarized MNIST the labelled MNIST test images (``mnist10k``)."""
+    cfg = run.get("data", {})
+    dataset = cfg.get("dataset", "digits")
+    labelled = LABELLED_DATA.get(dataset, dataset)
+    binary = dataset == "binarized-mnist" or cfg.get("binarize") in ("static", "dynamic")
+    try:
+        data = load_dataset(labelled, "valid", root, binarize="static" if binary else None, seed=cfg.get("seed", 0))
+    except DataError as e:
+        if labelled == dataset:
+            raise
+        print(f"note: no labelled data for the maps and the classifier ({e}); using {dataset} without labels")
+        labelled, data = None, load_dataset(dataset, "valid", root)
+    if limit is not None:
+        data.x = data.x[:limit]
+        data.y = data.y[:limit] if data.y is not None else None
+    return data, (labelled if data.y is not None else None)
+
+
+def _plot_classifier(labelled, root, out, epochs, seed, device):
+    """The independent classifier for ``labelled`` data, from ``out/classifier.pt`` if it
+    was trained there with the same settings, else trained on the train split and saved."""
+    from .evaluation import DigitClassifier, classifier_accuracy, train_classifier
+
+    train = load_dataset(labelled, "train", root)
+    valid = load_dataset(labelled, "valid", root)
+    meta = dict(dataset=labelled, epochs=epochs, seed=seed, image_shape=list(train.image_shape))
+    path = Path(out) / "classifier.pt"
+    if path.is_file():
+        state = checkpoints.load_checkpoint(path)
+        if state.get("meta") == meta:
+            clf = DigitClassifier(train.image_shape, train.num_classes)
+            checkpoints.load_state_dict(clf, state["model"], what="classifier")
+            clf = clf.to(device).eval()
+            print(f"classifier: {path} ({labelled}), valid accuracy {classifier_accuracy(clf, valid.x, valid.y):.3f}")
+            return clf
+    clf = train_classifier(train, epochs=epochs, seed=seed, device=device, progress=True)
+    checkpoints.save_checkpoint(path, dict(model=clf.state_dict(), meta=meta))
+    print(f"classifier: trained on {train.name} ({len(train)} images, {epochs} epochs), valid accuracy "
+          f"{classifier_accuracy(clf, valid.x, valid.y):.3f}; saved {path}")
+    return clf
+
+
+def cmd_plot(args):
+    """Figures of one or more saved runs, without retraining: latent maps side by side,
+    decoded manifolds, samples, reconstructions, interpolations, and the dead-zone numbers."""
+    from . import evaluation, plots
+
+    for name in ("n", "grid", "draws", "classifier_epochs", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.steps < 2:
+        raise UsageError(f"--steps must be at least 2, got {args.steps}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    loaded, names = [], []
+    for run_dir in args.run_dirs:
+        model, run = load_run(run_dir, args.device)
+        if hasattr(model, "prepare_data"):
+            raise UsageError(f"{run_dir} holds a conditional model ({run['model'].get('model')}); pyro-vae plot "
+                             "draws the latent space of unconditional models (vae, ae)")
+        name = Path(run_dir).resolve().name
+        names.append(name if name not in names else f"{name}-{len(names) + 1}")
+        loaded.append((model, run))
+    datasets = {run.get("data", {}).get("dataset") for _, run in loaded}
+    shapes = {tuple(run["model"]["image_shape"]) for _, run in loaded}
+    if len(datasets) > 1 or len(shapes) > 1:
+        raise UsageError(f"the runs were trained on different data ({', '.join(map(str, sorted(datasets)))}); "
+                         "compare runs of the same data set")
+    shape = shapes.pop()
+    out = Path(args.out or Path(args.run_dirs[0]) / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    data, labelled = _plot_test_data(loaded[0][1], args.data, args.limit)
+    clf = None
+    if labelled and not args.no_classifier:
+        clf = _plot_classifier(labelled, args.data, out, args.classifier_epochs, args.seed, args.device)
+    x = data.x.to(args.device)
+    panels, manifolds, samples, reports = [], {}, {}, []
+    for name, (model, run), run_dir in zip(names, loaded, args.run_dirs):
+        title = f"{name} ({type(model).__name__}, z_dim={model.z_dim})"
+        torch.manual_seed(args.seed)
+        samples[title] = model.sample(args.n).cpu()
+        plots.save_grid(samples[title], shape, out / f"{name}_samples.png", nrow=int(math.sqrt(args.n)) or 1)
+        plots.save_reconstructions(model, x[:32], shape, out / f"{name}_reconstructions.png")
+        k = min(6, len(x) // 2)
+        plots.save_interpolations(model, x[:k], x[k:2 * k], shape, out / f"{name}_interpolations.png", args.steps)
+        if model.z_dim < 2:
+            print(f"{name}: a 1-D latent space has no map or manifold to draw")
+        else:
+            codes = evaluation.latent_codes(model, x)
+            manifolds[title] = plots.decode_manifold(model, args.grid, codes)
+            plots.save_grid(manifolds[title], shape, out / f"{name}_manifold.png", nrow=args.grid)
+            panel = plots.latent_map_panel(model, x, data.y, draws=args.draws)
+            panel["title"] = f"{name}: " + panel["title"].split(": ", 1)[1]
+            panels.append(panel)
+        report = evaluation.dead_zone_report(model, x, clf, n_draws=args.draws, seed=args.seed)
+        reports.append(dict(report, run_dir=str(run_dir)))
+    written = []
+    if panels:
+        written.append(plots.plot_latent_maps(panels, out / "latent_map.png"))
+        written.append(plots.plot_image_grids(manifolds, shape, out / "manifolds.png", nrow=args.grid,
+                                              suptitle="decoded at Gaussian quantiles of each model's frame"))
+    written.append(plots.plot_image_grids(samples, shape, out / "samples.png",
+                                          suptitle="decoded z ~ N(0, I)"))
+    table = evaluation.dead_zone_table(reports, names)
+    checkpoints.save_json(out / "dead_zones.json", dict(zip(names, reports)))
+    (out / "dead_zones.md").write_text(table + "\n")
+    print(f"test images: {data.name}, {len(x)}; {args.draws} draws u ~ N(0, I) in each model's frame")
+    print(table)
+    print(f"wrote {len(list(out.glob('*.png')))} figures and dead_zones.json/.md to {out}")
+    return 0
+
+
+# ---- gradvar (issue #7) ----------------------------------------------------------------
+def add_gradvar_arguments(p):
+    p.add_argument("--part", default="all", choices=["all", "toy", "vae"],
+                   help="the toy of Example 1.5 (Figure 6), the VAE contrast, or both")
+    p.add_argument("--out", default="runs/gradvar", help="output folder (tables, CSV, JSON, PNG)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = p.add_argument_group("toy: f(x) = x², q(x) = N(φ, 1)")
+    t.add_argument("--phis", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="values of φ")
+    t.add_argument("--sizes", type=int, nargs="+", default=list(gradvar.SAMPLE_SIZES), help="sample sizes N")
+    t.add_argument("--repeats", type=int, default=300, help="repetitions R per (route, φ, N)")
+    v = p.add_argument_group("VAE")
+    v.add_argument("--dataset", default="binarized-mnist", choices=DATASETS)
+    v.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA or ./data)")
+    v.add_argument("--train-size", type=int, default=10000, help="first N training images")
+    v.add_argument("--valid-size", type=int, default=1000, help="first N validation images")
+    v.add_argument("--z-dim", type=int, default=None, help="latent dimension (default: 50, or 8 for digits)")
+    v.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP hidden sizes (default: 400, or 128)")
+    v.add_argument("--steps", type=int, default=1000, help="SVI steps of every −ELBO curve")
+    v.add_argument("--batch-size", type=int, default=100)
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--eval-every", type=int, default=50, help="validation −ELBO every N steps")
+    v.add_argument("--grad-repeats", type=int, default=200, help="gradient estimates per route for the variance")
+    v.add_argument("--settle-steps", type=int, default=200, help="steps that settle a baseline before measuring")
+
+
+def cmd_gradvar(args):
+    positive = ["repeats", "train_size", "valid_size", "steps", "batch_size", "eval_every", "grad_repeats"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.repeats < 4 or args.grad_repeats < 2:
+        raise UsageError("--repeats must be at least 4 and --grad-repeats at least 2 to estimate variances")
+    if any(n < 1 for n in args.sizes):
+        raise UsageError(f"--sizes must be positive integers, got {args.sizes}")
+    if args.settle_steps < 0 or not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UsageError("--settle-steps must be ≥ 0 and --lr a positive number")
+    if args.train_size < args.batch_size:
+        raise UsageError(f"--train-size {args.train_size} is smaller than --batch-size {args.batch_size}")
+    out = _check_out_dir(args.out, args.overwrite)
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
+    progress = not args.no_progress
+    if args.part in ("all", "toy"):
+        rows = gradvar.measure_toy(args.phis, args.sizes, args.repeats, seed=args.seed, progress=progress)
+        print(gradvar.toy_table(rows))
+        gradvar.write_toy_outputs(rows, out)
+        checkpoints.save_json(out / "toy_variance.json", dict(settings=settings, rows=rows))
+    if args.part in ("all", "vae"):
+        binarize = None if args.dataset == "binarized-mnist" else "static"
+        train = load_dataset(args.dataset, "train", args.data, binarize=binarize, seed=args.seed)
+        valid = load_dataset(args.dataset, "valid", args.data, binarize=binarize, seed=args.seed)
+        train.x, valid.x = train.x[:args.train_size], valid.x[:args.valid_size]
+        small = train.image_shape[-1] <= 8
+        torch.manual_seed(args.seed)
+        vae = build_model(dict(model="vae", image_shape=list(train.image_shape), z_dim=args.z_dim or (8 if small else 50),
+                               hidden_dims=args.hidden or ([128] if small else [400])))
+        x = valid.x[:args.batch_size]
+        print(f"VAE on {args.dataset}: {len(train)} train / {len(valid)} valid images, {args.steps} steps per route, "
+              f"gradient variance over {args.grad_repeats} estimates on a batch of {len(x)}")
+        result = gradvar.vae_contrast(vae, train, valid, x, args.steps, args.batch_size, args.lr, args.eval_every,
+                                      args.grad_repeats, args.settle_steps, seed=args.seed, progress=progress)
+        print(gradvar.write_vae_outputs(result, out))
+        checkpoints.save_json(out / "vae_gradient_variance.json", dict(settings=settings, **{
+            k: v for k, v in result.items() if k != "curves"}))
+    print(f"wrote {out}")
+    return 0
+
+
+# ---- posterior: NUTS against the guide for one data point (issue #6) ------------------
+def add_posterior_arguments(p):
+    p.add_argument("run_dir")
+    p.add_argument("--index", type=int, default=17, help="which data point of the split (default: 17)")
+    p.add_argument("--split", default="valid", choices=["train", "valid", "test"], help="data split (default: valid)")
+    p.add_argument("--data", default=None, help="data folder (default: the run's, or $PYRO_VAE_DATA)")
+    p.add_argument("--num-samples", type=int, default=500, help="NUTS draws per chain (default: 500)")
+    p.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps per chain (default: 500)")
+    p.add_argument("--chains", type=int, default=2, help="NUTS chains, run one after another (default: 2)")
+    p.add_argument("--is-samples", type=int, default=5000,
+                   help="draws of q(z|x) for the importance weights and Pareto k̂ (default: 5000)")
+    p.add_argument("--dims", type=int, nargs="+", default=None,
+                   help="latent coordinates of the pair plot (default: the 4 narrowest under NUTS)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-jit", action="store_true", help="do not JIT-compile the potential energy")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_posterior(args):
+    from . import posterior
+
+    for name in ("num_samples", "warmup", "chains", "is_samples"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    model, run = load_run(args.run_dir)
+    kind = run["model"].get("model", "vae")
+    if kind != "vae":
+        raise UsageError(f"pyro-vae posterior compares a VAE's guide with NUTS; this run holds a {kind!r} model "
+                         "(the autoencoder's point mass has no density, conditional models are not supported here)")
+    data_info = run["data"]
+    data = load_dataset(data_info["dataset"], args.split, args.data or run.get("options", {}).get("data"),
+                        binarize=data_info.get("binarize"), seed=data_info.get("seed", 0))
+    if not 0 <= args.index < len(data):
+        raise UsageError(f"--index {args.index} is out of range: the {args.split} split of "
+                         f"{data_info['dataset']} has {len(data)} points")
+    x = data.x[args.index]
+    idata = posterior.nuts_posterior(model, x, num_samples=args.num_samples, warmup_steps=args.warmup,
+                                     num_chains=args.chains, seed=args.seed, jit_compile=not args.no_jit,
+                                     progress=not args.no_progress)
+    result = posterior.compare_to_nuts(model, x, idata, num_samples=args.is_samples)
+    guide = run["model"].get("guide", "diagonal")
+    out = Path(args.out or args.run_dir)
+    png = posterior.plot_posterior_pairs(
+        idata, {guide: posterior.guide_draws(model, x, num_samples=1000)}, out / f"posterior_{args.index}.png",
+        dims=args.dims, title=f"{data_info['dataset']} {args.split}[{args.index}]: NUTS vs the {guide} guide "
+                              f"(k̂ = {result['khat']:.2f})")
+    result.update(index=args.index, split=args.split, guide=guide, figure=png.name)
+    checkpoints.save_json(out / f"posterior_{args.index}.json", result)
+    print(f"{args.split}[{args.index}], {guide} guide: Pareto k̂ = {result['khat']:.3f} "
+          f"({'reliable' if result['khat'] < posterior.KHAT_THRESHOLD else 'NOT reliable'}: k̂ < 0.7 needed); "
+          f"log p(x) = {result['log_px']:.2f} ± {result['log_px_stderr']:.2f}, ELBO = {result['elbo']:.2f}, "
+          f"KL(q‖p) = {result['kl_q_p']:.2f}, KL(p‖q) = {result['kl_p_q']:.2f} nats; NUTS: R-hat ≤ "
+          f"{result['max_rhat']:.3f}, ESS ≥ {result['min_ess_bulk']:.0f}, {result['divergences']} divergences")
+    print(f"wrote {png} and {out / f'posterior_{args.index}.json'}")
     return 0
 
 
@@ -187,11 +638,27 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("evaluate", help="NLL by importance sampling, -ELBO, IWAE bounds, active units (JSON)")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("plot", help="latent maps, manifolds, samples, reconstructions, interpolations and "
+                                    "dead-zone numbers of saved runs (PNG, JSON)")
+    add_plot_arguments(p)
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("gradvar", help="score-function vs reparameterized gradients: variances, Figure 6, "
+                                       "VAE -ELBO curves (issue #7)")
+    add_gradvar_arguments(p)
+    p.set_defaults(func=cmd_gradvar)
+    p = sub.add_parser("posterior", help="NUTS on p(z|x) of a trained VAE against its guide for one data point: "
+                                         "pair plot, Pareto k̂, divergences (issue #6)")
+    add_posterior_arguments(p)
+    p.set_defaults(func=cmd_posterior)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # which options were given (train --resume)
     try:
         return args.func(args)
     except (UsageError, DataError, checkpoints.CheckpointError, NonFiniteLossError, ValueError) as e:

@@ -66,6 +66,13 @@ class ImageData:
                             f"for image shape {tuple(self.image_shape)}, got {tuple(self.x.shape)}")
         if not torch.isfinite(self.x).all():
             raise DataError(f"{self.name or 'data'}: the images hold NaN or inf values")
+        if self.binarize == "dynamic" and (self.x.min() < 0 or self.x.max() > 1):
+            raise DataError(f"{self.name or 'data'}: dynamic binarization draws x ~ Bernoulli(p) and needs grey "
+                            f"levels p in [0, 1], got values in [{self.x.min():.4g}, {self.x.max():.4g}]")
+        if self.y is not None and self.y.shape[0] != self.x.shape[0]:
+            raise DataError(f"{self.name or 'data'}: {self.y.shape[0]} labels for {self.x.shape[0]} images")
+        if self.y is not None and self.num_classes is not None:
+            check_labels(self.y, self.num_classes, name=self.name or "data")
 
     def __len__(self):
         return self.x.shape[0]
@@ -102,12 +109,40 @@ class ImageData:
             yield xb, (self.y[idx] if self.y is not None else None)
 
 
+def check_labels(y, num_classes, name="labels"):
+    """Check class labels for a model with ``num_classes`` classes (a conditional VAE).
+
+    :param torch.Tensor y: labels, shape ``(N,)``, an integer dtype.
+    :param int num_classes: K; every label must lie in {0, …, K−1}.
+    :param str name: what the labels belong to, for the message.
+    :raises DataError: naming the problem (float or bool labels, a wrong shape, a
+        label out of range, with how many are and the first one).
+    """
+    if not torch.is_tensor(y):
+        raise DataError(f"{name}: labels must be a tensor, got {type(y).__name__}")
+    if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
+        raise DataError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    if y.dim() != 1:
+        raise DataError(f"{name}: labels must have shape (N,), got {tuple(y.shape)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise DataError(f"{name}: the number of classes must be a positive integer, got {num_classes!r}")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise DataError(f"{name}: {int(bad.sum())} labels are out of range for {num_classes} classes "
+                        f"(labels must lie in 0..{num_classes - 1}; the first is {y[bad][0].item()} "
+                        f"at index {int(bad.nonzero()[0, 0])})")
+    return y
+
+
 def data_root(root=None):
     """The data folder: ``root``, else ``$PYRO_VAE_DATA``, else ``./data``."""
     return Path(root or os.environ.get("PYRO_VAE_DATA") or "data")
 
 
 def _binarize_static(x, seed):
+    if x.min() < 0 or x.max() > 1:
+        raise DataError(f"binarization draws x ~ Bernoulli(p) and needs grey levels p in [0, 1], "
+                        f"got values in [{x.min():.4g}, {x.max():.4g}]")
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(x.shape, generator=g) < x).to(x.dtype)
 
@@ -274,3 +309,72 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
     return ImageData(x=x, y=y, image_shape=shape, name=f"{name}/{split}", binarize=binarize,
                      num_classes=10 if y is not None else None)
 
+
+
+# ======================================================================================
+# Conditioning data for the conditional VAE: one-hot labels, quadrant masks (issue #4)
+# ======================================================================================
+def one_hot(labels, num_classes, dtype=torch.float32):
+    """One-hot codes e_c of class labels: ``(batch,)`` integers in {0, …, K−1} →
+    ``(batch, K)`` with ``out[n, c_n] = 1`` and zeros elsewhere.
+
+    :param labels: integer labels (tensor, sequence or int).
+    :param int num_classes: K.
+    :raises DataError: (a ValueError) naming the problem, from :func:`check_labels`, for
+        float labels, a wrong shape, or a label outside 0..K−1.
+    """
+    if not torch.is_tensor(labels):
+        labels = torch.as_tensor(labels)
+    check_labels(labels, num_classes, name="class labels c")
+    return torch.nn.functional.one_hot(labels.long(), num_classes).to(dtype)
+
+
+#: The quadrants given as input for 1, 2 or 3 quadrants, as in Pyro's CVAE example
+#: (Sohn et al. 2015): the rest of the image is to be predicted.
+QUADRANT_INPUTS = {
+    1: ("bottom-left",),
+    2: ("top-left", "bottom-left"),
+    3: ("top-left", "top-right", "bottom-left"),
+}
+
+
+def quadrant_mask(num_quadrants, image_shape=(1, 28, 28)):
+    """The observed-pixel mask m of the quadrant-completion task, flat ``(C*H*W,)``
+    bool: True on the given quadrants (:data:`QUADRANT_INPUTS`), False on the pixels to
+    predict. Quadrants split rows and columns at ``H // 2`` and ``W // 2``.
+
+    :param int num_quadrants: 1, 2 or 3.
+    """
+    if num_quadrants not in QUADRANT_INPUTS:
+        raise ValueError(f"the number of given quadrants must be 1, 2 or 3, got {num_quadrants!r}")
+    c, h, w = (int(s) for s in image_shape)
+    m = torch.zeros(c, h, w, dtype=torch.bool)
+    rows = {"top": slice(0, h // 2), "bottom": slice(h // 2, h)}
+    cols = {"left": slice(0, w // 2), "right": slice(w // 2, w)}
+    for name in QUADRANT_INPUTS[num_quadrants]:
+        row, col = name.split("-")
+        m[:, rows[row], cols[col]] = True
+    return m.reshape(-1)
+
+
+def with_quadrant_masks(data, num_quadrants=(1, 2, 3)):
+    """The quadrant-completion data set: every image of ``data`` once per number of
+    given quadrants k in ``num_quadrants``, with ``y`` the observed-pixel mask
+    m = :func:`quadrant_mask` (k) (``(N·len(num_quadrants), C*H*W)`` bool).
+
+    Batches are ``(x, m)``: x the whole image, of which the model observes x⊙m as the
+    condition c and predicts the rest (see :class:`~pyro_vae.models.QuadrantCondition`).
+    Rows are grouped by k (all images with the first k, then the next).
+    """
+    if isinstance(num_quadrants, int):
+        num_quadrants = (num_quadrants,)
+    num_quadrants = tuple(num_quadrants)
+    if not num_quadrants:
+        raise ValueError("num_quadrants is empty; give some of 1, 2, 3")
+    masks = [quadrant_mask(k, data.image_shape).to(data.x.device) for k in num_quadrants]
+    n = len(data)
+    x = data.x.repeat(len(num_quadrants), 1)
+    y = torch.cat([m.expand(n, -1) for m in masks])
+    ks = "".join(str(k) for k in num_quadrants)
+    return ImageData(x=x, y=y, image_shape=data.image_shape, name=f"{data.name}+quadrants{ks}",
+                     binarize=data.binarize)

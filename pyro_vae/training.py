@@ -9,6 +9,12 @@ the same gradients as ``pyro.infer.SVI`` with ``pyro.optim.Adam`` without the pa
 store's per-parameter optimizers, which is most of Pyro's per-step overhead.
 
 Losses are reported in nats per data point: the scaled minibatch loss divided by N.
+
+A trainer's whole state (model, optimizer, RNG states, epoch and position in the
+epoch, history) is :meth:`Trainer.state_dict`; :meth:`Trainer.load_state_dict`
+continues from it, mid-epoch too, step for step as if never stopped
+(:class:`~pyro_vae.checkpoints.Checkpointer` saves it to a run folder). Launched under
+torchrun, a trainer trains one model data-parallel (:mod:`pyro_vae.distributed`).
 """
 
 import math
@@ -19,6 +25,9 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dp
+from . import rng
+from .checkpoints import CheckpointError, check_config, load_state_dict
 from .objectives import make_objective
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -101,25 +110,36 @@ class Trainer:
     :param device: ``"cpu"``, ``"cuda"``, ...
     :param float clip_norm: clip the gradient's global norm to this value (None: off).
     :param bool with_labels: pass the labels to model and guide (conditional models).
+    :param bool distributed: train data-parallel over the processes of the
+        ``torch.distributed`` process group (:mod:`pyro_vae.distributed`); default: when
+        a group of more than one process is initialized. Each rank then steps on its
+        shard of every global batch of ``batch_size`` points, gradients are averaged,
+        and Pyro's draws on rank r are seeded ``seed + r``.
     """
 
     def __init__(self, vae, train, valid=None, objective="elbo", num_particles=1, optimizer="adam",
                  lr=1e-3, batch_size=128, seed=0, device="cpu", clip_norm=None, with_labels=False,
-                 valid_batch_size=1000):
+                 valid_batch_size=1000, distributed=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive (or None for no clipping), got {clip_norm}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for, but no CUDA GPU is available")
-        pyro.set_rng_seed(seed)
+        if distributed is None:
+            distributed = dp.is_initialized()
+        self.rank, self.world_size = (dp.rank(), dp.world_size()) if distributed else (0, 1)
+        pyro.set_rng_seed(seed + self.rank)
         self.generator = torch.Generator().manual_seed(seed)
         self.vae = vae.to(self.device)
+        if self.world_size > 1:
+            dp.broadcast_module(self.vae)
         self.train_data = train.to(self.device)
         self.valid_data = valid.to(self.device) if valid is not None else None
-        if train.binarize != "dynamic":
-            _check(vae, train)
+        _check(vae, train)
         if valid is not None:
             _check(vae, valid)
         self.vae.num_data = len(train)
@@ -130,41 +150,100 @@ class Trainer:
         except KeyError:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}") from None
         self.optimizer = opt_cls(self.vae.parameters(), lr=lr)
+        self._params = [p for p in self.vae.parameters() if p.requires_grad]
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
         self.valid_batch_size = valid_batch_size
         self.history = History()
         self.epoch = 0
         self.step_count = 0
+        #: steps taken in the current epoch (> 0 only inside an epoch, or after
+        #: :meth:`load_state_dict` of a mid-epoch checkpoint).
+        self.epoch_step = 0
+        self._epoch_loss, self._epoch_seconds, self._epoch_start = 0.0, 0.0, None
+        #: set by whoever saves checkpoints (:class:`~pyro_vae.checkpoints.Checkpointer`):
+        #: named in the error that stops a run at a NaN or inf loss.
+        self.last_checkpoint = None
 
-    def step(self, *batch):
-        """One SVI step on a minibatch; returns −ELBO in nats per data point."""
+    def step(self, *batch, share=1.0):
+        """One SVI step on a minibatch; returns −ELBO in nats per data point.
+
+        :param float share: in data-parallel training, this rank's part b_r / B of the
+            global batch (see :func:`pyro_vae.distributed.all_reduce_gradients`).
+        :raises NonFiniteLossError: if the loss is NaN or inf; no parameter is changed.
+        """
         n = self.vae.num_data
         self.optimizer.zero_grad(set_to_none=True)
-        if self.differentiable:
+        if self.world_size > 1:
+            value = dp.all_reduce_gradients(self._params, self._local_loss_and_grads(batch, n), share)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
+        elif self.differentiable:
             loss = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step_count + 1}")
+                raise NonFiniteLossError(f"loss is {loss.item()} at {self._where()}")
             loss.backward()
             value = loss.item()
         else:
             value = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
             if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value} at step {self.step_count + 1}")
+                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
         if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.clip_norm)
+            if not torch.isfinite(norm):  # clipping a NaN gradient would still step to NaN
+                raise NonFiniteLossError(f"the gradient norm is {norm.item()} at {self._where()}")
         self.optimizer.step()
         self.step_count += 1
         return value
 
-    def train_epoch(self):
-        """One pass over the training data; returns the mean −ELBO of its steps."""
+    def _where(self):
+        return f"step {self.step_count + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1})"
+
+    def _local_loss_and_grads(self, batch, n):
+        """This rank's mean loss on its shard, with its gradients in ``.grad`` (data-parallel
+        steps). A NaN loss is returned, not raised, so every rank learns of it in the same
+        collective; an empty shard contributes nothing."""
+        if batch[0].shape[0] == 0:
+            return 0.0
+        if not self.differentiable:
+            return self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+        loss = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+        value = loss.item()
+        if math.isfinite(value):
+            loss.backward()
+        return value
+
+    def train_epoch(self, step_callback=None):
+        """One pass over the training data; returns the mean −ELBO of its steps.
+
+        Continues an epoch begun before a mid-epoch checkpoint (``epoch_step > 0``): the
+        batch generator then holds its state from the epoch's start, so the same
+        permutation (and dynamic binarization) is drawn again and the batches already
+        stepped on are skipped.
+
+        :param step_callback: ``step_callback(trainer)`` after each step (e.g.
+            :meth:`~pyro_vae.checkpoints.Checkpointer.on_step`).
+        """
         self.vae.train()
-        total, steps = 0.0, 0
+        self._epoch_start = self.generator.get_state()
+        if self.epoch_step == 0:
+            self._epoch_loss, self._epoch_seconds = 0.0, 0.0
         with private_param_store():
-            for batch in _batches(self.train_data, self.batch_size, True, self.generator, self.with_labels):
-                total += self.step(*batch)
-                steps += 1
-        return total / steps
+            batches = _batches(self.train_data, self.batch_size, True, self.generator, self.with_labels)
+            t0 = time.perf_counter()
+            for i, batch in enumerate(batches):
+                if i < self.epoch_step:
+                    continue  # stepped on before the checkpoint this run resumed from
+                share = 1.0
+                if self.world_size > 1:
+                    batch, share = dp.shard(batch, self.rank, self.world_size)
+                self._epoch_loss += self.step(*batch, share=share)
+                self.epoch_step += 1
+                t1 = time.perf_counter()
+                self._epoch_seconds, t0 = self._epoch_seconds + t1 - t0, t1
+                if step_callback is not None:
+                    step_callback(self)
+        loss, self.epoch_step = self._epoch_loss / self.epoch_step, 0
+        return loss
 
     def validate(self):
         self.vae.eval()
@@ -173,17 +252,26 @@ class Trainer:
         self.vae.train()
         return loss
 
-    def run(self, epochs, progress=True, callback=None):
-        """Train ``epochs`` more epochs. ``callback(trainer)`` runs after each epoch."""
-        bar = tqdm(range(epochs), desc="epochs", disable=not progress, leave=False)
+    def run(self, epochs, progress=True, callback=None, step_callback=None):
+        """Train ``epochs`` more epochs (the first one may be the rest of an epoch begun
+        before a mid-epoch checkpoint). ``callback(trainer)`` runs after each epoch,
+        ``step_callback(trainer)`` after each step. Validation runs on rank 0 only.
+
+        :raises NonFiniteLossError: at a NaN or inf loss, naming the step and
+            :attr:`last_checkpoint`; the parameters are those before that step.
+        """
+        bar = tqdm(range(epochs), desc="epochs", disable=not progress or self.rank != 0, leave=False)
         for _ in bar:
-            t0 = time.perf_counter()
-            train_loss = self.train_epoch()
-            seconds = time.perf_counter() - t0
+            try:
+                train_loss = self.train_epoch(step_callback)
+            except NonFiniteLossError as e:
+                last = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                        else "no checkpoint was saved")
+                raise NonFiniteLossError(f"{e}; training stopped there, {last}") from None
             self.epoch += 1
             self.history.train_loss.append(train_loss)
-            self.history.epoch_seconds.append(seconds)
-            if self.valid_data is not None:
+            self.history.epoch_seconds.append(self._epoch_seconds)
+            if self.valid_data is not None and self.rank == 0:
                 self.history.valid_loss.append(self.validate())
             bar.set_postfix(train=f"{train_loss:.2f}",
                             valid=f"{self.history.valid_loss[-1]:.2f}" if self.history.valid_loss else "-")
@@ -191,8 +279,94 @@ class Trainer:
                 callback(self)
         return self.history
 
+    # ---- checkpoints ------------------------------------------------------------------
+    def state_dict(self):
+        """Everything needed to continue training exactly where it is, as tensors and
+        plain containers (``torch.load(weights_only=True)`` reads it back):
+
+        ``model`` and ``optimizer`` state dicts, the model's ``config``, ``epoch``
+        (epochs completed), ``step`` (steps taken), ``epoch_step`` (steps taken in the
+        current epoch) with the running ``epoch_loss``/``epoch_seconds``, the batch
+        ``generator`` state *at the start of the current epoch* (mid-epoch) or now (at an
+        epoch boundary), ``rng``: the global generators' states of every rank
+        (:func:`pyro_vae.rng.get_state`), and ``history``.
+
+        In data-parallel training every rank must call it: the RNG states are gathered.
+        """
+        rngs = dp.all_gather_object(rng.get_state(self.device)) if self.world_size > 1 \
+            else [rng.get_state(self.device)]
+        return {
+            "model": self.vae.state_dict(),
+            "config": getattr(self.vae, "config", None),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step_count,
+            "epoch_step": self.epoch_step,
+            "epoch_loss": self._epoch_loss,
+            "epoch_seconds": self._epoch_seconds,
+            "generator": self._epoch_start if self.epoch_step > 0 else self.generator.get_state(),
+            "rng": rngs,
+            "world_size": self.world_size,
+            "history": self.history.to_dict(),
+        }
+
+    def load_state_dict(self, state):
+        """Continue from a :meth:`state_dict` (e.g. one loaded from a checkpoint): the
+        next step is the one that followed when the state was taken.
+
+        :raises CheckpointError: naming what differs, if the state is from another
+            model configuration or architecture, another optimizer, or a run on
+            another number of processes.
+        """
+        check_config(state.get("config"), getattr(self.vae, "config", None), what="model")
+        load_state_dict(self.vae, state["model"], what=f"model ({type(self.vae).__name__})")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this optimizer "
+                                  f"({type(self.optimizer).__name__}): {e}") from None
+        if len(state["rng"]) != self.world_size:
+            raise CheckpointError(f"the checkpoint holds the state of a run on {len(state['rng'])} processes, "
+                                  f"this run has {self.world_size}; resume it with torchrun "
+                                  f"--nproc_per_node {len(state['rng'])}" if len(state["rng"]) > 1 else
+                                  f"the checkpoint holds the state of a single-process run, this run has "
+                                  f"{self.world_size} processes; resume it without torchrun")
+        self.epoch, self.step_count, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
+        self._epoch_loss, self._epoch_seconds = state["epoch_loss"], state["epoch_seconds"]
+        self.generator.set_state(state["generator"])
+        self.history = History(**state["history"])
+        rng.set_state(state["rng"][self.rank], self.device)
+
+    def check_finite(self):
+        """Raise :class:`NonFiniteLossError` if a parameter holds NaN or inf (checked
+        before a checkpoint is written, so that none holds them)."""
+        bad = [name for name, p in self.vae.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            last = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                    else "no checkpoint was saved")
+            raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
+                                     f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
+                                     f"stopped there, {last}")
+
 
 def _check(vae, data):
+    """Refuse data the model cannot train on, naming the problem: images of another
+    size than the model's, NaN or inf values, grey levels outside [0, 1] for dynamic
+    binarization, and values the likelihood does not support."""
+    shape = (getattr(vae, "config", None) or {}).get("image_shape")
+    x_dim = math.prod(shape) if shape else getattr(getattr(vae, "decoder", None), "x_dim", None)
+    if x_dim is not None and data.x.shape[-1] != x_dim:
+        raise ValueError(f"{data.name}: the images have {data.x.shape[-1]} values "
+                         f"(image shape {tuple(data.image_shape)}), but the model was built for "
+                         f"{x_dim}{f' (image shape {tuple(shape)})' if shape else ''}")
+    finite = torch.isfinite(data.x)
+    if not finite.all():
+        raise ValueError(f"{data.name}: the data hold {int((~finite).sum())} NaN or inf values")
+    if data.binarize == "dynamic":
+        if data.x.min() < 0 or data.x.max() > 1:
+            raise ValueError(f"{data.name}: dynamic binarization draws Bernoulli(x) and needs grey levels "
+                             f"in [0, 1], got values in [{data.x.min():.4g}, {data.x.max():.4g}]")
+        return
     try:
         vae.likelihood.check(data.x)
     except ValueError as e:

@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from pyro_vae.cli import load_run, main
+
+
+def test_train_writes_a_run_folder_and_sample_reads_it(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--binarize", "dynamic", "--out", str(out), "--no-progress"]) == 0
+    for name in ("checkpoint.pt", "run.json", "loss_curves.png", "reconstructions.png", "samples.png"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["likelihood"] == "bernoulli" and run["data"]["dataset"] == "digits"
+    assert len(run["history"]["train_loss"]) == 2 and len(run["history"]["valid_loss"]) == 2
+    for name in ("loss_curves.png", "reconstructions.png", "samples.png"):
+        img = torch.tensor(list(Image.open(out / name).convert("L").getdata()), dtype=torch.float32)
+        assert img.var() > 0, name  # not blank
+    model, _ = load_run(out)
+    assert model.sample(3).shape == (3, 64)
+    assert main(["sample", str(out), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 28
+
+
+def test_default_likelihood_follows_the_data(tmp_path):
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "g"), "--no-progress"]) == 0
+    run = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert run["model"]["likelihood"] == "gaussian"
+
+
+def test_errors_are_clear_and_nothing_is_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert main(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "binarized_mnist_train.amat" in capsys.readouterr().err
+    assert main(["train", "--likelihood", "bernoulli", "--out", str(tmp_path / "y")]) == 2
+    assert "binarize" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "0", "--out", str(tmp_path / "z")]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "train" in r.stdout
