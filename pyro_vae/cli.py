@@ -4,6 +4,7 @@
     pyro-vae train --dataset binarized-mnist --data ../shared/data --epochs 10 --out runs/bmnist
     pyro-vae sample runs/bmnist -n 64
     pyro-vae evaluate runs/bmnist --split valid -K 5000   # NLL, -ELBO, -L_K, active units
+    pyro-vae plot runs/ae runs/vae --out runs/compare     # latent maps, manifolds, dead zones
 
 ``train`` writes into its output folder ``checkpoint.pt`` (tensors only), ``run.json``
 (configuration and history) and PNG figures (loss curves, reconstructions, samples).
@@ -552,7 +553,8 @@ def cmd_gradvar(args):
         train.x, valid.x = train.x[:args.train_size], valid.x[:args.valid_size]
         small = train.image_shape[-1] <= 8
         torch.manual_seed(args.seed)
-        vae = build_model(dict(model="vae", image_shape=list(train.image_shape), z_dim=args.z_dim or (8 if small else 50),
+        vae = build_model(dict(model="vae", image_shape=list(train.image_shape),
+                               z_dim=args.z_dim or (8 if small else 50),
                                hidden_dims=args.hidden or ([128] if small else [400])))
         x = valid.x[:args.batch_size]
         print(f"VAE on {args.dataset}: {len(train)} train / {len(valid)} valid images, {args.steps} steps per route, "

@@ -1,3 +1,688 @@
 """Evaluation of trained models: likelihood estimates, latent-space measures, and an
 independent classifier for judging generated images.
 """
+
+
+# ======================================================================================
+# Log-likelihood by importance sampling, IWAE bounds, active units (issue #5)
+# ======================================================================================
+import math
+import time
+from contextlib import contextmanager
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+from tqdm.auto import tqdm
+
+from .objectives import IWAE_ELBO
+from .training import private_param_store
+
+
+@contextmanager
+def unscaled(model):
+    """Evaluate ``model`` at scale 1, without gradients, in eval mode, in a private
+    param store.
+
+    The model's data plate scales a batch of B points by N/B when ``model.num_data = N``;
+    here ``num_data`` is set to None (each batch stands for itself, as
+    :func:`pyro_vae.training.evaluate_loss` does) and restored afterwards, as is the
+    train/eval mode."""
+    has_num_data = hasattr(model, "num_data")
+    saved = getattr(model, "num_data", None)
+    training = getattr(model, "training", None)
+    if has_num_data:
+        model.num_data = None
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        with private_param_store(), torch.no_grad():
+            yield model
+    finally:
+        if has_num_data:
+            model.num_data = saved
+        if isinstance(model, torch.nn.Module):
+            model.train(training)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _model_device(model):
+    if isinstance(model, torch.nn.Module):
+        for t in list(model.parameters()) + list(model.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+def _prepare(model, x, args):
+    """Check the inputs; move x and the per-data-point args to the model's device."""
+    if not (callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None))):
+        raise TypeError(f"expected a model with Pyro .model(x, *args) and .guide(x, *args) methods, "
+                        f"got {type(model).__name__}")
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch of data points of shape (N, x_dim), got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("x holds no data points (N = 0)")
+    for i, a in enumerate(args):
+        if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] != n:
+            raise ValueError(f"model argument {i + 1} after x has {a.shape[0]} rows, but x has {n} data points")
+    check = getattr(getattr(model, "likelihood", None), "check", None)
+    if check is not None:
+        check(x)
+    device = _model_device(model)
+    return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+
+
+def _batch_args(args, n, start, stop):
+    return tuple(a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a for a in args)
+
+
+def _stderr(sum_, sum_sq, count):
+    """Standard error of a mean from running sums: sqrt(s² / n), s² the unbiased variance."""
+    if count < 2:
+        return torch.full_like(sum_, float("nan"))
+    mean = sum_ / count
+    var = ((sum_sq - count * mean ** 2) / (count - 1)).clamp(min=0)
+    return (var / count).sqrt()
+
+
+def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100, chunk_size=100,
+                        max_plate_nesting=1, progress=False):
+    r"""Importance-sampling estimates for every data point x_n, from S = ``num_samples``
+    draws z_1..z_S ~ q(z | x_n) and their log weights
+
+        log w_s = log p(x_n, z_s) − log q(z_s | x_n)
+
+    computed from Pyro traces (:meth:`~pyro_vae.objectives.IWAE_ELBO.log_weights`: the
+    guide traced, the model replayed against it, site log-densities summed per data
+    point inside the data plate, the samples vectorized by a particle plate).
+
+    The S samples are drawn ``chunk_size`` at a time for ``batch_size`` data points at a
+    time and reduced on the fly (running log-sum-exp), so memory stays of order
+    ``chunk_size × batch_size × x_dim`` whatever S and N.
+
+    :param model: a module with Pyro ``model(x, *args)`` and ``guide(x, *args)`` methods
+        (e.g. :class:`~pyro_vae.models.VAE`); its data plate is evaluated at scale 1.
+    :param torch.Tensor x: data, ``(N, x_dim)``.
+    :param args: further model arguments (e.g. labels c of a conditional VAE); tensors
+        whose first dimension is N are batched with x.
+    :param int num_samples: S.
+    :param ks: the K of the IWAE bounds L_K to estimate; each must divide S.
+    :returns: a dict of ``(N,)`` float64 CPU tensors:
+
+        - ``log_px``: log p̂(x_n) = log (1/S) Σ_s w_s, the estimate of log p(x_n) (it is
+          L̂_S, a lower bound in expectation, with bias ≈ −Var(w)/(2 S E[w]²));
+        - ``log_px_stderr``: its Monte Carlo standard error by the delta method,
+          sqrt(Var̂(w) / S) / mean(w), computed as sqrt((S Σw² / (Σw)² − 1) / (S − 1));
+        - ``ess``: the effective sample size (Σ_s w_s)² / Σ_s w_s²;
+        - ``elbo``, ``elbo_stderr``: the ELBO L_1 = E_q[log w], estimated by the mean of
+          the S log weights, and its standard error;
+        - ``iwae_K``, ``iwae_K_stderr`` for each K in ``ks``: L_K = E[log (1/K) Σ_k w_k],
+          estimated by the mean over the S/K disjoint groups of K samples.
+    """
+    S = _positive_int("num_samples (K)", num_samples)
+    _positive_int("batch_size", batch_size)
+    chunk = _positive_int("chunk_size", chunk_size)
+    ks = tuple(_positive_int("K of an IWAE bound", k) for k in ks)
+    for k in ks:
+        if S % k:
+            raise ValueError(f"num_samples={S} is not a multiple of K={k}: L_K is estimated from the "
+                             f"S/K disjoint groups of K of the S samples")
+    lcm = math.lcm(*ks) if ks else 1
+    if chunk % lcm:  # every chunk must hold whole groups of every K
+        chunk = max(lcm, chunk // lcm * lcm)
+    x, args = _prepare(model, x, args)
+    n = x.shape[0]
+    objectives = {}
+    out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "log_px_stderr", "ess", "elbo",
+                                                                "elbo_stderr")}
+    for k in ks:
+        out[f"iwae_{k}"] = torch.empty(n, dtype=torch.float64)
+        out[f"iwae_{k}_stderr"] = torch.empty(n, dtype=torch.float64)
+    with unscaled(model), tqdm(total=n, desc=f"log p(x), K={S}", unit="x", disable=not progress,
+                               leave=False) as bar:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            xb, ab = x[start:stop], _batch_args(args, n, start, stop)
+            b = stop - start
+            zeros = torch.zeros(b, dtype=torch.float64, device=x.device)
+            lse1, lse2 = zeros - math.inf, zeros - math.inf
+            sum_lw, sum_lw2 = zeros.clone(), zeros.clone()
+            groups = {k: [zeros.clone(), zeros.clone()] for k in ks}
+            done = 0
+            while done < S:
+                c = min(chunk, S - done)
+                if c not in objectives:
+                    objectives[c] = IWAE_ELBO(c, max_plate_nesting=max_plate_nesting)
+                log_w, _, _ = objectives[c].log_weights(model.model, model.guide, xb, *ab)
+                lw = log_w.double()
+                lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
+                lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+                sum_lw += lw.sum(0)
+                sum_lw2 += lw.pow(2).sum(0)
+                for k, acc in groups.items():
+                    lk = torch.logsumexp(lw.reshape(c // k, k, b), 1) - math.log(k)
+                    acc[0] += lk.sum(0)
+                    acc[1] += lk.pow(2).sum(0)
+                done += c
+                bar.update(b * c / S)
+            sl = slice(start, stop)
+            out["log_px"][sl] = (lse1 - math.log(S)).cpu()
+            rel_var = (S * torch.exp(lse2 - 2 * lse1) - 1).clamp(min=0)
+            out["log_px_stderr"][sl] = (rel_var / (S - 1)).sqrt().cpu() if S > 1 else float("nan")
+            out["ess"][sl] = torch.exp(2 * lse1 - lse2).cpu()
+            out["elbo"][sl] = (sum_lw / S).cpu()
+            out["elbo_stderr"][sl] = _stderr(sum_lw, sum_lw2, S).cpu()
+            for k, (s1, s2) in groups.items():
+                out[f"iwae_{k}"][sl] = (s1 / (S // k)).cpu()
+                out[f"iwae_{k}_stderr"][sl] = _stderr(s1, s2, S // k).cpu()
+    return out
+
+
+def log_likelihood(model, x, *args, num_samples=5000, batch_size=100, chunk_size=100, return_stderr=False,
+                   progress=False):
+    r"""Importance-sampled log p(x_n | args) per data point (Burda et al. 2015):
+
+        log p̂(x_n) = log (1/K) Σ_{k=1..K} p(x_n, z_k) / q(z_k | x_n),  z_k ~ q(z | x_n),
+
+    K = ``num_samples`` (5000 is the usual choice for reporting a VAE's NLL = −log p̂(x)).
+    Vectorized over samples with a particle plate, computed in chunks of ``chunk_size``
+    samples for ``batch_size`` data points at a time on the model's device, at scale 1
+    (see :func:`importance_sampling`).
+
+    :returns: ``(N,)`` float64 CPU tensor; with ``return_stderr`` also the per-point Monte
+        Carlo standard errors (delta method), ``(log_px, stderr)``.
+    """
+    stats = importance_sampling(model, x, *args, num_samples=num_samples, batch_size=batch_size,
+                                chunk_size=chunk_size, progress=progress)
+    return (stats["log_px"], stats["log_px_stderr"]) if return_stderr else stats["log_px"]
+
+
+def iwae_bound(model, x, *args, K, num_samples=None, batch_size=100, chunk_size=100, return_stderr=False,
+               progress=False):
+    r"""The IWAE bound L_K(x_n) = E[log (1/K) Σ_k w_k] per data point, estimated by the
+    mean of ``num_samples / K`` independent draws of the K-sample estimator (default:
+    one draw, ``num_samples = K``). L_1 is the ELBO.
+
+    :returns: ``(N,)`` float64 CPU tensor (and the standard errors over the draws, NaN
+        for a single draw, if ``return_stderr``).
+    """
+    K = _positive_int("K", K)
+    num_samples = K if num_samples is None else num_samples
+    stats = importance_sampling(model, x, *args, num_samples=num_samples, ks=(K,), batch_size=batch_size,
+                                chunk_size=chunk_size, progress=progress)
+    est, se = stats[f"iwae_{K}"], stats[f"iwae_{K}_stderr"]
+    return (est, se) if return_stderr else est
+
+
+def elbo(model, x, *args, num_samples=100, batch_size=100, chunk_size=100, return_stderr=False):
+    r"""The ELBO per data point, L_1(x_n) = E_q[log p(x_n, z) − log q(z | x_n)], estimated
+    by the mean over ``num_samples`` draws z ~ q(z | x_n).
+
+    :returns: ``(N,)`` float64 CPU tensor (and standard errors if ``return_stderr``).
+    """
+    stats = importance_sampling(model, x, *args, num_samples=num_samples, batch_size=batch_size,
+                                chunk_size=chunk_size)
+    return (stats["elbo"], stats["elbo_stderr"]) if return_stderr else stats["elbo"]
+
+
+def posterior_means(model, x, *args, batch_size=1000, num_samples=1000, max_plate_nesting=1):
+    r"""E_q[z | x_n] for every latent (guide) sample site, flattened and concatenated:
+    ``(N, U)``, U the total number of latent units.
+
+    The mean comes from the guide site's distribution (``fn.mean``, e.g. μ(x) of a
+    Gaussian guide); where a distribution has no closed-form mean (a normalizing flow)
+    it is the average of ``num_samples`` draws, whose Monte Carlo noise adds about
+    E[Var_q(z_u)] / num_samples to each unit's variance across data points."""
+    x, args = _prepare(model, x, args)
+    n = x.shape[0]
+    rows = []
+    with unscaled(model):
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            xb, ab = x[start:stop], _batch_args(args, n, start, stop)
+            trace = prune_subsample_sites(poutine.trace(model.guide).get_trace(xb, *ab))
+            means, sampled = [], None
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or site["is_observed"]:
+                    continue
+                try:
+                    mean = site["fn"].mean
+                except NotImplementedError:
+                    if sampled is None:
+                        particles = pyro.plate("_means", num_samples, dim=-(max_plate_nesting + 1))
+                        sampled = poutine.trace(particles(model.guide)).get_trace(xb, *ab)
+                    mean = sampled.nodes[name]["value"].mean(0)
+                means.append(mean.reshape(stop - start, -1))
+            if not means:
+                raise ValueError("the guide has no latent sample sites")
+            rows.append(torch.cat(means, -1).cpu())
+    return torch.cat(rows)
+
+
+def active_units(model, x, *args, threshold=1e-2, batch_size=1000, return_variances=False):
+    r"""Number of active latent units (Burda et al. 2015, §5.2): unit u is active when
+
+        A_u = Cov_x( E_{q(z|x)}[z_u] ) > threshold   (10⁻² in the paper),
+
+    the variance over the data points x_n of the posterior mean of z_u
+    (:func:`posterior_means`). An inactive unit's posterior ignores x (it has collapsed
+    to the prior).
+
+    :param threshold: keyword only, because ``*args`` are model arguments.
+    :returns: the count (int); with ``return_variances`` also A, ``(U,)``.
+    """
+    if not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
+    means = posterior_means(model, x, *args, batch_size=batch_size)
+    if means.shape[0] < 2:
+        raise ValueError("active units need at least two data points (a variance across x)")
+    variances = means.double().var(0)
+    count = int((variances > threshold).sum())
+    return (count, variances) if return_variances else count
+
+
+def _mean_se(values):
+    values = values.double()
+    n = values.numel()
+    se = (values.std() / math.sqrt(n)).item() if n > 1 else float("nan")
+    return values.mean().item(), se
+
+
+def likelihood_report(model, x, *args, num_samples=5000, ks=(5, 50), batch_size=100, chunk_size=100,
+                      progress=False):
+    r"""Everything a paper reports about a VAE's density on a data set, in nats per data
+    point, as a dict of plain numbers (JSON-ready):
+
+    - ``nll``: −(1/N) Σ_n log p̂(x_n) with S = ``num_samples`` importance samples;
+      ``nll_stderr``: its standard error over the data points (std/√N), and
+      ``nll_mc_stderr``: the Monte Carlo part alone, sqrt(Σ_n se_n²)/N;
+    - ``neg_elbo`` (−L_1) and ``neg_iwae[K]`` (−L_K for each K in ``ks``), each with
+      ``..._stderr`` over the data points, all from the same S samples;
+    - ``active_units`` (threshold 10⁻²) and the number of latent units;
+    - ``min_ess``, ``median_ess``: effective sample sizes (diagnostics of the weights);
+    - ``n``, ``num_samples``, ``seconds``.
+    """
+    ks = tuple(k for k in ks if k != 1)
+    t0 = time.perf_counter()
+    stats = importance_sampling(model, x, *args, num_samples=num_samples, ks=ks, batch_size=batch_size,
+                                chunk_size=chunk_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    au, variances = active_units(model, x, *args, return_variances=True)
+    nll, nll_se = _mean_se(-stats["log_px"])
+    neg_elbo, neg_elbo_se = _mean_se(-stats["elbo"])
+    report = dict(n=int(x.shape[0]), num_samples=int(num_samples),
+                  nll=nll, nll_stderr=nll_se,
+                  nll_mc_stderr=stats["log_px_stderr"].pow(2).sum().sqrt().item() / x.shape[0],
+                  neg_elbo=neg_elbo, neg_elbo_stderr=neg_elbo_se, neg_iwae={}, neg_iwae_stderr={},
+                  active_units=au, latent_units=int(variances.numel()),
+                  min_ess=stats["ess"].min().item(), median_ess=stats["ess"].median().item(),
+                  seconds=seconds)
+    for k in ks:
+        report["neg_iwae"][str(k)], report["neg_iwae_stderr"][str(k)] = _mean_se(-stats[f"iwae_{k}"])
+    return report
+
+
+# ======================================================================================
+# An independent classifier, and the latent space measured (issue #3)
+# ======================================================================================
+import math as _math  # noqa: E402
+
+import torch as _torch  # noqa: E402
+from torch import nn as _nn  # noqa: E402
+from tqdm.auto import tqdm as _tqdm  # noqa: E402
+
+
+class DigitClassifier(_nn.Module):
+    r"""A small CNN p(y | x) = softmax(f(x)) over K classes, for flat images.
+
+    f: two blocks of (3×3 convolution, ReLU, 2×2 max-pool), then a hidden linear layer
+    and a linear layer to K logits. It works on any ``image_shape`` whose sides are at
+    least 4 (8×8 digits, 28×28 MNIST).
+
+    :param image_shape: ``(C, H, W)``; inputs arrive flat, ``(batch, C*H*W)``.
+    :param int num_classes: K.
+    :param channels: output channels of the two convolutions.
+    :param int hidden_dim: width of the hidden linear layer.
+
+    ``forward(x_flat) -> logits`` of shape ``(batch, K)``.
+    """
+
+    def __init__(self, image_shape, num_classes=10, channels=(16, 32), hidden_dim=64, dropout=0.25):
+        super().__init__()
+        c, h, w = (int(s) for s in image_shape)
+        if min(h, w) < 4:
+            raise ValueError(f"the classifier needs images at least 4×4, got image shape {tuple(image_shape)}")
+        self.image_shape, self.num_classes = (c, h, w), int(num_classes)
+        self.net = _nn.Sequential(
+            _nn.Unflatten(-1, self.image_shape),
+            _nn.Conv2d(c, channels[0], 3, padding=1), _nn.ReLU(), _nn.MaxPool2d(2),
+            _nn.Conv2d(channels[0], channels[1], 3, padding=1), _nn.ReLU(), _nn.MaxPool2d(2),
+            _nn.Flatten(),
+            _nn.Linear(channels[1] * (h // 4) * (w // 4), hidden_dim), _nn.ReLU(), _nn.Dropout(dropout),
+            _nn.Linear(hidden_dim, self.num_classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _check_images(clf, images, what="images"):
+    dim = _math.prod(clf.image_shape)
+    if images.dim() != 2 or images.shape[1] != dim:
+        raise ValueError(f"the classifier takes flat {what} of shape (N, {dim}) for image shape "
+                         f"{clf.image_shape}, got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"no {what} given (N = 0)")
+
+
+def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_size=64, lr=2e-3,
+                     weight_decay=1e-4, progress=False):
+    r"""Train a :class:`DigitClassifier` on labelled real images by cross-entropy,
+
+        min_f  −(1/N) Σ_n log softmax(f(x_n))_{y_n},
+
+    with Adam. The classifier is *independent* of every generative model: it judges
+    decoded images (:func:`classifier_confidence`) and labels them (conditional models).
+
+    :param data: :class:`~pyro_vae.data.ImageData` with labels ``y`` (e.g. ``digits``
+        or ``mnist10k``, train split). Grey levels in [0, 1].
+    :param int epochs: passes over ``data``.
+    :param int seed: seeds the initial weights and the batch order.
+    :param valid: optional labelled data; its accuracy is shown on the progress bar.
+    :returns: the trained classifier, in eval mode; ``clf(x_flat)`` gives logits.
+    """
+    if data.y is None:
+        raise ValueError(f"{data.name or 'the data'} has no labels; the classifier needs labelled images "
+                         "(e.g. 'digits' or 'mnist10k')")
+    if epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs}")
+    if len(data.y) != len(data):
+        raise ValueError(f"{len(data)} images but {len(data.y)} labels")
+    num_classes = data.num_classes or int(data.y.max()) + 1
+    with _torch.random.fork_rng(devices=[]):
+        _torch.manual_seed(seed)
+        clf = DigitClassifier(data.image_shape, num_classes).to(device)
+    x, y = data.x.to(device), data.y.to(device)
+    optimizer = _torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = _torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    generator = _torch.Generator().manual_seed(seed)
+    bar = _tqdm(range(epochs), desc="classifier", disable=not progress, leave=False)
+    for _ in bar:
+        clf.train()
+        order = _torch.randperm(len(x), generator=generator).to(device)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            loss = _nn.functional.cross_entropy(clf(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if valid is not None:
+            bar.set_postfix(valid_acc=f"{classifier_accuracy(clf, valid.x, valid.y):.3f}")
+    return clf.eval()
+
+
+@_torch.no_grad()
+def classifier_probs(clf, images, batch_size=2000):
+    """softmax(f(x)): class probabilities ``(N, K)`` for flat ``images`` ``(N, C*H*W)``."""
+    _check_images(clf, images)
+    clf.eval()
+    device = next(clf.parameters()).device
+    return _torch.cat([clf(images[i:i + batch_size].to(device)).softmax(-1).cpu()
+                       for i in range(0, images.shape[0], batch_size)])
+
+
+def classifier_confidence(clf, images):
+    r"""Mean max-softmax confidence (1/N) Σ_n max_k p(y=k | x_n), in [1/K, 1].
+
+    Near 1 when every image looks like some class to the classifier; decoded images
+    from the "dead zones" of a latent space look like none and score lower."""
+    return float(classifier_probs(clf, images).max(-1).values.mean())
+
+
+def classifier_accuracy(clf, images, labels):
+    """Share of ``images`` whose most probable class is ``labels`` (``(N,)`` int)."""
+    if labels is None or labels.shape != (images.shape[0],):
+        raise ValueError(f"need one label per image: {images.shape[0]} images, labels of shape "
+                         f"{None if labels is None else tuple(labels.shape)}")
+    pred = classifier_probs(clf, images).argmax(-1)
+    return float((pred == labels.cpu()).float().mean())
+
+
+# ---- the latent space: codes, a common frame, dead zones -------------------------------
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+
+@_torch.no_grad()
+def latent_codes(model, x, batch_size=1000, sample=False, seed=0):
+    """Codes of ``x`` (``(N, x_dim)``), ``(N, z_dim)``, on the CPU: the guide's mean
+    E_q[z|x] (the encoder mean of a VAE, the code f(x) of an autoencoder), or with
+    ``sample`` one draw z_n ~ q(z|x_n) each (seeded with ``seed``; the code itself for
+    an autoencoder's point mass)."""
+    model.eval()
+    device = next(model.parameters()).device
+    with _torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        _torch.manual_seed(seed)
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            q = model.encode(x[i:i + batch_size].to(device))
+            out.append((q.sample() if sample else q.mean).cpu())
+    return _torch.cat(out)
+
+
+@_dataclass
+class LatentFrame:
+    r"""An affine chart of the latent space, per dimension j:
+
+        u_j = (z_j − shift_j) / scale_j,      z_j = shift_j + scale_j u_j.
+
+    A VAE's prior N(0, I) fixes its latent scale, so its frame is the identity. An
+    autoencoder's codes have an arbitrary location and scale, so before comparing them
+    with N(0, I) they are standardized with the test codes' own mean and standard
+    deviation (:meth:`fit`): the autoencoder gets the best diagonal Gaussian fit, and a
+    draw u ~ N(0, I) in its frame is decoded at z = shift + scale ⊙ u.
+    """
+
+    shift: _torch.Tensor
+    scale: _torch.Tensor
+
+    @classmethod
+    def identity(cls, z_dim):
+        return cls(_torch.zeros(z_dim), _torch.ones(z_dim))
+
+    @classmethod
+    def fit(cls, codes):
+        """The z-score frame of ``codes`` ``(N, d)``: their mean and standard deviation."""
+        if codes.dim() != 2 or codes.shape[0] < 2:
+            raise ValueError(f"need at least two codes of shape (N, z_dim) to standardize, got {tuple(codes.shape)}")
+        scale = codes.std(0)
+        if not (scale > 0).all():
+            dims = (scale <= 0).nonzero().flatten().tolist()
+            raise ValueError(f"cannot standardize codes: latent dimension(s) {dims} have zero spread")
+        return cls(codes.mean(0), scale)
+
+    def to_frame(self, z):
+        return (z - self.shift.to(z)) / self.scale.to(z)
+
+    def to_latent(self, u):
+        return self.shift.to(u) + self.scale.to(u) * u
+
+
+def latent_frame(model, codes, standardize="auto"):
+    """The frame in which ``model``'s codes are compared with N(0, I).
+
+    :param standardize: True (z-score with ``codes``), False (identity) or ``"auto"``:
+        True for an :class:`~pyro_vae.models.Autoencoder`, False otherwise."""
+    from .models import Autoencoder
+
+    if standardize == "auto":
+        standardize = isinstance(model, Autoencoder)
+    return LatentFrame.fit(codes) if standardize else LatentFrame.identity(codes.shape[-1])
+
+
+def nearest_distances(queries, reference, exclude_self=False, chunk_size=1024):
+    r"""Euclidean distance from each query to its nearest reference point,
+    d_m = min_n ‖q_m − r_n‖, ``(M,)``.
+
+    :param bool exclude_self: ``queries`` *are* ``reference``: skip each point itself
+        (its nearest *other* point)."""
+    if queries.dim() != 2 or reference.dim() != 2 or queries.shape[1] != reference.shape[1]:
+        raise ValueError(f"queries {tuple(queries.shape)} and reference {tuple(reference.shape)} must be "
+                         "(M, d) and (N, d) with the same d")
+    if reference.shape[0] < (2 if exclude_self else 1):
+        raise ValueError(f"need {'two' if exclude_self else 'one'} or more reference points, got {reference.shape[0]}")
+    out = []
+    for start in range(0, queries.shape[0], chunk_size):
+        d = _torch.cdist(queries[start:start + chunk_size].double(), reference.double())
+        if exclude_self:
+            rows = _torch.arange(d.shape[0])
+            d[rows, rows + start] = float("inf")
+        out.append(d.min(1).values)
+    return _torch.cat(out).to(queries.dtype)
+
+
+def dead_zone_threshold(codes, quantile=0.99):
+    """The ``quantile`` of the codes' nearest-neighbour distances (each code to its
+    nearest other code): how far from its neighbours a code may lie in the data."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    return float(_torch.quantile(nearest_distances(codes, codes, exclude_self=True).double(), quantile))
+
+
+def dead_zone_share(draws, codes, quantile=0.99):
+    r"""Share of ``draws`` that fall in a dead zone of ``codes``:
+
+        s = (1/M) Σ_m 1[ min_n ‖u_m − c_n‖ > t ],   t = ``quantile`` of {min_{k≠n} ‖c_n − c_k‖},
+
+    the share of draws whose nearest code is farther than all but (1 − quantile) of the
+    codes are from theirs. If the draws come from the distribution of the codes,
+    s ≈ 1 − quantile (0.01 by default); draws that land in empty space push s to 1.
+
+    :param draws: ``(M, d)``, e.g. u ~ N(0, I) in the codes' frame.
+    :param codes: ``(N, d)``, the test codes in the same frame.
+    :returns: ``(s, t)``.
+    """
+    t = dead_zone_threshold(codes, quantile)
+    return float((nearest_distances(draws, codes) > t).double().mean()), t
+
+
+def _mean_and_se(values):
+    values = values.double()
+    return float(values.mean()), float(values.std() / _math.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+@_torch.no_grad()
+def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, standardize="auto", seed=0,
+                     batch_size=1000, codes="sample"):
+    r"""Dead zones of a trained model's latent space, as numbers.
+
+    Test codes c_n of the images ``x`` are put in the model's :class:`LatentFrame`
+    (identity for a VAE, z-score for an autoencoder, fitted on the encoder means), M
+    draws u_m ~ N(0, I) are taken in that frame and decoded at z_m = frame⁻¹(u_m) to
+    E[x|z_m]. Reported:
+
+    - ``share`` (a): :func:`dead_zone_share` of the draws against the codes, with its
+      binomial standard error ``share_se`` = √(s(1−s)/M) (the threshold's own
+      sampling noise, from N codes, comes on top). With ``codes="sample"`` (default)
+      the test codes are one draw c_n ~ q(z|x_n) each: the region the decoder was
+      trained on, and where a VAE's inactive latent units (q = p there, encoder mean 0)
+      are no dead zone; ``share_means`` is then the same measure with the encoder means
+      c_n = E_q[z|x_n] (what the latent map shows). An autoencoder's two coincide;
+    - ``confidence`` (b): :func:`classifier_confidence` on the decoded draws, with its
+      standard error over draws; ``confidence_data`` is the same on the real images,
+      the ceiling to compare with; for a standardized model ``confidence_raw`` is the
+      confidence on decoding z ~ N(0, I) *without* the frame (what ``model.sample`` does),
+      and ``confidence_recon`` on the decoded test codes (reconstructions): what this
+      decoder reaches where the data are, so a drop from it to ``confidence`` is the
+      price of the prior draws' locations rather than of a blurry decoder;
+    - ``class_entropy`` (and ``_raw``, ``_data``): :func:`predicted_class_entropy` of the
+      same images, whether the draws cover all classes or collapse onto a few.
+
+    :param x: test images ``(N, x_dim)``.
+    :param classifier: from :func:`train_classifier`; without it (b) is skipped.
+    :param int n_draws: M.
+    :returns: a dict of plain numbers.
+    """
+    if codes not in ("sample", "mean"):
+        raise ValueError(f"codes must be 'sample' (z ~ q(z|x)) or 'mean' (E_q[z|x]), got {codes!r}")
+    means = latent_codes(model, x, batch_size)
+    frame = latent_frame(model, means, standardize)
+    g = _torch.Generator().manual_seed(seed)
+    u = _torch.randn(n_draws, means.shape[1], generator=g)
+    test_codes = latent_codes(model, x, batch_size, sample=True, seed=seed) if codes == "sample" else means
+    share, threshold = dead_zone_share(u, frame.to_frame(test_codes), quantile)
+    standardized = not (bool((frame.shift == 0).all()) and bool((frame.scale == 1).all()))
+    report = dict(model=getattr(model, "config", None) and model.config.get("model") or type(model).__name__,
+                  z_dim=int(means.shape[1]), n_codes=int(means.shape[0]), n_draws=int(n_draws),
+                  quantile=quantile, standardized=standardized, codes=codes, threshold=threshold, share=share,
+                  share_se=_math.sqrt(share * (1 - share) / n_draws))
+    if codes == "sample":
+        report["share_means"], report["threshold_means"] = dead_zone_share(u, frame.to_frame(means), quantile)
+    if classifier is not None:
+        device = next(model.parameters()).device
+
+        def judge(key, z=None):
+            images = x if z is None else _torch.cat([model.decode(z[i:i + batch_size].to(device)).cpu().clamp(0, 1)
+                                                     for i in range(0, z.shape[0], batch_size)])
+            probs = classifier_probs(classifier, images)
+            report[key], report[key + "_se"] = _mean_and_se(probs.max(-1).values)
+            return probs
+
+        probs = judge("confidence", frame.to_latent(u))
+        report["class_entropy"] = predicted_class_entropy(probs)
+        if standardized:
+            report["class_entropy_raw"] = predicted_class_entropy(judge("confidence_raw", u))
+        judge("confidence_recon", means)
+        report["class_entropy_data"] = predicted_class_entropy(judge("confidence_data"))
+    return report
+
+
+def predicted_class_entropy(probs):
+    r"""Entropy (nats) of the classes the classifier picks for a set of images,
+    H = −Σ_k f_k log f_k with f_k the share of images whose most probable class is k.
+
+    log K (2.30 for ten digits) when every class is picked equally often, 0 when one class
+    is picked for all: decoded draws that look like one blob score low even when the
+    classifier is confident about that blob (``confidence`` alone misses it).
+
+    :param probs: ``(N, K)`` class probabilities (:func:`classifier_probs`).
+    """
+    f = _torch.bincount(probs.argmax(-1), minlength=probs.shape[-1]).double() / probs.shape[0]
+    f = f[f > 0]
+    return float(-(f * f.log()).sum())
+
+
+def dead_zone_table(reports, names=None):
+    """A Markdown table of :func:`dead_zone_report` results, one row per model."""
+    names = names or [r["model"] for r in reports]
+    lines = ["| model | z_dim | frame | (a) dead-zone share, codes z ~ q(z|x) | (a) with encoder means | "
+             "(b) classifier confidence on decoded draws | on reconstructions | on real test images |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in zip(names, reports):
+        conf = f"{r['confidence']:.3f} ± {r['confidence_se']:.3f}" if "confidence" in r else "–"
+        if "confidence_raw" in r:
+            conf += f" (raw z ~ N(0, I): {r['confidence_raw']:.3f} ± {r['confidence_raw_se']:.3f})"
+        if "class_entropy" in r:
+            conf += f"; class entropy {r['class_entropy']:.2f}"
+            if "class_entropy_raw" in r:
+                conf += f" (raw {r['class_entropy_raw']:.2f})"
+        recon = f"{r['confidence_recon']:.3f}" if "confidence_recon" in r else "–"
+        data = (f"{r['confidence_data']:.3f}; class entropy {r['class_entropy_data']:.2f}"
+                if "confidence_data" in r else "–")
+        frame = "standardized codes" if r["standardized"] else "prior N(0, I)"
+        share = f"{r['share']:.3f} ± {r['share_se']:.3f}"
+        if r.get("codes") == "mean":
+            sampled, means = "–", share
+        else:
+            sampled, means = share, f"{r['share_means']:.3f}"
+        lines.append(f"| {name} | {r['z_dim']} | {frame} | {sampled} | {means} | {conf} | {recon} | {data} |")
+    return "\n".join(lines)

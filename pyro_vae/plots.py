@@ -67,3 +67,338 @@ def save_reconstructions(vae, x, image_shape, path, n=8):
 def save_samples(vae, image_shape, path, n=64, mean=True):
     """``n`` samples z ~ p(z), decoded to E[x|z] (or a draw of x if not ``mean``)."""
     return save_grid(vae.sample(n, mean=mean), image_shape, path, nrow=int(n ** 0.5) or 1)
+
+
+# ---- conditional VAE (issue #4) --------------------------------------------------------
+def save_class_samples(model, image_shape, path, n=10, mean=True):
+    """One row per class k = 0, …, K−1 of a class-conditional model, ``n`` images each:
+    z ~ p(z|c=k) decoded to E[x|z,c=k] (or a draw of x if not ``mean``)."""
+    k = model.condition.num_classes
+    c = torch.arange(k).repeat_interleave(n)
+    return save_grid(model.sample(c=c, mean=mean), image_shape, path, nrow=n)
+
+
+def save_completions(model, x, image_shape, path, num_quadrants=(1, 2, 3), num_samples=3, hidden_value=0.35):
+    """Quadrant completions next to the truth: for each number k of given quadrants,
+    a panel whose columns are the images ``x`` and whose rows are the given quadrants
+    (hidden pixels shown at ``hidden_value`` grey), the truth, and ``num_samples``
+    completions z ~ p(z|c), x_u = E[x_u|z,c] (:meth:`~pyro_vae.models.ConditionalVAE.complete`)."""
+    from .data import quadrant_mask
+
+    n, d = x.shape
+    fig, axes = plt.subplots(len(num_quadrants), 1, figsize=(1.0 + 0.55 * n, 0.62 * (2 + num_samples) *
+                                                             len(num_quadrants) + 0.3), dpi=120, squeeze=False)
+    labels = ["given", "truth"] + [f"sample {i + 1}" for i in range(num_samples)]
+    for ax, k in zip(axes[:, 0], num_quadrants):
+        m = quadrant_mask(k, image_shape).to(x.device).expand(n, d)
+        given = torch.where(m, x, torch.full_like(x, hidden_value))
+        filled = model.complete(x, m, n=num_samples).reshape(-1, d)
+        rows = as_images(torch.cat([given, x, filled]), image_shape)
+        grid = make_grid(rows, nrow=n, padding=2, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        h = image_shape[-2] + 2
+        ax.set_yticks([2 + h * i + h / 2 - 1 for i in range(len(labels))], labels, fontsize=8)
+        ax.set_xticks([])
+        ax.set_title(f"{k} quadrant{'s' if k > 1 else ''} given", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.05)  # keep the row labels whole
+    plt.close(fig)
+    return path
+
+
+# ---- the latent space drawn: maps, manifolds, interpolations (issue #3) -----------------
+import math  # noqa: E402
+
+
+def _save_figure(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def project_2d(codes, *others):
+    """Project ``codes`` ``(N, d)`` (and ``others``, ``(M, d)`` each, with the same map)
+    to 2-D: unchanged for d = 2, else onto the codes' first two principal axes
+    (scikit-learn's PCA, centred on the codes' mean).
+
+    :returns: ``(codes_2d, [others_2d...], note)``; ``note`` says what was done, e.g.
+        ``"PCA of 16-D codes, 2 axes explain 41% of variance"`` (empty for d = 2).
+    """
+    d = codes.shape[-1]
+    if d == 1:
+        raise ValueError("a latent map needs at least 2 latent dimensions, the model has 1")
+    if d == 2:
+        return codes, list(others), ""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2).fit(codes.double().numpy())
+    proj = [torch.from_numpy(pca.transform(c.double().numpy())).to(codes.dtype) for c in (codes,) + others]
+    note = f"PCA of {d}-D codes, 2 axes explain {100 * pca.explained_variance_ratio_.sum():.0f}% of variance"
+    return proj[0], proj[1:], note
+
+
+def latent_map_panel(model, x, labels=None, title=None, standardize="auto", draws=None, quantile=0.99,
+                     codes="sample", seed=0):
+    """What :func:`plot_latent_maps` draws for one model: the codes E_q[z|x] of test
+    images ``x`` in the model's :class:`~pyro_vae.evaluation.LatentFrame` (z-scored for
+    an autoencoder, as is for a VAE), and optionally ``draws`` u ~ N(0, I) in that frame
+    with a flag for those in a dead zone (:func:`~pyro_vae.evaluation.dead_zone_share`),
+    judged against ``codes`` as in :func:`~pyro_vae.evaluation.dead_zone_report`
+    (``"sample"``: one z ~ q(z|x) per image; ``"mean"``: the encoder means shown).
+
+    :param int draws: number of prior draws to show (None: none); the same draws as
+        :func:`~pyro_vae.evaluation.dead_zone_report` with the same ``seed``.
+    """
+    from .evaluation import dead_zone_threshold, latent_codes, latent_frame, nearest_distances
+
+    codes = latent_codes(model, x)
+    frame = latent_frame(model, codes, standardize)
+    u = frame.to_frame(codes)
+    standardized = not bool((frame.scale == 1).all() and (frame.shift == 0).all())
+    kind = type(model).__name__
+    panel = dict(codes=u, labels=labels, title=title or f"{kind}: " + (
+        "codes, standardized (z-score)" if standardized else "encoder means E_q[z|x]"))
+    if draws:
+        g = torch.Generator().manual_seed(seed)
+        v = torch.randn(int(draws), u.shape[1], generator=g)
+        ref = u if codes == "mean" else frame.to_frame(latent_codes(model, x, sample=True, seed=seed))
+        panel["draws"] = v
+        panel["dead"] = nearest_distances(v, ref) > dead_zone_threshold(ref, quantile)
+        panel["dead_codes"] = "the codes shown" if codes == "mean" or kind == "Autoencoder" else "codes z ~ q(z|x)"
+    return panel
+
+
+def plot_latent_maps(panels, path, lim=4.0, circles=(1, 2, 3)):
+    """Latent maps side by side, on the same axes: test codes coloured by digit.
+
+    :param panels: a list of dicts from :func:`latent_map_panel` (``codes`` ``(N, d)``,
+        ``labels`` ``(N,)`` or None, ``title``; optionally ``draws`` and a boolean
+        ``dead`` per draw, drawn as black crosses where True). Codes with d > 2 are
+        projected by :func:`project_2d`, and the figure says so.
+    :param float lim: both axes span [−lim, lim] in every panel.
+    :param circles: radii r of the prior N(0, I₂)'s circles drawn dashed; the circle of
+        radius r holds 1 − e^{−r²/2} of its mass (39%, 86%, 99% for r = 1, 2, 3). Any
+        orthonormal projection of N(0, I_d) is N(0, I₂), so they hold for PCA maps too.
+    """
+    if not panels:
+        raise ValueError("no latent maps to draw")
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.9, 4.6), dpi=110, squeeze=False)
+    scatter = None
+    for ax, p in zip(axes[0], panels):
+        draws = p.get("draws")
+        c2, others, note = project_2d(p["codes"], *([draws] if draws is not None else []))
+        labels = p.get("labels")
+        if labels is not None:
+            scatter = ax.scatter(c2[:, 0], c2[:, 1], c=labels.cpu(), cmap="tab10", vmin=-0.5, vmax=9.5, s=4,
+                                 alpha=0.8, linewidths=0)
+        else:
+            ax.scatter(c2[:, 0], c2[:, 1], s=4, alpha=0.6, linewidths=0, color="tab:blue")
+        if draws is not None and p.get("dead") is not None:
+            dead = others[0][p["dead"]]
+            ax.scatter(dead[:, 0], dead[:, 1], marker="x", s=9, color="black", linewidths=0.6,
+                       label=f"N(0, I) draws in dead zones ({100 * p['dead'].float().mean():.1f}%)"
+                             + (f"\nof {p['dead_codes']}" if p.get("dead_codes") else ""))
+            ax.legend(loc="lower left", fontsize=7, framealpha=0.85)
+        theta = torch.linspace(0, 2 * torch.pi, 200)
+        for r in circles:
+            ax.plot(r * theta.cos(), r * theta.sin(), ls="--", lw=0.8, color="0.3")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_title(p.get("title", ""), fontsize=9)
+        ax.set_xlabel("PC 1" if note else "$u_1$")
+        ax.set_ylabel("PC 2" if note else "$u_2$")
+        if note:
+            ax.text(0.5, 0.985, note, transform=ax.transAxes, ha="center", va="top", fontsize=7,
+                    bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    if scatter is not None:
+        bar = fig.colorbar(scatter, ax=axes[0].tolist(), ticks=range(10), fraction=0.03, pad=0.02)
+        bar.set_label("digit")
+    fig.text(0.01, 0.01, f"dashed: circles of N(0, I) holding {', '.join(f'{100 * (1 - math.exp(-r * r / 2)):.0f}%' for r in circles)}",
+             fontsize=7, color="0.3")
+    return _save_figure(fig, path)
+
+
+def gaussian_quantile_grid(n=15, lo=0.05, hi=0.95):
+    r"""An n × n grid of points in the plane at Gaussian quantiles (Kingma & Welling's
+    manifold figures): u = (Φ⁻¹(p_j), Φ⁻¹(p_i)) for p evenly spaced in [lo, hi], Φ⁻¹
+    the standard normal quantile function (``torch.distributions.Normal.icdf``).
+
+    :returns: ``(n*n, 2)``, row-major as an image reads: the first row has the largest
+        second coordinate, columns run left to right in the first coordinate.
+    """
+    if n < 1:
+        raise ValueError(f"the grid needs n >= 1 points a side, got {n}")
+    if not 0 < lo <= hi < 1:
+        raise ValueError(f"quantile levels must satisfy 0 < lo <= hi < 1, got lo={lo}, hi={hi}")
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(lo, hi, n))
+    rows, cols = torch.meshgrid(q.flip(0), q, indexing="ij")
+    return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)
+
+
+@torch.no_grad()
+def decode_manifold(model, n=15, codes=None, standardize="auto", lo=0.05, hi=0.95):
+    """Decode the latent plane at Gaussian quantiles: E[x | z] for z on
+    :func:`gaussian_quantile_grid` mapped into the latent space.
+
+    The grid lives in the model's frame (:class:`~pyro_vae.evaluation.LatentFrame`, fitted
+    on ``codes`` for an autoencoder; the identity without ``codes``), so quantiles of
+    N(0, 1) reach as far as the codes do. For d > 2 latent dimensions the plane is
+    spanned by the first two principal axes of the framed ``codes`` (by the first two
+    latent axes without ``codes``), through the origin.
+
+    :param codes: test codes ``(N, d)`` (:func:`~pyro_vae.evaluation.latent_codes`) or None.
+    :returns: ``(n*n, x_dim)`` images, row-major.
+    """
+    from .evaluation import LatentFrame, latent_frame
+
+    d = model.z_dim
+    if d < 2:
+        raise ValueError("a decoded manifold needs at least 2 latent dimensions, the model has 1")
+    grid = gaussian_quantile_grid(n, lo, hi)
+    if codes is None:
+        frame, basis = LatentFrame.identity(d), torch.eye(d)[:2]
+    else:
+        frame = latent_frame(model, codes, standardize)
+        if d > 2:
+            from sklearn.decomposition import PCA
+
+            basis = torch.from_numpy(PCA(2).fit(frame.to_frame(codes).double().numpy()).components_).float()
+        else:
+            basis = torch.eye(d)[:2]
+    z = frame.to_latent(grid @ basis)
+    device = next(model.parameters()).device
+    return model.decode(z.to(device)).cpu()
+
+
+def save_manifold(model, image_shape, path, n=15, codes=None, standardize="auto"):
+    """Write :func:`decode_manifold` as an n × n PNG grid."""
+    return save_grid(decode_manifold(model, n, codes, standardize), image_shape, path, nrow=n)
+
+
+@torch.no_grad()
+def interpolate(model, x_a, x_b, steps=10):
+    r"""Decoded images along the straight line between the codes of two inputs:
+    z_t = (1 − t) c(x_a) + t c(x_b), t = 0, 1/(steps−1), …, 1, with c(x) = E_q[z|x];
+    returns E[x | z_t].
+
+    :param x_a: ``(x_dim,)`` or a batch ``(k, x_dim)``; ``x_b`` likewise.
+    :returns: ``(steps, x_dim)`` for single inputs, ``(k, steps, x_dim)`` for batches.
+    """
+    if steps < 2:
+        raise ValueError(f"an interpolation needs steps >= 2, got {steps}")
+    single = x_a.dim() == 1
+    x_a, x_b = x_a.reshape(-1, x_a.shape[-1]), x_b.reshape(-1, x_b.shape[-1])
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"x_a {tuple(x_a.shape)} and x_b {tuple(x_b.shape)} must have the same shape")
+    model.eval()
+    z_a, z_b = model.encode(x_a).mean, model.encode(x_b).mean
+    t = torch.linspace(0, 1, steps, device=z_a.device)[:, None]
+    z = (1 - t) * z_a[:, None, :] + t * z_b[:, None, :]  # (k, steps, d)
+    out = model.decode(z)
+    return out[0] if single else out
+
+
+def save_interpolations(model, x_a, x_b, image_shape, path, steps=10):
+    """One row per pair: the input x_a, the ``steps`` decoded images of
+    :func:`interpolate` from x_a to x_b, and the input x_b."""
+    x_a, x_b = x_a.reshape(-1, x_a.shape[-1]), x_b.reshape(-1, x_b.shape[-1])
+    path_images = interpolate(model, x_a, x_b, steps).to(x_a.device)
+    rows = torch.cat([x_a[:, None], path_images, x_b[:, None]], dim=1)
+    return save_grid(rows.reshape(-1, x_a.shape[-1]), image_shape, path, nrow=steps + 2)
+
+
+def plot_image_grids(grids, image_shape, path, nrow=None, suptitle=None):
+    """Image grids side by side with a title each (e.g. AE and VAE samples or manifolds):
+    each value of ``grids`` (``{title: (N, C*H*W)}``) through torchvision's ``make_grid``."""
+    if not grids:
+        raise ValueError("no image grids to draw")
+    n = len(grids)
+    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.9 if suptitle else 4.7), dpi=110, squeeze=False)
+    for ax, (title, images) in zip(axes[0], grids.items()):
+        images = as_images(images, image_shape)
+        grid = make_grid(images, nrow=nrow or int(math.ceil(math.sqrt(len(images)))), padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+# ---- gradient variance: score function against reparameterization (issue #7) ------------
+def plot_gradient_variance(rows, path, labels=None):
+    """Figure 6: the variance of gradient estimators against the number of samples N,
+    log-log, one panel per φ. Measured variances (markers, ±2 standard errors) and closed
+    forms (dashed lines), one colour per route.
+
+    :param rows: dicts with ``route, phi, N, var, var_closed, var_se``
+        (:func:`pyro_vae.gradvar.measure_toy`).
+    :param dict labels: ``{route: legend label}``.
+    """
+    if not rows:
+        raise ValueError("no variance measurements to draw")
+    labels = labels or {}
+    phis = sorted({r["phi"] for r in rows})
+    routes = list(dict.fromkeys(r["route"] for r in rows))
+    fig, axes = plt.subplots(1, len(phis), figsize=(3.6 * len(phis) + 0.6, 3.9), dpi=120, sharey=True,
+                             squeeze=False)
+    for ax, phi in zip(axes[0], phis):
+        for k, route in enumerate(routes):
+            sel = sorted((r for r in rows if r["route"] == route and r["phi"] == phi), key=lambda r: r["N"])
+            n = [r["N"] for r in sel]
+            color = f"C{k}"
+            ax.errorbar(n, [r["var"] for r in sel], yerr=[2 * r["var_se"] for r in sel], fmt="o", ms=4,
+                        color=color, capsize=2, label=labels.get(route, route))
+            ax.plot(n, [r["var_closed"] for r in sel], "--", color=color, lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"φ = {phi:g}", fontsize=10)
+        ax.set_xlabel("samples N")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("variance of the gradient estimate")
+    axes[0][-1].plot([], [], "k--", lw=1, label="closed form")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("∇φ E[x²], x ~ N(φ, 1): variance across repetitions", fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_elbo_curves(curves, path, labels=None, title="−ELBO over the same steps"):
+    """−ELBO curves of several training runs against the step: validation −ELBO (lines
+    with markers) and the minibatch −ELBO of each step, smoothed over 25 steps (thin).
+
+    :param dict curves: ``{route: curve}``, each with ``step, train, valid_step, valid``
+        (:func:`pyro_vae.gradvar.train_curve`).
+    :param dict labels: ``{route: legend label}``.
+    """
+    if not curves:
+        raise ValueError("no curves to draw")
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(6.2, 4.0), dpi=120)
+    later = []
+    for k, (route, c) in enumerate(curves.items()):
+        color = f"C{k}"
+        train = torch.tensor(c["train"], dtype=torch.float64)
+        width = min(25, len(train))
+        smooth = torch.nn.functional.avg_pool1d(train[None, None], width, stride=1)[0, 0]
+        ax.plot(c["step"][width - 1:], smooth.tolist(), color=color, lw=0.7, alpha=0.5)
+        ax.plot(c["valid_step"], c["valid"], "o-", color=color, ms=3, lw=1.3, label=labels.get(route, route))
+        later += c["valid"][1:] + smooth.tolist()[len(smooth) // 10:]
+    if later:
+        lo, hi = min(later), max(later)
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("−ELBO (nats per data point)")
+    ax.plot([], [], color="gray", lw=0.7, alpha=0.6, label="minibatch, smoothed")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)

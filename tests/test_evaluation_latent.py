@@ -1,0 +1,212 @@
+"""The independent classifier and the latent-space measures of pyro_vae.evaluation.
+
+The dead-zone measure is checked on synthetic codes whose answer is known:
+
+- codes and draws from the same N(0, I): by construction about 1 − q = 1% of draws lie
+  farther from the codes than the q = 99th percentile of the codes' own nearest-neighbour
+  distances. The share s has two sources of noise, the M draws (binomial, variance
+  q(1−q)/M) and the empirical quantile of N codes (the mass beyond it has variance
+  ≈ q(1−q)/N), so |s − 0.01| < 5 √(q(1−q)(1/M + 1/N));
+- codes in two far clusters: every N(0, I) draw is in empty space, s ≈ 1;
+- codes on a half-plane: a draw at distance > t from it is dead, so s is at least the
+  share of draws with u₁ < −t, and at most ½ + 1% + noise.
+"""
+
+import math
+
+import pytest
+import torch
+
+from pyro_vae.data import ImageData, load_dataset
+from pyro_vae.evaluation import (
+    DigitClassifier,
+    LatentFrame,
+    classifier_accuracy,
+    classifier_confidence,
+    classifier_probs,
+    dead_zone_report,
+    dead_zone_share,
+    dead_zone_table,
+    dead_zone_threshold,
+    latent_codes,
+    latent_frame,
+    nearest_distances,
+    train_classifier,
+)
+from pyro_vae.models import build_autoencoder, build_vae
+
+Q = 0.99
+
+
+def _sd(m, n, q=Q):
+    return math.sqrt(q * (1 - q) * (1 / m + 1 / n))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "train"), load_dataset("digits", "valid")
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(digits):
+    train, _ = digits
+    return train_classifier(train, epochs=30, seed=0)
+
+
+# ---- classifier ------------------------------------------------------------------------
+def test_classifier_is_accurate_on_digits(digits, digits_classifier):
+    _, valid = digits
+    assert classifier_accuracy(digits_classifier, valid.x, valid.y) >= 0.95
+
+
+def test_classifier_is_accurate_on_mnist10k(shared_data):
+    train = load_dataset("mnist10k", "train", shared_data)
+    valid = load_dataset("mnist10k", "valid", shared_data)
+    clf = train_classifier(train, epochs=3, seed=0)
+    assert clf(valid.x[:5]).shape == (5, 10)
+    assert classifier_accuracy(clf, valid.x, valid.y) >= 0.95
+
+
+def test_confidence_is_the_mean_max_softmax(digits, digits_classifier):
+    _, valid = digits
+    x = valid.x[:50]
+    with torch.no_grad():
+        expected = digits_classifier(x).softmax(-1).max(-1).values.mean().item()
+    conf = classifier_confidence(digits_classifier, x)
+    assert conf == pytest.approx(expected, abs=1e-6)
+    assert 0.1 <= conf <= 1.0
+    probs = classifier_probs(digits_classifier, x)
+    assert torch.allclose(probs.sum(-1), torch.ones(50), atol=1e-5)
+    # real digits look like digits to it, uniform noise much less so
+    noise = torch.rand(200, 64, generator=torch.Generator().manual_seed(0))
+    assert classifier_confidence(digits_classifier, valid.x) > 0.9
+    assert classifier_confidence(digits_classifier, noise) < classifier_confidence(digits_classifier, valid.x) - 0.1
+
+
+def test_classifier_bad_input_is_named(digits, digits_classifier):
+    train, valid = digits
+    with pytest.raises(ValueError, match="no labels"):
+        train_classifier(ImageData(x=train.x[:10], image_shape=train.image_shape))
+    with pytest.raises(ValueError, match=r"shape \(N, 64\)"):
+        classifier_confidence(digits_classifier, torch.rand(3, 784))
+    with pytest.raises(ValueError, match="one label per image"):
+        classifier_accuracy(digits_classifier, valid.x[:5], valid.y[:4])
+    with pytest.raises(ValueError, match="at least 4×4"):
+        DigitClassifier((1, 2, 2))
+
+
+# ---- nearest neighbours and the frame ----------------------------------------------------
+def test_nearest_distances_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30, 3, generator=g), torch.randn(20, 3, generator=g)
+    brute = torch.tensor([min(float((p - r).norm()) for r in b) for p in a])
+    assert torch.allclose(nearest_distances(a, b, chunk_size=7), brute, atol=1e-5)
+    self_brute = torch.tensor([min(float((p - r).norm()) for j, r in enumerate(a) if j != i)
+                               for i, p in enumerate(a)])
+    assert torch.allclose(nearest_distances(a, a, exclude_self=True, chunk_size=7), self_brute, atol=1e-5)
+    with pytest.raises(ValueError, match="same d"):
+        nearest_distances(a, torch.randn(4, 2))
+
+
+def test_latent_frame_round_trip_and_errors():
+    g = torch.Generator().manual_seed(1)
+    codes = 5 + 3 * torch.randn(500, 2, generator=g)
+    frame = LatentFrame.fit(codes)
+    u = frame.to_frame(codes)
+    assert torch.allclose(u.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(u.std(0), torch.ones(2), atol=1e-5)
+    assert torch.allclose(frame.to_latent(u), codes, atol=1e-4)
+    with pytest.raises(ValueError, match=r"dimension\(s\) \[1\]"):
+        LatentFrame.fit(torch.stack([torch.randn(10), torch.zeros(10)], -1))
+    ident = LatentFrame.identity(2)
+    assert torch.equal(ident.to_frame(codes), codes)
+
+
+# ---- dead zones on synthetic codes -------------------------------------------------------
+def test_gaussian_codes_have_one_percent_dead_zones():
+    g = torch.Generator().manual_seed(2)
+    m, n = 4000, 2000
+    share, t = dead_zone_share(torch.randn(m, 2, generator=g), torch.randn(n, 2, generator=g), Q)
+    assert abs(share - (1 - Q)) < 5 * _sd(m, n)
+    assert t > 0
+
+
+def test_two_far_clusters_leave_the_prior_in_dead_zones():
+    g = torch.Generator().manual_seed(3)
+    centre = torch.tensor([5.0, 0.0])
+    codes = torch.cat([centre + 0.1 * torch.randn(1000, 2, generator=g),
+                       -centre + 0.1 * torch.randn(1000, 2, generator=g)])
+    draws = torch.randn(4000, 2, generator=g)
+    share, t = dead_zone_share(draws, codes, Q)
+    # a draw within t of a code lies within ~0.5 of (±5, 0): N(0, I) puts < 1e-4 there
+    assert share > 0.99
+    # and the closed-form lower bound: draws farther than 0.5 + t from both centres are dead
+    far = ((draws - centre).norm(dim=1) > 0.5 + t) & ((draws + centre).norm(dim=1) > 0.5 + t)
+    assert share >= far.double().mean().item() - 1e-12
+
+
+def test_half_plane_codes_kill_the_other_half():
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randn(2000, 2, generator=g)
+    codes[:, 0] = codes[:, 0].abs()  # all codes have u₁ ≥ 0
+    draws = torch.randn(4000, 2, generator=g)
+    share, t = dead_zone_share(draws, codes, Q)
+    # geometry: a draw with u₁ < −t is farther than t from every code
+    assert share >= (draws[:, 0] < -t).double().mean().item()
+    # the half u₁ > 0 matches the codes' distribution: about 1% of it is dead
+    assert share <= (draws[:, 0] < 0).double().mean().item() + 0.5 * (1 - Q) + 5 * _sd(2000, 2000)
+    assert share > 0.4
+
+
+def test_standardizing_makes_a_scaled_gaussian_fair():
+    g = torch.Generator().manual_seed(5)
+    m, n = 4000, 2000
+    codes = torch.tensor([10.0, -3.0]) + torch.tensor([20.0, 0.05]) * torch.randn(n, 2, generator=g)
+    draws = torch.randn(m, 2, generator=g)
+    raw, _ = dead_zone_share(draws, codes, Q)
+    fair, _ = dead_zone_share(draws, LatentFrame.fit(codes).to_frame(codes), Q)
+    assert raw > 0.9
+    assert abs(fair - (1 - Q)) < 5 * _sd(m, n)
+
+
+def test_threshold_is_the_quantile_of_neighbour_distances():
+    codes = torch.tensor([[0.0], [1.0], [3.0], [7.0]])  # neighbour distances 1, 1, 2, 4
+    assert dead_zone_threshold(codes, 0.5) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="quantile"):
+        dead_zone_threshold(codes, 1.0)
+
+
+# ---- reports on (untrained) models --------------------------------------------------------
+def test_report_on_models(digits, digits_classifier):
+    _, valid = digits
+    torch.manual_seed(0)
+    ae = build_autoencoder(valid.image_shape, z_dim=2, hidden_dims=(16,))
+    vae = build_vae(valid.image_shape, z_dim=2, hidden_dims=(16,))
+    assert latent_frame(ae, latent_codes(ae, valid.x)).scale.ne(1).all()
+    assert torch.equal(latent_frame(vae, latent_codes(vae, valid.x)).scale, torch.ones(2))
+    reports = [dead_zone_report(m, valid.x, digits_classifier, n_draws=500) for m in (ae, vae)]
+    r_ae, r_vae = reports
+    assert r_ae["standardized"] and not r_vae["standardized"]
+    assert "confidence_raw" in r_ae and "confidence_raw" not in r_vae
+    # an autoencoder's sampled codes are its codes: both shares agree
+    assert r_ae["share"] == r_ae["share_means"]
+    for r in reports:
+        assert 0 <= r["share"] <= 1 and r["n_codes"] == len(valid) and r["n_draws"] == 500
+        assert 0.1 <= r["confidence"] <= 1 and r["confidence_se"] > 0
+        assert r["confidence_data"] == pytest.approx(classifier_confidence(digits_classifier, valid.x), abs=1e-6)
+    # an untrained VAE's q(z|x) ≈ N(μ(x), ~I) draws spread over the prior; its means do not
+    assert r_vae["share"] < r_vae["share_means"]
+    table = dead_zone_table(reports, ["ae", "vae"])
+    assert table.count("\n") == 3 and "| ae | 2 | standardized codes |" in table
+    with pytest.raises(ValueError, match="codes must be"):
+        dead_zone_report(ae, valid.x, codes="median")
+
+
+def test_predicted_class_entropy_closed_forms():
+    from pyro_vae.evaluation import predicted_class_entropy
+
+    eye = torch.eye(10)
+    assert predicted_class_entropy(eye.repeat(3, 1)) == pytest.approx(math.log(10))  # all classes equally
+    assert predicted_class_entropy(eye[[4] * 30]) == pytest.approx(0.0)  # one class for all
+    half = torch.cat([eye[[1] * 5], eye[[7] * 5]])
+    assert predicted_class_entropy(half) == pytest.approx(math.log(2))
