@@ -59,11 +59,14 @@ def _loss_fn(objective):
     return objective.loss_and_grads, False
 
 
-def private_param_store():
-    """A context in which ``pyro.module``/``pyro.param`` register into a fresh param
-    store, restored afterwards: training one model never touches (or is touched by)
-    the parameters another model left in Pyro's global store under the same names."""
-    return pyro.get_param_store().scope()
+def private_param_store(state=None):
+    """A context in which ``pyro.module``/``pyro.param`` register into a private param
+    store (fresh, or ``state`` from an earlier use, updated on exit), with Pyro's global
+    store restored afterwards: training one model never touches (or is touched by) the
+    parameters another model left in the global store under the same names, while
+    state that Pyro keeps in the store across steps (e.g. the decaying-average baselines
+    of ``TraceGraph_ELBO``) persists from epoch to epoch in the trainer's own state."""
+    return pyro.get_param_store().scope(state)
 
 
 @torch.no_grad()
@@ -154,6 +157,8 @@ class Trainer:
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
         self.valid_batch_size = valid_batch_size
         self.history = History()
+        #: the trainer's private Pyro param store (see :func:`private_param_store`).
+        self.param_state = {"params": {}, "constraints": {}}
         self.epoch = 0
         self.step_count = 0
         #: steps taken in the current epoch (> 0 only inside an epoch, or after
@@ -184,7 +189,7 @@ class Trainer:
             loss.backward()
             value = loss.item()
         else:
-            value = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+            value = self._loss_and_scaled_grads(batch, n)
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at {self._where()}")
         if self.clip_norm is not None:
@@ -198,6 +203,16 @@ class Trainer:
     def _where(self):
         return f"step {self.step_count + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1})"
 
+    def _loss_and_scaled_grads(self, batch, n):
+        """For objectives that only offer ``loss_and_grads`` (``TraceGraph_ELBO``): the
+        loss and gradients divided by N, as for the differentiable objectives, so that SGD
+        and ``clip_norm`` see per-data-point gradients whatever the objective."""
+        value = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+        for p in self._params:
+            if p.grad is not None:
+                p.grad.div_(n)
+        return value
+
     def _local_loss_and_grads(self, batch, n):
         """This rank's mean loss on its shard, with its gradients in ``.grad`` (data-parallel
         steps). A NaN loss is returned, not raised, so every rank learns of it in the same
@@ -205,7 +220,7 @@ class Trainer:
         if batch[0].shape[0] == 0:
             return 0.0
         if not self.differentiable:
-            return self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+            return self._loss_and_scaled_grads(batch, n)
         loss = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
         value = loss.item()
         if math.isfinite(value):
@@ -227,7 +242,7 @@ class Trainer:
         self._epoch_start = self.generator.get_state()
         if self.epoch_step == 0:
             self._epoch_loss, self._epoch_seconds = 0.0, 0.0
-        with private_param_store():
+        with private_param_store(self.param_state):
             batches = _batches(self.train_data, self.batch_size, True, self.generator, self.with_labels)
             t0 = time.perf_counter()
             for i, batch in enumerate(batches):

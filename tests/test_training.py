@@ -102,3 +102,32 @@ def test_invalid_options():
         Trainer(small_vae(), train, valid, lr=-1.0)
     with pytest.raises(ValueError, match="optimizer"):
         Trainer(small_vae(), train, valid, optimizer="nope")
+
+
+def test_tracegraph_gradients_are_per_data_point_like_trace_elbo():
+    """On a reparameterized guide TraceGraph_ELBO's gradient is the pathwise one, equal to
+    Trace_ELBO's under the same seed: the trainer must scale both by 1/N."""
+    train, valid = digits("static")
+    grads = {}
+    for objective in ("elbo", "tracegraph"):
+        torch.manual_seed(0)
+        trainer = Trainer(small_vae(), train, valid, objective=objective, optimizer="sgd", lr=1e-9, seed=1)
+        x = train.x[:64]
+        pyro.set_rng_seed(5)
+        trainer.step(x)
+        grads[objective] = torch.cat([p.grad.flatten() for p in trainer.vae.parameters()])
+    assert torch.allclose(grads["elbo"], grads["tracegraph"], rtol=1e-4, atol=1e-6)
+
+
+def test_decaying_baseline_persists_across_epochs():
+    train, valid = digits("static")
+    train.x, train.y = train.x[:1408], train.y[:1408]  # a multiple of the batch size
+    vae = small_vae(guide_kwargs={"reparameterized": False, "baseline": "decaying"})
+    trainer = Trainer(vae, train, valid, objective="tracegraph", batch_size=64)
+    trainer.run(1, progress=False)
+    keys = [k for k in trainer.param_state["params"] if "baseline" in k]
+    assert keys, list(trainer.param_state["params"])
+    first = trainer.param_state["params"][keys[0]].detach().clone()
+    trainer.run(1, progress=False)
+    assert not torch.equal(first, trainer.param_state["params"][keys[0]])
+    assert not any("baseline" in k for k in pyro.get_param_store().keys())
