@@ -12,7 +12,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+
+
+def make_grid(*args, **kwargs):
+    """torchvision's ``make_grid``, imported on first use (torchvision takes seconds to
+    import, and the command line needs it only when it draws)."""
+    from torchvision.utils import make_grid as _make_grid
+
+    return _make_grid(*args, **kwargs)
+
+
+def save_image(*args, **kwargs):
+    """torchvision's ``save_image``, imported on first use."""
+    from torchvision.utils import save_image as _save_image
+
+    return _save_image(*args, **kwargs)
 
 
 def as_images(x, image_shape):
