@@ -1,0 +1,447 @@
+r"""How good is q(z|x)? The guide against the true posterior of a trained decoder.
+
+For one data point x the true posterior of the model,
+
+    p(z|x) = p(z) p(x|z) / p(x),
+
+is sampled by NUTS (Pyro's :class:`~pyro.infer.MCMC`) on the model as it stands, its
+decoder fixed (:func:`nuts_posterior`), and kept as ArviZ ``InferenceData`` (several
+chains, so that R-hat and the effective sample size say whether to trust it). The guide
+q(z|x) is then compared with it (:func:`compare_to_nuts`):
+
+- the **Pareto k̂** of the importance weights w_s = p(x, z_s) / q(z_s|x), z_s ~ q(z|x)
+  (PSIS, ``arviz.psislw``): the estimated shape of the weights' right tail. For k̂ < 0.7
+  the importance-sampled log p̂(x) (the NLL a VAE reports) is trustworthy; above it the
+  weights have (nearly) infinite variance and q misses mass of p(z|x)
+  (Vehtari et al. 2015/2024);
+- two divergences, with log p(x) estimated by importance sampling from a defensive
+  mixture of q and a Gaussian fitted to the NUTS draws (:func:`log_evidence`):
+  KL(q ‖ p) = log p(x) − ELBO(x) (exclusive: the ELBO's gap) and
+  KL(p ‖ q) = E_{p(z|x)}[log p(x, z) − log q(z|x)] − log p(x) (inclusive, averaged over
+  the NUTS draws: large when q misses mass);
+- pair plots of NUTS draws and guide draws (``arviz.plot_pair``,
+  :func:`plot_posterior_pairs`).
+
+:func:`khat_share` gives the share of data points with k̂ < 0.7; :func:`amortization_gap`
+measures what the encoder loses against the same family fitted to each point alone.
+"""
+
+import copy
+import math
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, Trace_ELBO
+from torch import nn
+from tqdm.auto import tqdm
+
+from .evaluation import elbo as _elbo
+from .evaluation import unscaled
+from .objectives import IWAE_ELBO
+from .training import private_param_store
+
+#: k̂ below this: the importance-sampling estimate is reliable (PSIS).
+KHAT_THRESHOLD = 0.7
+
+
+# ---- the model at a fixed decoder -----------------------------------------------------
+@contextmanager
+def fixed_model(model):
+    """Evaluate ``model`` as a fixed density p(x, z): eval mode, data plate at scale 1
+    (``num_data = None``), parameters without gradients (NUTS differentiates with
+    respect to z only), in a private param store; all restored afterwards."""
+    saved_num_data = getattr(model, "num_data", None)
+    training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.num_data = None
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with private_param_store():
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.num_data = saved_num_data
+        model.train(training)
+
+
+def _one_point(model, x, args):
+    """x as a batch of one, ``(1, x_dim)``, on the model's device; args likewise."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a tensor, one data point of shape (x_dim,) or (1, x_dim), got {type(x).__name__}")
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.dim() != 2 or x.shape[0] != 1:
+        raise ValueError(f"the posterior is sampled for one data point at a time: x must have shape (x_dim,) "
+                         f"or (1, x_dim), got {tuple(x.shape)}")
+    check = getattr(getattr(model, "likelihood", None), "check", None)
+    if check is not None:
+        check(x)
+    device = next(model.parameters()).device
+    args = tuple(a.reshape(1, *a.shape[1:]) if torch.is_tensor(a) and a.dim() > 0 else a for a in args)
+    return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+
+
+# ---- NUTS ------------------------------------------------------------------------------
+def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chains=2, seed=0,
+                   target_accept_prob=0.8, max_tree_depth=8, jit_compile=False, progress=False):
+    r"""Sample the true posterior p(z|x) ∝ p(z) p(x|z) of ``model`` for one data point with
+    NUTS, the model's own ``model(x, *args)`` conditioned on x (decoder fixed).
+
+    The chains run one after another (each :class:`~pyro.infer.MCMC` with one chain, seed
+    ``seed + c``, started at a uniform draw in (−2, 2)^d), so no process pool is needed.
+
+    :param model: a :class:`~pyro_vae.models.VAE` (or any module with Pyro ``model`` and a
+        single latent site ``"z"`` in the data plate).
+    :param x: one data point, ``(x_dim,)`` or ``(1, x_dim)``.
+    :param args: further model arguments for that point (e.g. its label c).
+    :param int num_chains: C ≥ 2 for R-hat.
+    :param bool jit_compile: compile the potential energy with the PyTorch JIT (Pyro's
+        option; faster for small models, slower to start).
+    :returns: ``arviz.InferenceData`` with ``posterior.z`` of dims ``(chain, draw, z_dim)``
+        and ``sample_stats.diverging``.
+    """
+    for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
+                             ("num_chains", num_chains, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    x, args = _one_point(model, x, args)
+    draws, diverging = [], []
+    with fixed_model(model), torch.random.fork_rng(devices=[]):
+        for c in range(num_chains):
+            pyro.set_rng_seed(seed + c)
+            kernel = NUTS(model.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                          jit_compile=jit_compile, ignore_jit_warnings=True)
+            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
+                        disable_progbar=not progress)
+            with warnings.catch_warnings():  # torch deprecates jit.trace, which Pyro's jit_compile uses
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace.*")
+                mcmc.run(x, *args)
+            z = mcmc.get_samples()["z"]
+            draws.append(z.reshape(num_samples, -1).cpu().double().numpy())
+            flags = np.zeros(num_samples, dtype=bool)
+            flags[list(mcmc.diagnostics()["divergences"]["chain 0"])] = True
+            diverging.append(flags)
+    z = np.stack(draws)
+    return az.from_dict(posterior={"z": z}, sample_stats={"diverging": np.stack(diverging)},
+                        coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
+
+
+def nuts_diagnostics(idata):
+    """Max R-hat, min bulk and tail ESS over the latent coordinates, and the number of
+    divergent transitions, of :func:`nuts_posterior`'s draws (ArviZ)."""
+    rhat = az.rhat(idata, var_names=["z"])["z"].values
+    ess_bulk = az.ess(idata, var_names=["z"], method="bulk")["z"].values
+    ess_tail = az.ess(idata, var_names=["z"], method="tail")["z"].values
+    return dict(max_rhat=float(np.max(rhat)), min_ess_bulk=float(np.min(ess_bulk)),
+                min_ess_tail=float(np.min(ess_tail)),
+                divergences=int(idata.sample_stats["diverging"].values.sum()),
+                num_draws=int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]))
+
+
+def nuts_draws(idata):
+    """The NUTS draws of z, all chains pooled: ``(C·S, z_dim)`` float64 tensor."""
+    z = torch.as_tensor(idata.posterior["z"].values)
+    return z.reshape(-1, z.shape[-1])
+
+
+# ---- densities of the model and the guide at given z -------------------------------------
+def log_joint(model, x, z, *args):
+    r"""log p(x, z) = log p(z) + log p(x|z) for one data point x at each of S latent
+    values ``z`` (``(S, z_dim)``), vectorized over S by a plate; ``(S,)`` float64.
+
+    ``model`` must be in :func:`fixed_model`."""
+    x, args = _one_point(model, x, args)
+    z = z.to(x.device, torch.get_default_dtype()).reshape(-1, 1, z.shape[-1])
+    with pyro.plate("_draws", z.shape[0], dim=-2), poutine.condition(data={"z": z}):
+        trace = poutine.trace(model.model).get_trace(x, *args)
+    trace.compute_log_prob()
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and "log_prob" in site:
+            total = total + site["log_prob"]
+    return total.reshape(-1).double().cpu()
+
+
+def guide_distribution(model, x, *args):
+    """q(z|x) of ``model``'s guide for one point: the distribution at its ``"z"`` site
+    (``batch_shape == (1,)``), read from a trace of ``model.guide(x, *args)``."""
+    x, args = _one_point(model, x, args)
+    trace = poutine.trace(model.guide).get_trace(x, *args)
+    return trace.nodes["z"]["fn"]
+
+
+def importance_log_weights(model, x, *args, num_samples=1000, chunk_size=1000):
+    r"""log w_s = log p(x_n, z_s) − log q(z_s|x_n), z_s ~ q(z|x_n), for every data point
+    x_n of a batch ``x`` (``(N, x_dim)``): ``(N, S)`` float64, from Pyro traces
+    (:meth:`~pyro_vae.objectives.IWAE_ELBO.log_weights`), at scale 1."""
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    rows = []
+    with unscaled(model):
+        done = 0
+        while done < num_samples:
+            c = min(chunk_size, num_samples - done)
+            log_w, _, _ = IWAE_ELBO(c).log_weights(model.model, model.guide, x, *args)
+            rows.append(log_w.double().cpu())
+            done += c
+    return torch.cat(rows).T.contiguous()
+
+
+def pareto_khat(log_weights):
+    r"""The Pareto k̂ of importance weights (PSIS, ``arviz.psislw``): the shape of a
+    generalized Pareto distribution fitted to the largest weights. ``(..., S)`` log
+    weights give ``(...)`` k̂. Below :data:`KHAT_THRESHOLD` = 0.7 the importance-sampled
+    estimate is reliable; k̂ ≥ 1 means the weights' mean itself is infinite."""
+    lw = np.asarray(torch.as_tensor(log_weights).double().cpu().numpy())
+    if lw.shape[-1] < 10:
+        raise ValueError(f"Pareto k̂ needs at least 10 importance weights per point, got {lw.shape[-1]}")
+    if not np.isfinite(lw).all():
+        raise ValueError("the log importance weights hold NaN or inf")
+    _, khat = az.psislw(lw, reff=1.0)
+    return torch.as_tensor(np.asarray(khat, dtype=np.float64))
+
+
+def khat_share(model, x, *args, num_samples=1000, batch_size=100, threshold=KHAT_THRESHOLD, progress=False):
+    """k̂ of every data point of ``x`` (``(N, x_dim)``) from ``num_samples`` draws of its
+    guide, and the share of points with k̂ < ``threshold``.
+
+    :returns: ``(share, khat)`` with ``khat`` a ``(N,)`` float64 tensor."""
+    n = x.shape[0]
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc="Pareto k̂", disable=not progress, leave=False):
+        stop = min(n, start + batch_size)
+        sub = tuple(a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a for a in args)
+        out.append(pareto_khat(importance_log_weights(model, x[start:stop], *sub, num_samples=num_samples)))
+    khat = torch.cat(out)
+    return float((khat < threshold).double().mean()), khat
+
+
+# ---- comparing q(z|x) with the NUTS draws ------------------------------------------------
+def log_evidence(model, x, idata, *args, num_samples=5000, widen=1.5):
+    r"""log p(x) for one point by importance sampling from a defensive mixture
+
+        r(z) = ½ q(z|x) + ½ N(z; m, widen² · C),
+
+    m and C the mean and covariance of the NUTS draws: a proposal that covers p(z|x)
+    whether or not the guide does, so that the divergences of :func:`compare_to_nuts`
+    rest on a log p(x) independent of the guide's quality.
+
+    :returns: ``(log_px, stderr, khat)``, the estimate, its delta-method standard error
+        and the k̂ of the mixture's weights."""
+    x1, args1 = _one_point(model, x, args)
+    zn = nuts_draws(idata)
+    m = zn.mean(0)
+    cov = torch.cov(zn.T).reshape(zn.shape[-1], zn.shape[-1]) * widen ** 2
+    cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype)
+    gauss = dist.MultivariateNormal(m.float(), covariance_matrix=cov.float())
+    with fixed_model(model), torch.no_grad():
+        q = guide_distribution(model, x1, *args1)
+        half = num_samples // 2
+        z = torch.cat([q.sample((half,)).reshape(half, -1).cpu(), gauss.sample((num_samples - half,))])
+        log_q = q.log_prob(z.to(x1.device).unsqueeze(1)).reshape(-1).double().cpu()
+        log_r = torch.logaddexp(log_q, gauss.log_prob(z).double()) - math.log(2)
+        log_w = log_joint(model, x1, z, *args1) - log_r
+    lse = torch.logsumexp(log_w, 0)
+    log_px = float(lse - math.log(num_samples))
+    rel_var = float((num_samples * torch.exp(torch.logsumexp(2 * log_w, 0) - 2 * lse) - 1).clamp(min=0))
+    return log_px, math.sqrt(rel_var / (num_samples - 1)), float(pareto_khat(log_w))
+
+
+def compare_to_nuts(model, x, idata, *args, num_samples=5000):
+    r"""Compare ``model``'s guide q(z|x) with NUTS draws ``idata`` of p(z|x) for one point.
+
+    :returns: a dict of plain numbers:
+
+        - ``khat``: Pareto k̂ of w = p(x, z)/q(z|x), z ~ q, from ``num_samples`` draws;
+        - ``log_px``, ``log_px_stderr``, ``log_px_khat``: :func:`log_evidence`;
+        - ``log_px_q``: log (1/S) Σ w_s with the guide alone (what a NLL reports);
+        - ``elbo``: (1/S) Σ log w_s;
+        - ``kl_q_p`` = log p(x) − ELBO, and ``kl_p_q`` = mean over the NUTS draws of
+          log p(x, z) − log q(z|x), minus log p(x);
+        - ``mean_error``: max_j |E_q z_j − E_p z_j| / sd_p(z_j), the guide's mean off by
+          how many posterior standard deviations; ``sd_ratio_min``/``sd_ratio_max``: the
+          range of sd_q(z_j)/sd_p(z_j);
+        - the NUTS diagnostics (:func:`nuts_diagnostics`).
+    """
+    x1, args1 = _one_point(model, x, args)
+    log_w = importance_log_weights(model, x1, *args1, num_samples=num_samples)[0]
+    lse = torch.logsumexp(log_w, 0)
+    log_px, log_px_se, log_px_khat = log_evidence(model, x1, idata, *args1, num_samples=num_samples)
+    zn = nuts_draws(idata)
+    with fixed_model(model), torch.no_grad():
+        q = guide_distribution(model, x1, *args1)
+        lq = q.log_prob(zn.to(x1.device, torch.get_default_dtype()).unsqueeze(1)).reshape(-1).double().cpu()
+        lj = log_joint(model, x1, zn, *args1)
+        zq = q.sample((num_samples,)).reshape(num_samples, -1).double().cpu()
+    elbo = float(log_w.mean())
+    sd_p, sd_q = zn.std(0), zq.std(0)
+    out = dict(khat=float(pareto_khat(log_w)), log_px=log_px, log_px_stderr=log_px_se, log_px_khat=log_px_khat,
+               log_px_q=float(lse - math.log(num_samples)), elbo=elbo, kl_q_p=log_px - elbo,
+               kl_p_q=float((lj - lq).mean()) - log_px,
+               mean_error=float(((zq.mean(0) - zn.mean(0)).abs() / sd_p).max()),
+               sd_ratio_min=float((sd_q / sd_p).min()), sd_ratio_max=float((sd_q / sd_p).max()),
+               num_samples=int(num_samples))
+    out.update(nuts_diagnostics(idata))
+    return out
+
+
+def guide_draws(model, x, *args, num_samples=1000):
+    """``num_samples`` draws of q(z|x) for one point, ``(S, z_dim)`` float64 on the CPU."""
+    x1, args1 = _one_point(model, x, args)
+    with fixed_model(model), torch.no_grad():
+        q = guide_distribution(model, x1, *args1)
+        return q.sample((num_samples,)).reshape(num_samples, -1).double().cpu()
+
+
+def informative_dims(idata, k=4):
+    """The ``k`` latent coordinates whose NUTS posterior is narrowest (smallest standard
+    deviation): those the data point informs most; the others sit near the prior."""
+    sd = nuts_draws(idata).std(0)
+    return sorted(int(j) for j in torch.argsort(sd)[:min(k, sd.numel())])
+
+
+def plot_posterior_pairs(idata, guides, path, dims=None, title=None, max_points=1000):
+    """Pair plot (``arviz.plot_pair``, scatter with marginal densities) of the NUTS draws
+    of p(z|x) (black) with the draws of one or more guides overlaid in colour.
+
+    :param idata: :func:`nuts_posterior`'s InferenceData.
+    :param dict guides: ``{name: draws}``, draws ``(S, z_dim)`` of each guide's q(z|x).
+    :param dims: latent coordinates to show (default :func:`informative_dims`, 4 of them).
+    :returns: the PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = list(dims) if dims is not None else informative_dims(idata)
+    if len(dims) < 2:
+        raise ValueError(f"a pair plot needs at least two latent coordinates, got dims={dims}")
+    coords = {"z_dim": dims}
+    colors = ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
+    size = 2.0 * len(dims)
+    nuts = _thin(idata.posterior["z"].values, max_points)
+    ax = az.plot_pair(az.from_dict(posterior={"z": nuts}, coords={"z_dim": np.arange(nuts.shape[-1])},
+                                   dims={"z": ["z_dim"]}),
+                      var_names=["z"], coords=coords, marginals=True, figsize=(size + 1, size),
+                      scatter_kwargs=dict(color="black", alpha=0.35, s=6, zorder=3),
+                      marginal_kwargs=dict(color="black"))
+    for (name, draws), color in zip(guides.items(), colors):
+        z = np.asarray(torch.as_tensor(draws).double().cpu().numpy())[None, :max_points]
+        q = az.from_dict(posterior={"z": z}, coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
+        az.plot_pair(q, var_names=["z"], coords=coords, marginals=True, ax=ax,
+                     scatter_kwargs=dict(color=color, alpha=0.35, s=6),
+                     marginal_kwargs=dict(color=color))
+    fig = np.ravel(ax)[0].figure
+    handles = [plt.Line2D([], [], color="black", marker="o", ls="", label="NUTS p(z|x)")]
+    handles += [plt.Line2D([], [], color=c, marker="o", ls="", label=f"q(z|x): {n}")
+                for n, c in zip(guides, colors)]
+    fig.legend(handles=handles, loc="upper right", frameon=False)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _thin(z, max_points):
+    """Pool the chains of ``(C, S, d)`` draws and keep at most ``max_points`` evenly spaced."""
+    flat = z.reshape(-1, z.shape[-1])
+    step = max(1, flat.shape[0] // max_points)
+    return flat[::step][None, :max_points]
+
+
+# ---- the amortization gap ------------------------------------------------------------------
+class FreeOutputs(nn.Module):
+    """An "encoder" whose outputs are free parameters, one row per data point: it stands in
+    for the encoder when the guide family is fitted to each point alone.
+
+    :param outputs: the initial outputs, a tuple of ``(N, size)`` tensors.
+    """
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.values = nn.ParameterList(nn.Parameter(o.detach().clone()) for o in outputs)
+
+    def forward(self, x):
+        n = self.values[0].shape[0]
+        if x.shape[0] != n:
+            raise ValueError(f"these free outputs belong to {n} data points, got a batch of {x.shape[0]}")
+        return tuple(self.values)
+
+
+@contextmanager
+def _encoder_replaced(family, encoder):
+    saved = family.encoder
+    family.encoder = encoder
+    try:
+        yield
+    finally:
+        family.encoder = saved
+
+
+def amortization_gap(model, x, *args, steps=300, lr=0.02, num_particles=8, num_eval_samples=1000, progress=False):
+    r"""The amortization gap (Cremer, Li & Duvenaud 2018) for data points ``x``
+    (``(N, x_dim)``): how much ELBO the encoder loses against the same guide family fitted
+    to each point alone,
+
+        gap(x_n) = ELBO(q*_n) − ELBO(q_φ(·|x_n)) ≥ 0 (up to optimization and noise),
+
+    where q*_n is the family at encoder outputs (μ, log σ², and the Cholesky entries or
+    the flow context) optimized for x_n alone, starting from the encoder's, with every
+    other weight (decoder, the flow's MADE networks) fixed. The loss is a sum over points
+    and Adam is per coordinate, so one run over all points equals N separate fits.
+
+    :param int steps: Adam steps of ``Trace_ELBO`` with ``num_particles`` particles.
+    :returns: a dict of ``(N,)`` float64 tensors: ``elbo_amortized``, ``elbo_local``, ``gap``
+        (each ELBO the mean of ``num_eval_samples`` draws; ``gap_stderr`` the standard
+        error of the difference).
+    """
+    family = getattr(model, "posterior", None)
+    if family is None or not isinstance(getattr(family, "encoder", None), nn.Module):
+        raise ValueError("the amortization gap needs a model whose guide family has an encoder "
+                         "(model.posterior.encoder)")
+    if x.dim() != 2:
+        raise ValueError(f"x must be a batch (N, x_dim), got shape {tuple(x.shape)}")
+    amortized, amortized_se = _elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
+    captured = []
+    handle = family.encoder.register_forward_hook(lambda m, i, o: captured.append(tuple(t.detach() for t in o)))
+    try:
+        with fixed_model(model), torch.no_grad():
+            model.guide(x.to(next(model.parameters()).device), *args)
+    finally:
+        handle.remove()
+    free = FreeOutputs(captured[-1])
+    objective = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    optimizer = torch.optim.Adam(free.parameters(), lr=lr)
+    with _encoder_replaced(family, free):
+        with fixed_model(model):
+            free.requires_grad_(True)  # fixed_model froze every parameter of the model, these included
+            for _ in tqdm(range(steps), desc="local fits", disable=not progress, leave=False):
+                optimizer.zero_grad(set_to_none=True)
+                loss = objective.differentiable_loss(model.model, model.guide, x, *args)
+                loss.backward()
+                optimizer.step()
+        local, local_se = _elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
+    return dict(elbo_amortized=amortized, elbo_local=local, gap=local - amortized,
+                gap_stderr=(amortized_se ** 2 + local_se ** 2).sqrt())
+
+
+def copy_with_guide_outputs(model, outputs):
+    """A deep copy of ``model`` whose guide ignores the encoder and gives the fixed
+    ``outputs`` (a tuple of ``(N, size)`` tensors): the family at chosen parameters."""
+    clone = copy.deepcopy(model)
+    clone.posterior.encoder = FreeOutputs(outputs)
+    return clone

@@ -1,0 +1,143 @@
+"""NUTS against the closed-form posterior of a linear-Gaussian model; Pareto k̂, the
+divergences, the amortization gap and ``pyro-vae posterior`` (issue #6)."""
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae import posterior as P
+from pyro_vae.cli import main
+from pyro_vae.guides import FullCovarianceNormal
+from pyro_vae.likelihoods import Gaussian
+from pyro_vae.models import VAE
+
+W = torch.tensor([[1.0, 0.8], [0.9, 1.1], [0.3, -0.2]])
+SIGMA = 0.5
+X = torch.tensor([[1.0, 1.5, -0.3]])
+
+
+class ZeroEncoder(nn.Module):
+    """Learnable outputs shared by every x, starting at 0 (a poor amortized guide)."""
+
+    def __init__(self, sizes):
+        super().__init__()
+        self.outputs = nn.ParameterList(nn.Parameter(torch.zeros(1, k)) for k in sizes)
+
+    def forward(self, x):
+        return tuple(o.expand(x.shape[0], -1) for o in self.outputs)
+
+
+def linear_gaussian_vae():
+    """z ~ N(0, I₂), x = W z + ε, ε ~ N(0, 0.5² I₃), with the full-covariance guide."""
+    decoder = nn.Linear(2, 3, bias=False)
+    decoder.weight.data = W.clone()
+    return VAE(ZeroEncoder(FullCovarianceNormal.encoder_out_dims(2)), decoder, 2, likelihood=Gaussian(3, scale=SIGMA),
+               guide="full")
+
+
+def exact():
+    """p(z|x) = N(Σ Wᵀ x/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, and log p(x) = log N(x; 0, WWᵀ + σ² I)."""
+    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA ** 2)
+    mean = cov @ W.T @ X[0] / SIGMA ** 2
+    log_px = torch.distributions.MultivariateNormal(torch.zeros(3), W @ W.T + SIGMA ** 2 * torch.eye(3)).log_prob(X[0])
+    return mean, cov, log_px.item()
+
+
+def with_gaussian_guide(vae, mean, cov):
+    """The model with its full guide fixed at q = N(mean, cov)."""
+    tril = torch.linalg.cholesky(cov)
+    outputs = (mean[None], 2 * tril.diagonal().log()[None], tril[1, 0].reshape(1, 1))
+    return P.copy_with_guide_outputs(vae, outputs)
+
+
+@pytest.fixture(scope="module")
+def nuts():
+    pyro.set_rng_seed(0)
+    return P.nuts_posterior(linear_gaussian_vae(), X, num_samples=400, warmup_steps=200, num_chains=2,
+                            jit_compile=True)
+
+
+def test_nuts_matches_the_closed_form_posterior(nuts):
+    mean, cov, _ = exact()
+    diag = P.nuts_diagnostics(nuts)
+    assert diag["max_rhat"] < 1.05 and diag["divergences"] == 0 and diag["num_draws"] == 800
+    ess = diag["min_ess_bulk"]
+    assert ess > 100
+    z = P.nuts_draws(nuts).float()
+    sd = cov.diagonal().sqrt()
+    # the mean of ESS effective draws has standard error sd/√ESS: allow 4 of them
+    assert ((z.mean(0) - mean).abs() < 4 * sd / math.sqrt(ess)).all()
+    # a (co)variance estimate has relative standard error ≈ √(2/ESS) (Gaussian draws): allow 4 of them
+    tol = 4 * math.sqrt(2 / ess) * sd[:, None] * sd[None, :]
+    assert ((torch.cov(z.T) - cov).abs() < tol).all()
+
+
+def test_nuts_refuses_a_batch():
+    with pytest.raises(ValueError, match="one data point at a time"):
+        P.nuts_posterior(linear_gaussian_vae(), X.expand(2, 3))
+    with pytest.raises(ValueError, match="num_chains must be an integer"):
+        P.nuts_posterior(linear_gaussian_vae(), X, num_chains=0)
+
+
+def test_pareto_khat_separates_a_covering_guide_from_a_too_narrow_one():
+    mean, cov, _ = exact()
+    vae = linear_gaussian_vae()
+    pyro.set_rng_seed(1)
+    wide = P.importance_log_weights(with_gaussian_guide(vae, mean, 1.5 * cov), X, num_samples=2000)
+    narrow = P.importance_log_weights(with_gaussian_guide(vae, mean, 0.1 * cov), X, num_samples=2000)
+    # w = p/q is bounded for the wider q: a light tail; for q = N(m, cΣ), c < 1, the tail of w
+    # is Pareto with shape k = 1 − c = 0.9 (P(w > t) ~ t^(−1/(1−c)))
+    assert P.pareto_khat(wide).item() < 0.5
+    assert P.pareto_khat(narrow).item() > 0.7
+    with pytest.raises(ValueError, match="at least 10"):
+        P.pareto_khat(torch.zeros(1, 5))
+
+
+def test_divergences_vanish_for_the_exact_guide_and_not_for_a_narrow_one(nuts):
+    mean, cov, log_px = exact()
+    vae = linear_gaussian_vae()
+    good = P.compare_to_nuts(with_gaussian_guide(vae, mean, cov), X, nuts, num_samples=2000)
+    assert good["log_px"] == pytest.approx(log_px, abs=4 * good["log_px_stderr"] + 1e-3)
+    assert good["elbo"] == pytest.approx(log_px, abs=1e-3)  # w is constant: ELBO = log p(x) exactly
+    assert abs(good["kl_q_p"]) < 4 * good["log_px_stderr"] + 1e-3
+    # KL(p‖q) averages log p(x,z) − log q(z|x) = log p(x) over NUTS draws: 0 whatever the draws
+    assert abs(good["kl_p_q"]) < 4 * good["log_px_stderr"] + 1e-3
+    assert good["khat"] < 0.7
+    bad = P.compare_to_nuts(with_gaussian_guide(vae, mean, 0.25 * cov), X, nuts, num_samples=2000)
+    # closed forms for q = N(m, cΣ), p = N(m, Σ), d = 2: KL(q‖p) = c − 1 − log c, KL(p‖q) = 1/c − 1 + log c
+    c = 0.25
+    assert bad["kl_q_p"] == pytest.approx(c - 1 - math.log(c), abs=0.05)
+    # over p, log p(z|x) − log q(z|x) = ½ (1/c − 1) u² + const with u² ~ χ²₂ (variance 2d = 4): the mean of
+    # ESS effective NUTS draws has standard error ½ (1/c − 1) √(4/ESS); allow 4 of them, plus log p(x)'s error
+    tol = 4 * 0.5 * (1 / c - 1) * math.sqrt(4 / bad["min_ess_bulk"]) + 4 * bad["log_px_stderr"]
+    assert bad["kl_p_q"] == pytest.approx(1 / c - 1 + math.log(c), abs=tol)
+
+
+def test_amortization_gap_closes_on_the_exact_posterior():
+    _, _, log_px = exact()
+    vae = linear_gaussian_vae()
+    gap = P.amortization_gap(vae, X, steps=200, lr=0.05, num_particles=8, num_eval_samples=2000)
+    # the full family holds the exact posterior: fitted to x alone, its ELBO reaches log p(x)
+    assert gap["elbo_local"].item() == pytest.approx(log_px, abs=0.05)
+    assert gap["gap"].item() > 5.0  # the zero "encoder" is far from it
+    assert gap["elbo_amortized"].item() < log_px
+    # the model is untouched: its encoder is back, the decoder unchanged
+    assert isinstance(vae.posterior.encoder, ZeroEncoder) and torch.equal(vae.decoder.weight, W)
+
+
+def test_cli_posterior_writes_figure_and_khat(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--guide", "full", "--epochs", "1", "--z-dim", "2", "--hidden", "32", "--binarize",
+                 "dynamic", "--out", str(run), "--no-progress"]) == 0
+    assert main(["posterior", str(run), "--index", "17", "--num-samples", "60", "--warmup", "60",
+                 "--is-samples", "300", "--no-progress"]) == 0
+    assert "Pareto k̂" in capsys.readouterr().out
+    result = json.loads((run / "posterior_17.json").read_text())
+    assert math.isfinite(result["khat"]) and result["guide"] == "full" and result["num_draws"] == 120
+    assert (run / "posterior_17.png").stat().st_size > 10_000
+    assert main(["posterior", str(run), "--index", "100000", "--no-progress"]) == 2
+    assert "--index 100000 is out of range" in capsys.readouterr().err
