@@ -1,0 +1,116 @@
+"""Time of the importance-sampled log-likelihood against the bare decoder matrix products.
+
+``pyro_vae.evaluation.log_likelihood`` with K = 5000 samples per image (the standard
+NLL evaluation of a VAE) on n images of static binarized MNIST, against a lower bound
+on any implementation: the same n × K latent rows pushed through the same decoder
+``nn.Linear`` layers as bare ``torch.addmm`` calls (no activation, no likelihood, no
+sampling, no encoder), in the same chunks. Both run in one process, alternating, and the
+median of the repeats is compared.
+
+    python benchmarks/eval_speed.py --data ../shared/data             # 10,000 images
+    python benchmarks/eval_speed.py --data ../shared/data --limit 200 # a quick run
+    python benchmarks/eval_speed.py --data ../shared/data --limit 200 --threads 1
+
+The model is the 784-400-50 MLP VAE (``--run RUN_DIR`` for a trained one; the weights
+do not change the time).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from pyro_vae import build_vae, load_dataset
+from pyro_vae.evaluation import log_likelihood
+
+
+def linear_layers(decoder):
+    """The decoder's ``nn.Linear`` layers, in order."""
+    layers = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        raise ValueError("the decoder has no nn.Linear layers to time")
+    return layers
+
+
+@torch.no_grad()
+def bare_matmuls(layers, n, num_samples, batch_size, chunk_size, device):
+    """Push n × num_samples rows through ``layers`` as ``addmm`` calls, in chunks of
+    ``min(chunk_size, …) × batch_size`` rows, as log_likelihood does; return seconds."""
+    z_dim = layers[0].in_features
+    z = torch.randn(chunk_size * batch_size, z_dim, device=device)
+    t0 = time.perf_counter()
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        done = 0
+        while done < num_samples:
+            c = min(chunk_size, num_samples - done)
+            h = z[: c * b]
+            for layer in layers:
+                h = torch.addmm(layer.bias, h, layer.weight.t())
+            done += c
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None, help="data folder (default $PYRO_VAE_DATA)")
+    p.add_argument("--run", default=None, help="a trained run folder (default: a fresh 784-400-50 VAE)")
+    p.add_argument("--limit", type=int, default=10000, help="number of validation images n (default 10,000)")
+    p.add_argument("-K", "--num-samples", type=int, default=5000, help="importance samples per image")
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch")
+    p.add_argument("--chunk-size", type=int, default=100, help="samples per chunk")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of each (median reported)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a crowded machine)")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    for name in ("limit", "num_samples", "batch_size", "chunk_size", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+
+    device = torch.device(args.device)
+    valid = load_dataset("binarized-mnist", "valid", root=args.data)
+    x = valid.x[: args.limit].to(device)
+    n = x.shape[0]
+    if args.run:
+        from pyro_vae.cli import load_run
+
+        vae, _ = load_run(args.run, device)
+    else:
+        torch.manual_seed(0)
+        vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,)).to(device)
+    layers = linear_layers(vae.decoder)
+    kw = dict(num_samples=args.num_samples, batch_size=args.batch_size, chunk_size=args.chunk_size)
+
+    # warm-up on a few images, then alternate the two contenders
+    log_likelihood(vae, x[: min(n, 2)], num_samples=args.chunk_size, batch_size=args.batch_size,
+                   chunk_size=args.chunk_size)
+    bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device)
+    t_ll, t_mm, nll = [], [], None
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        nll = -log_likelihood(vae, x, **kw).mean().item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_ll.append(time.perf_counter() - t0)
+        t_mm.append(bare_matmuls(layers, n, args.num_samples, args.batch_size, args.chunk_size, device))
+    ll, mm = statistics.median(t_ll), statistics.median(t_mm)
+    shapes = " -> ".join([str(layers[0].in_features)] + [str(m.out_features) for m in layers])
+    print(f"{n} images x K={args.num_samples} samples = {n * args.num_samples:,} decoder rows ({shapes}), "
+          f"batch {args.batch_size} images x chunk {args.chunk_size} samples, device {device}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"log_likelihood            {ll:9.2f} s   (NLL {nll:.2f} nats)")
+    print(f"bare decoder addmm        {mm:9.2f} s")
+    print(f"ratio log_likelihood / bare matmuls: {ll / mm:.2f}")
+    return ll / mm
+
+
+if __name__ == "__main__":
+    main()
