@@ -175,7 +175,22 @@ class Trainer:
         :param float share: in data-parallel training, this rank's part b_r / B of the
             global batch (see :func:`pyro_vae.distributed.all_reduce_gradients`).
         :raises NonFiniteLossError: if the loss is NaN or inf; no parameter is changed.
+
+        The torch optimizer steps ``vae.parameters()`` directly, so the model and guide
+        need not register them in Pyro's param store during the step
+        (:meth:`~pyro_vae.models.VAE.register`); that is switched off for the step and
+        restored afterwards.
         """
+        uses_store = getattr(self.vae, "use_param_store", None)
+        if uses_store is None:
+            return self._step(batch, share)
+        self.vae.use_param_store = False
+        try:
+            return self._step(batch, share)
+        finally:
+            self.vae.use_param_store = uses_store
+
+    def _step(self, batch, share):
         n = self.vae.num_data
         self.optimizer.zero_grad(set_to_none=True)
         if self.world_size > 1:
