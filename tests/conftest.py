@@ -37,3 +37,14 @@ def shared_data():
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one thread is fastest on a shared CPU (and resumed runs compare
+    bit for bit only at the same thread count). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

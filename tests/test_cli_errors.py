@@ -16,13 +16,7 @@ TINY = ["--hidden", "16", "--z-dim", "4", "--no-progress"]
 GOOD_LINE = "0 1 " * 391 + "0 1\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(folder):

@@ -20,13 +20,7 @@ SHAPE = (1, 8, 8)
 D, K, Z, H = 64, 10, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks here are tiny: one thread is faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _binary_batch(n=32, seed=1):

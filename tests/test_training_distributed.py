@@ -41,12 +41,7 @@ CLI = ["--hidden", "16", "--z-dim", "4", "--batch-size", "64", "--binarize", "dy
        "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
