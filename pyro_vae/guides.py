@@ -18,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .distributions import Independent
 from .networks import mlp
 
 
@@ -77,7 +78,7 @@ class DiagonalNormal(nn.Module):
         loc, log_var = self.encoder(x)
         scale = torch.exp(0.5 * log_var)
         normal = dist.Normal if self.reparameterized else NonReparameterizedNormal
-        return normal(loc, scale, validate_args=False).to_event(1)
+        return Independent(normal(loc, scale, validate_args=False), 1, validate_args=False)
 
     def site_infer(self, x, scale=1.0):
         r"""The ``infer`` dict of the site z for a batch ``x``: Pyro's baseline options for

@@ -11,26 +11,9 @@ per-pixel scale) with three methods:
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class IndependentBernoulli(dist.Independent):
-    r"""``Bernoulli(logits=θ).to_event(1)`` with a faster ``log_prob``:
-
-        log p(x) = Σ_i x_i θ_i − softplus(θ_i),
-
-    two passes over θ (softplus, then a fused multiply-add) instead of the five of
-    ``binary_cross_entropy_with_logits`` plus a negation; it matters when θ holds K
-    importance samples for every data point (:mod:`pyro_vae.evaluation`). Build it as
-    ``IndependentBernoulli(dist.Bernoulli(logits=θ), 1)``.
-    """
-
-    def log_prob(self, value):
-        logits = self.base_dist.logits
-        if self.reinterpreted_batch_ndims != 1 or torch.broadcast_shapes(logits.shape, value.shape) != logits.shape:
-            return super().log_prob(value)
-        return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
+from .distributions import IndependentBernoulli
 
 
 class Bernoulli(nn.Module):

@@ -179,16 +179,22 @@ class Trainer:
         The torch optimizer steps ``vae.parameters()`` directly, so the model and guide
         need not register them in Pyro's param store during the step
         (:meth:`~pyro_vae.models.VAE.register`); that is switched off for the step and
-        restored afterwards.
+        restored afterwards. Pyro's validation checks (``pyro.enable_validation``) run on
+        the trainer's first step only: the program is the same at every step, and a NaN
+        or inf loss is caught here at any step.
         """
         uses_store = getattr(self.vae, "use_param_store", None)
-        if uses_store is None:
-            return self._step(batch, share)
-        self.vae.use_param_store = False
-        try:
-            return self._step(batch, share)
-        finally:
-            self.vae.use_param_store = uses_store
+        # Pyro's validation (site shapes, NaN warnings) checks the first step; later
+        # steps of the same program skip it, the loss being checked here anyway.
+        validate = pyro.poutine.util.is_validation_enabled() and self.step_count == 0
+        with pyro.validation_enabled(validate):
+            if uses_store is None:
+                return self._step(batch, share)
+            self.vae.use_param_store = False
+            try:
+                return self._step(batch, share)
+            finally:
+                self.vae.use_param_store = uses_store
 
     def _step(self, batch, share):
         n = self.vae.num_data
@@ -199,10 +205,10 @@ class Trainer:
                 raise NonFiniteLossError(f"loss is {value} at {self._where()}")
         elif self.differentiable:
             loss = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at {self._where()}")
-            loss.backward()
             value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
+            loss.backward()
         else:
             value = self._loss_and_scaled_grads(batch, n)
             if not math.isfinite(value):

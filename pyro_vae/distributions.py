@@ -1,0 +1,58 @@
+"""Distributions the package's programs sample from: Pyro's own, with faster paths for
+the cases a VAE's training step meets at every call.
+
+Every class here is a subclass of the Pyro distribution it stands for, with the same
+values, log-densities, gradients and closed-form KL divergences; only the work done per
+call is smaller (the tests compare them with Pyro's).
+"""
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class Independent(dist.Independent):
+    """Pyro's ``Independent`` whose :meth:`expand` returns ``self`` when the batch shape
+    already is the one asked for. Pyro's plates (``BroadcastMessenger``) expand every
+    sample site's distribution at every call, which otherwise builds two new
+    distribution objects per site and step for nothing."""
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, _instance)
+
+
+class StandardNormal(dist.Normal):
+    """N(0, 1) elementwise, with log p(z) = −½ z² − log √(2π) computed directly rather
+    than through Normal's general (z − μ)²/(2σ²) + log σ (two ops instead of seven, and
+    as many fewer in backward). Being a ``Normal``, it broadcasts in plates and has
+    the closed-form KL divergences of ``Normal``. Build it as ``StandardNormal(zeros, ones)``."""
+
+    def log_prob(self, value):
+        log_p = value.pow(2).mul_(-0.5).sub_(_LOG_SQRT_2PI)
+        if log_p.shape[log_p.dim() - len(self.batch_shape):] == self.batch_shape:
+            return log_p  # the usual case: value already has the batch shape
+        return log_p.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
+
+
+class IndependentBernoulli(Independent):
+    r"""``Bernoulli(logits=θ).to_event(1)`` with a faster ``log_prob``:
+
+        log p(x) = Σ_i x_i θ_i − softplus(θ_i),
+
+    two passes over θ (softplus, then a fused multiply-add) instead of the five of
+    ``binary_cross_entropy_with_logits`` plus a negation; it matters when θ holds K
+    importance samples for every data point (:mod:`pyro_vae.evaluation`). Build it as
+    ``IndependentBernoulli(dist.Bernoulli(logits=θ), 1)``.
+    """
+
+    def log_prob(self, value):
+        logits = self.base_dist.logits
+        if self.reinterpreted_batch_ndims != 1 or value.shape != logits.shape:
+            return super().log_prob(value)  # broadcasting: Pyro's general route
+        return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
