@@ -19,12 +19,18 @@ class Independent(dist.Independent):
     """Pyro's ``Independent`` whose :meth:`expand` returns ``self`` when the batch shape
     already is the one asked for. Pyro's plates (``BroadcastMessenger``) expand every
     sample site's distribution at every call, which otherwise builds two new
-    distribution objects per site and step for nothing."""
+    distribution objects per site and step for nothing. With one event dimension,
+    :meth:`log_prob` is the base's summed over the last axis."""
 
     def expand(self, batch_shape, _instance=None):
         if _instance is None and torch.Size(batch_shape) == self.batch_shape:
             return self
         return super().expand(batch_shape, _instance)
+
+    def log_prob(self, value):
+        if self.reinterpreted_batch_ndims == 1:  # one sum, no reshape
+            return self.base_dist.log_prob(value).sum(-1)
+        return super().log_prob(value)
 
 
 class StandardNormal(dist.Normal):

@@ -71,6 +71,7 @@ class VAE(PyroModule):
         self.use_param_store = True
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
         self._indices = {}
+        self._priors = {}
 
     # ---- the Pyro program ---------------------------------------------------------
     def register(self, name, module):
@@ -101,9 +102,15 @@ class VAE(PyroModule):
 
     def prior(self, batch_shape=()):
         """p(z) = N(0, I_d), event shape ``(z_dim,)``, batch shape ``batch_shape`` (the
-        data plate's, given already so that the plate need not expand it)."""
-        zero = self._zero.expand(tuple(batch_shape) + (self.z_dim,))
-        return Independent(StandardNormal(zero, zero + 1.0, validate_args=False), 1, validate_args=False)
+        data plate's, given already so that the plate need not expand it). It has no
+        parameters, so the distribution object is kept and reused while the batch
+        shape, device and dtype stay the same."""
+        key = (tuple(batch_shape), self._zero.device, self._zero.dtype)
+        if key not in self._priors:
+            zero = self._zero.expand(key[0] + (self.z_dim,))
+            self._priors = {key: Independent(StandardNormal(zero, zero + 1.0, validate_args=False), 1,
+                                             validate_args=False)}
+        return self._priors[key]
 
     def model(self, x=None, batch_size=None):
         """p(x, z) = p(z) p(x|z) for a batch.
