@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from . import checkpoints
-from . import distributed  # data-parallel training under torchrun (issue #9)
+from . import distributed  # data-parallel training under torchrun
 from .data import DATASETS, DataError, load_dataset
 from .models import build_model
 from .objectives import OBJECTIVES, ALIASES
 from .plots import plot_losses, save_reconstructions, save_samples
-from .plots import save_class_samples, save_completions  # conditional VAE (issue #4)
+from .plots import save_class_samples, save_completions  # conditional VAE
 from .training import NonFiniteLossError, Trainer
-from . import gradvar  # score function vs reparameterization (issue #7)
+from . import gradvar  # score function vs reparameterization
 
 
 class UsageError(ValueError):
@@ -129,7 +129,7 @@ def model_config(args, image_shape, binary):
     config = dict(model=args.model, image_shape=list(image_shape), z_dim=args.z_dim or (8 if small else 50),
                   network=args.network, hidden_dims=args.hidden or ([128] if small else [400]),
                   likelihood=likelihood, guide=args.guide, scale=args.scale)
-    if getattr(args, "prior", None) is not None:  # conditional VAEs (issue #4)
+    if getattr(args, "prior", None) is not None:  # conditional VAEs
         if not args.model.startswith("cvae"):
             raise UsageError(f"--prior applies to the conditional VAEs (cvae, cvae-quadrant), "
                              f"not --model {args.model}")
@@ -138,10 +138,10 @@ def model_config(args, image_shape, binary):
 
 
 def cmd_train(args):
-    if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones (issue #9)
+    if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones
         args = _resume_args(args)
     _validate_train_args(args)
-    device = distributed.init_from_env(args.device)  # under torchrun: join the process group (issue #9)
+    device = distributed.init_from_env(args.device)  # under torchrun: join the process group
     out = Path(args.resume) if args.resume else _check_out_dir(args.out or Path("runs") / args.dataset,
                                                                  args.overwrite)
     train = load_dataset(args.dataset, "train", args.data, binarize=args.binarize, seed=args.seed,
@@ -152,7 +152,7 @@ def cmd_train(args):
     config = model_config(args, train.image_shape, binary)
     torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
     model = build_model(config)
-    conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c) (issue #4)
+    conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c)
     if conditional:
         train, valid = model.prepare_data(train), model.prepare_data(valid)
     trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
@@ -163,7 +163,7 @@ def cmd_train(args):
                           batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, device=args.device,
                           clip_norm=args.clip_norm),
                num_data=len(train), options=_options(args), world_size=trainer.world_size)
-    # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only (issue #9)
+    # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
     save = checkpoints.Checkpointer(out, every=args.checkpoint_every, run=run)
     if args.resume:
         trainer.load_state_dict(checkpoints.load_checkpoint(out / checkpoints.CHECKPOINT))
@@ -180,7 +180,7 @@ def cmd_train(args):
               + (f"; {trainer.world_size} processes" if trainer.world_size > 1 else ""))
     history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress, callback=save.on_epoch,
                           step_callback=save.on_step)
-    if not main_rank:  # rank 0 writes the figures (issue #9)
+    if not main_rank:  # rank 0 writes the figures
         return 0
     model.eval()
     write_figures(model, history.to_dict(), valid, out)
@@ -194,7 +194,7 @@ def write_figures(model, history, valid, out):
     shape = valid.image_shape
     x = valid.x[:32].to(next(model.parameters()).device)
     plot_losses(history, out / "loss_curves.png")
-    if hasattr(model, "prepare_data"):  # conditional VAE (issue #4): one row per class, or completions
+    if hasattr(model, "prepare_data"):  # conditional VAE: one row per class, or completions
         if hasattr(model.condition, "num_classes"):
             save_class_samples(model, shape, out / "samples.png")
         else:
@@ -204,7 +204,7 @@ def write_figures(model, history, valid, out):
     save_samples(model, shape, out / "samples.png")
 
 
-# ---- resume (issue #9) -------------------------------------------------------------
+# ---- resume -------------------------------------------------------------
 #: Options that may differ from the run's when resuming; any other option given with
 #: --resume must equal the value the run's run.json stores.
 RESUME_MAY_CHANGE = ("epochs", "device", "no_progress", "checkpoint_every", "data", "download", "resume", "out",
@@ -284,7 +284,7 @@ def cmd_sample(args):
     return 0
 
 
-# ---- evaluate (issue #5) -------------------------------------------------------------
+# ---- evaluate -------------------------------------------------------------
 def add_evaluate_arguments(p):
     p.add_argument("run_dir")
     p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
@@ -360,7 +360,7 @@ def cmd_evaluate(args):
     return 0
 
 
-# ---- plot (issue #3) -----------------------------------------------------------------
+# ---- plot -----------------------------------------------------------------
 #: The labelled data a run's latent map and classifier use, by the run's data set:
 #: binarized MNIST has no labels, so the labelled MNIST test images (mnist10k) stand in.
 LABELLED_DATA = {"binarized-mnist": "mnist10k"}
@@ -498,7 +498,7 @@ def cmd_plot(args):
     return 0
 
 
-# ---- gradvar (issue #7) ----------------------------------------------------------------
+# ---- gradvar ----------------------------------------------------------------
 def add_gradvar_arguments(p):
     p.add_argument("--part", default="all", choices=["all", "toy", "vae"],
                    help="the toy of Example 1.5 (Figure 6), the VAE contrast, or both")
@@ -568,7 +568,7 @@ def cmd_gradvar(args):
     return 0
 
 
-# ---- posterior: NUTS against the guide for one data point (issue #6) ------------------
+# ---- posterior: NUTS against the guide for one data point ------------------
 def add_posterior_arguments(p):
     p.add_argument("run_dir")
     p.add_argument("--index", type=int, default=17, help="which data point of the split (default: 17)")
@@ -648,11 +648,11 @@ def build_parser():
     add_plot_arguments(p)
     p.set_defaults(func=cmd_plot)
     p = sub.add_parser("gradvar", help="score-function vs reparameterized gradients: variances, Figure 6, "
-                                       "VAE -ELBO curves (issue #7)")
+                                       "VAE -ELBO curves")
     add_gradvar_arguments(p)
     p.set_defaults(func=cmd_gradvar)
     p = sub.add_parser("posterior", help="NUTS on p(z|x) of a trained VAE against its guide for one data point: "
-                                         "pair plot, Pareto k̂, divergences (issue #6)")
+                                         "pair plot, Pareto k̂, divergences")
     add_posterior_arguments(p)
     p.set_defaults(func=cmd_posterior)
     return parser

@@ -312,7 +312,7 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
 
 
 # ======================================================================================
-# Conditioning data for the conditional VAE: one-hot labels, quadrant masks (issue #4)
+# Conditioning data for the conditional VAE: one-hot labels, quadrant masks
 # ======================================================================================
 def one_hot(labels, num_classes, dtype=torch.float32):
     """One-hot codes e_c of class labels: ``(batch,)`` integers in {0, …, K−1} →

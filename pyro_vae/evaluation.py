@@ -4,16 +4,18 @@ independent classifier for judging generated images.
 
 
 # ======================================================================================
-# Log-likelihood by importance sampling, IWAE bounds, active units (issue #5)
+# Log-likelihood by importance sampling, IWAE bounds, active units
 # ======================================================================================
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
+from torch import nn
 from tqdm.auto import tqdm
 
 from .objectives import IWAE_ELBO
@@ -332,16 +334,12 @@ def likelihood_report(model, x, *args, num_samples=5000, ks=(5, 50), batch_size=
 
 
 # ======================================================================================
-# An independent classifier, and the latent space measured (issue #3)
+# An independent classifier, and the latent space measured
 # ======================================================================================
-import math as _math  # noqa: E402
-
-import torch as _torch  # noqa: E402
-from torch import nn as _nn  # noqa: E402
-from tqdm.auto import tqdm as _tqdm  # noqa: E402
 
 
-class DigitClassifier(_nn.Module):
+
+class DigitClassifier(nn.Module):
     r"""A small CNN p(y | x) = softmax(f(x)) over K classes, for flat images.
 
     f: two blocks of (3×3 convolution, ReLU, 2×2 max-pool), then a hidden linear layer
@@ -362,13 +360,13 @@ class DigitClassifier(_nn.Module):
         if min(h, w) < 4:
             raise ValueError(f"the classifier needs images at least 4×4, got image shape {tuple(image_shape)}")
         self.image_shape, self.num_classes = (c, h, w), int(num_classes)
-        self.net = _nn.Sequential(
-            _nn.Unflatten(-1, self.image_shape),
-            _nn.Conv2d(c, channels[0], 3, padding=1), _nn.ReLU(), _nn.MaxPool2d(2),
-            _nn.Conv2d(channels[0], channels[1], 3, padding=1), _nn.ReLU(), _nn.MaxPool2d(2),
-            _nn.Flatten(),
-            _nn.Linear(channels[1] * (h // 4) * (w // 4), hidden_dim), _nn.ReLU(), _nn.Dropout(dropout),
-            _nn.Linear(hidden_dim, self.num_classes),
+        self.net = nn.Sequential(
+            nn.Unflatten(-1, self.image_shape),
+            nn.Conv2d(c, channels[0], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels[0], channels[1], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(channels[1] * (h // 4) * (w // 4), hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, self.num_classes),
         )
 
     def forward(self, x):
@@ -376,7 +374,7 @@ class DigitClassifier(_nn.Module):
 
 
 def _check_images(clf, images, what="images"):
-    dim = _math.prod(clf.image_shape)
+    dim = math.prod(clf.image_shape)
     if images.dim() != 2 or images.shape[1] != dim:
         raise ValueError(f"the classifier takes flat {what} of shape (N, {dim}) for image shape "
                          f"{clf.image_shape}, got {tuple(images.shape)}")
@@ -408,20 +406,20 @@ def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_si
     if len(data.y) != len(data):
         raise ValueError(f"{len(data)} images but {len(data.y)} labels")
     num_classes = data.num_classes or int(data.y.max()) + 1
-    with _torch.random.fork_rng(devices=[]):
-        _torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         clf = DigitClassifier(data.image_shape, num_classes).to(device)
     x, y = data.x.to(device), data.y.to(device)
-    optimizer = _torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = _torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    generator = _torch.Generator().manual_seed(seed)
-    bar = _tqdm(range(epochs), desc="classifier", disable=not progress, leave=False)
+    optimizer = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(epochs), desc="classifier", disable=not progress, leave=False)
     for _ in bar:
         clf.train()
-        order = _torch.randperm(len(x), generator=generator).to(device)
+        order = torch.randperm(len(x), generator=generator).to(device)
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
-            loss = _nn.functional.cross_entropy(clf(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(clf(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -431,13 +429,13 @@ def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_si
     return clf.eval()
 
 
-@_torch.no_grad()
+@torch.no_grad()
 def classifier_probs(clf, images, batch_size=2000):
     """softmax(f(x)): class probabilities ``(N, K)`` for flat ``images`` ``(N, C*H*W)``."""
     _check_images(clf, images)
     clf.eval()
     device = next(clf.parameters()).device
-    return _torch.cat([clf(images[i:i + batch_size].to(device)).softmax(-1).cpu()
+    return torch.cat([clf(images[i:i + batch_size].to(device)).softmax(-1).cpu()
                        for i in range(0, images.shape[0], batch_size)])
 
 
@@ -459,10 +457,9 @@ def classifier_accuracy(clf, images, labels):
 
 
 # ---- the latent space: codes, a common frame, dead zones -------------------------------
-from dataclasses import dataclass as _dataclass  # noqa: E402
 
 
-@_torch.no_grad()
+@torch.no_grad()
 def latent_codes(model, x, batch_size=1000, sample=False, seed=0):
     """Codes of ``x`` (``(N, x_dim)``), ``(N, z_dim)``, on the CPU: the guide's mean
     E_q[z|x] (the encoder mean of a VAE, the code f(x) of an autoencoder), or with
@@ -470,16 +467,16 @@ def latent_codes(model, x, batch_size=1000, sample=False, seed=0):
     an autoencoder's point mass)."""
     model.eval()
     device = next(model.parameters()).device
-    with _torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        _torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
         out = []
         for i in range(0, x.shape[0], batch_size):
             q = model.encode(x[i:i + batch_size].to(device))
             out.append((q.sample() if sample else q.mean).cpu())
-    return _torch.cat(out)
+    return torch.cat(out)
 
 
-@_dataclass
+@dataclass
 class LatentFrame:
     r"""An affine chart of the latent space, per dimension j:
 
@@ -492,12 +489,12 @@ class LatentFrame:
     draw u ~ N(0, I) in its frame is decoded at z = shift + scale ⊙ u.
     """
 
-    shift: _torch.Tensor
-    scale: _torch.Tensor
+    shift: torch.Tensor
+    scale: torch.Tensor
 
     @classmethod
     def identity(cls, z_dim):
-        return cls(_torch.zeros(z_dim), _torch.ones(z_dim))
+        return cls(torch.zeros(z_dim), torch.ones(z_dim))
 
     @classmethod
     def fit(cls, codes):
@@ -542,12 +539,12 @@ def nearest_distances(queries, reference, exclude_self=False, chunk_size=1024):
         raise ValueError(f"need {'two' if exclude_self else 'one'} or more reference points, got {reference.shape[0]}")
     out = []
     for start in range(0, queries.shape[0], chunk_size):
-        d = _torch.cdist(queries[start:start + chunk_size].double(), reference.double())
+        d = torch.cdist(queries[start:start + chunk_size].double(), reference.double())
         if exclude_self:
-            rows = _torch.arange(d.shape[0])
+            rows = torch.arange(d.shape[0])
             d[rows, rows + start] = float("inf")
         out.append(d.min(1).values)
-    return _torch.cat(out).to(queries.dtype)
+    return torch.cat(out).to(queries.dtype)
 
 
 def dead_zone_threshold(codes, quantile=0.99):
@@ -555,7 +552,7 @@ def dead_zone_threshold(codes, quantile=0.99):
     nearest other code): how far from its neighbours a code may lie in the data."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    return float(_torch.quantile(nearest_distances(codes, codes, exclude_self=True).double(), quantile))
+    return float(torch.quantile(nearest_distances(codes, codes, exclude_self=True).double(), quantile))
 
 
 def dead_zone_share(draws, codes, quantile=0.99):
@@ -577,10 +574,10 @@ def dead_zone_share(draws, codes, quantile=0.99):
 
 def _mean_and_se(values):
     values = values.double()
-    return float(values.mean()), float(values.std() / _math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-@_torch.no_grad()
+@torch.no_grad()
 def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, standardize="auto", seed=0,
                      batch_size=1000, codes="sample"):
     r"""Dead zones of a trained model's latent space, as numbers.
@@ -616,22 +613,22 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
         raise ValueError(f"codes must be 'sample' (z ~ q(z|x)) or 'mean' (E_q[z|x]), got {codes!r}")
     means = latent_codes(model, x, batch_size)
     frame = latent_frame(model, means, standardize)
-    g = _torch.Generator().manual_seed(seed)
-    u = _torch.randn(n_draws, means.shape[1], generator=g)
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n_draws, means.shape[1], generator=g)
     test_codes = latent_codes(model, x, batch_size, sample=True, seed=seed) if codes == "sample" else means
     share, threshold = dead_zone_share(u, frame.to_frame(test_codes), quantile)
     standardized = not (bool((frame.shift == 0).all()) and bool((frame.scale == 1).all()))
     report = dict(model=getattr(model, "config", None) and model.config.get("model") or type(model).__name__,
                   z_dim=int(means.shape[1]), n_codes=int(means.shape[0]), n_draws=int(n_draws),
                   quantile=quantile, standardized=standardized, codes=codes, threshold=threshold, share=share,
-                  share_se=_math.sqrt(share * (1 - share) / n_draws))
+                  share_se=math.sqrt(share * (1 - share) / n_draws))
     if codes == "sample":
         report["share_means"], report["threshold_means"] = dead_zone_share(u, frame.to_frame(means), quantile)
     if classifier is not None:
         device = next(model.parameters()).device
 
         def judge(key, z=None):
-            images = x if z is None else _torch.cat([model.decode(z[i:i + batch_size].to(device)).cpu().clamp(0, 1)
+            images = x if z is None else torch.cat([model.decode(z[i:i + batch_size].to(device)).cpu().clamp(0, 1)
                                                      for i in range(0, z.shape[0], batch_size)])
             probs = classifier_probs(classifier, images)
             report[key], report[key + "_se"] = _mean_and_se(probs.max(-1).values)
@@ -656,7 +653,7 @@ def predicted_class_entropy(probs):
 
     :param probs: ``(N, K)`` class probabilities (:func:`classifier_probs`).
     """
-    f = _torch.bincount(probs.argmax(-1), minlength=probs.shape[-1]).double() / probs.shape[0]
+    f = torch.bincount(probs.argmax(-1), minlength=probs.shape[-1]).double() / probs.shape[0]
     f = f[f > 0]
     return float(-(f * f.log()).sum())
 

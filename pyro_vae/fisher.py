@@ -1,4 +1,4 @@
-r"""The Fisher autoencoder objective (issue #8): the VAE's model and guide, fitted by the
+r"""The Fisher autoencoder objective: the VAE's model and guide, fitted by the
 Fisher divergence of the joints instead of the KL divergence.
 
 Elkhalil, Hasan, Ding, Farsiu & Tarokh, "Fisher Auto-Encoders", AISTATS 2021 (PMLR 130:
@@ -94,7 +94,7 @@ How it is computed from the Pyro program
    the loss once, not the scores inside the squares.
 
 Wenliang (2022, "On the failure of variational score matching for VAE models") reports that
-this objective can fit far worse models than the ELBO; see ``notes/issue-8.md`` for what we
+this objective can fit far worse models than the ELBO; the README section "Fisher autoencoder" has what we
 measured.
 """
 

@@ -16,10 +16,12 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import transforms as T
 from torch import nn
+from torch.distributions import kl as torch_kl
 
 from .distributions import Independent
-from .networks import mlp
+from .networks import MultiHead, mlp
 
 
 class NonReparameterizedNormal(dist.Normal):
@@ -159,7 +161,7 @@ def _check_decaying_average_shape(batch_size):
                 "use a data set whose size is a multiple of the batch size (or drop the last batch)")
 
 
-#: Guide families by name; other issues add ``full`` and ``flow`` here.
+#: Guide families by name (``full`` and ``flow`` are registered below, where they are defined).
 GUIDES = {"diagonal": DiagonalNormal}
 
 
@@ -198,7 +200,7 @@ class PointMass(nn.Module):
         return dist.Delta(loc, event_dim=1)
 
 
-# ---- full-covariance and normalizing-flow families (issue #6) --------------------------
+# ---- full-covariance and normalizing-flow families --------------------------
 #
 # A user's own family plugs in the same way: a ``nn.Module`` built as
 # ``Family(encoder, z_dim=d, **guide_kwargs)`` whose static ``encoder_out_dims(z_dim)``
@@ -207,10 +209,6 @@ class PointMass(nn.Module):
 # the pathwise gradient). Pass the class itself (``build_vae(..., guide=MyFamily)``,
 # ``VAE(..., guide=MyFamily)``), or register it by name in :data:`GUIDES` to use it from
 # the command line (``--guide myname``). ``examples/guides.py`` writes one.
-from pyro.distributions import transforms as _T  # noqa: E402
-from torch.distributions import kl as _torch_kl  # noqa: E402
-
-from .networks import MultiHead as _MultiHead  # noqa: E402
 
 
 def _check_outputs(outputs, sizes, family):
@@ -226,7 +224,7 @@ def _zero_head_rows(encoder, start, stop):
     """Zero the rows ``start:stop`` of a :class:`~pyro_vae.networks.MultiHead`'s output
     layer, so those outputs start at 0 (other encoders are left as they are)."""
     head = getattr(encoder, "head", None)
-    if isinstance(encoder, _MultiHead) and isinstance(head, nn.Linear) and head.out_features >= stop:
+    if isinstance(encoder, MultiHead) and isinstance(head, nn.Linear) and head.out_features >= stop:
         with torch.no_grad():
             head.weight[start:stop].zero_()
             head.bias[start:stop].zero_()
@@ -298,7 +296,7 @@ class FullCovarianceNormal(nn.Module):
         return dist.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
 
-@_torch_kl.register_kl(torch.distributions.MultivariateNormal, torch.distributions.Independent)
+@torch_kl.register_kl(torch.distributions.MultivariateNormal, torch.distributions.Independent)
 def kl_mvn_diagonal_normal(p, q):
     r"""KL(N(μ, L Lᵀ) ‖ N(m, diag s²)) in closed form, for q a Normal made an event of
     one dimension (``Normal(m, s).to_event(1)``, the VAE's prior):
@@ -378,14 +376,14 @@ class NormalizingFlow(nn.Module):
         self.z_dim = d = int(z_dim)
         hidden_dims = [int(h) for h in (hidden_dims or (max(4 * d, 32),))]
         self.flows = nn.ModuleList(
-            _T.conditional_affine_autoregressive(d, self.context_dim, hidden_dims=hidden_dims)
+            T.conditional_affine_autoregressive(d, self.context_dim, hidden_dims=hidden_dims)
             for _ in range(num_flows))
         if init_identity:
             for flow in self.flows:
                 last = flow.nn.layers[-1]
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
-        self._reverse = _T.Permute(torch.arange(d - 1, -1, -1))
+        self._reverse = T.Permute(torch.arange(d - 1, -1, -1))
 
     @classmethod
     def encoder_out_dims(cls, z_dim):

@@ -19,11 +19,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from torch import nn
 
+from .data import DataError, one_hot, with_quadrant_masks
 from .distributions import Independent, StandardNormal
-from .guides import guide_family
+from .guides import PointMass, guide_family
 from .likelihoods import make_likelihood
-from .networks import make_networks
+from .networks import MLPDecoder, MLPEncoder, make_networks
 
 
 class VAE(PyroModule):
@@ -201,8 +203,7 @@ def build_model(config):
     return builder(**config)
 
 
-# ---- the autoencoder baseline (issue #3) -----------------------------------------------
-from .guides import PointMass  # noqa: E402
+# ---- the autoencoder baseline -----------------------------------------------
 
 
 class Autoencoder(VAE):
@@ -278,19 +279,13 @@ def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), 
 MODEL_BUILDERS["ae"] = build_autoencoder
 
 
-# ---- the conditional VAE (issue #4) ----------------------------------------------------
-from torch import nn as _nn  # noqa: E402
+# ---- the conditional VAE ----------------------------------------------------
 
-from .data import DataError as _DataError  # noqa: E402
-from .data import one_hot as _one_hot  # noqa: E402
-from .data import with_quadrant_masks as _with_quadrant_masks  # noqa: E402
-from .networks import MLPDecoder as _MLPDecoder  # noqa: E402
-from .networks import MLPEncoder as _MLPEncoder  # noqa: E402
 
 PRIORS = ("fixed", "learned")
 
 
-class LabelCondition(_nn.Module):
+class LabelCondition(nn.Module):
     r"""c is a class label in {0, …, K−1}; the networks see its one-hot code
     h(c) = e_c ∈ {0, 1}^K. All of x is modelled (no target mask).
 
@@ -312,7 +307,7 @@ class LabelCondition(_nn.Module):
         """h(c) = one-hot(c), ``(batch, K)``; ``c`` of shape ``(batch,)``."""
         if c is None:
             raise ValueError("the class-conditional VAE needs the labels c (shape (batch,))")
-        h = _one_hot(c, self.num_classes)
+        h = one_hot(c, self.num_classes)
         if x is not None and h.shape[0] != x.shape[0]:
             raise ValueError(f"{x.shape[0]} images but {h.shape[0]} labels")
         return h.to(x.device if x is not None else h.device)
@@ -324,13 +319,13 @@ class LabelCondition(_nn.Module):
     def prepare(self, data):
         """Check that ``data`` carries labels in range; batches are ``(x, y)``."""
         if data.y is None:
-            raise _DataError(f"{data.name or 'the data'} has no labels; the class-conditional VAE needs labelled "
+            raise DataError(f"{data.name or 'the data'} has no labels; the class-conditional VAE needs labelled "
                              "data (digits, mnist10k, mnist, fashion-mnist)")
-        _one_hot(data.y, self.num_classes)  # raises on labels out of range
+        one_hot(data.y, self.num_classes)  # raises on labels out of range
         return data
 
 
-class QuadrantCondition(_nn.Module):
+class QuadrantCondition(nn.Module):
     r"""c is the observed part of the image itself, given by a mask m ∈ {0, 1}^D
     (1 = observed, e.g. :func:`~pyro_vae.data.quadrant_mask`); x's unobserved part
     x_u = {x_i : m_i = 0} is what the model predicts.
@@ -377,7 +372,7 @@ class QuadrantCondition(_nn.Module):
         (:func:`~pyro_vae.data.with_quadrant_masks`); batches are ``(x, m)``."""
         if data.y is not None and data.y.dim() == 2:
             return data  # masks already attached
-        return _with_quadrant_masks(data, (1, 2, 3))
+        return with_quadrant_masks(data, (1, 2, 3))
 
 
 def _join(z, h):
@@ -549,9 +544,9 @@ def _build_conditional(condition, name, image_shape, z_dim, network, hidden_dims
     x_dim = math.prod(image_shape)
     hidden_dims = tuple(int(h) for h in hidden_dims)
     family = guide_family(guide)
-    encoder = _MLPEncoder(x_dim + condition.dim, z_dim, hidden_dims, out_dims=family.encoder_out_dims(z_dim))
-    decoder = _MLPDecoder(z_dim + condition.dim, x_dim, hidden_dims[::-1])
-    prior_net = _MLPEncoder(condition.dim, z_dim, hidden_dims) if prior == "learned" else None
+    encoder = MLPEncoder(x_dim + condition.dim, z_dim, hidden_dims, out_dims=family.encoder_out_dims(z_dim))
+    decoder = MLPDecoder(z_dim + condition.dim, x_dim, hidden_dims[::-1])
+    prior_net = MLPEncoder(condition.dim, z_dim, hidden_dims) if prior == "learned" else None
     model = ConditionalVAE(encoder, decoder, z_dim, condition, prior=prior, prior_net=prior_net,
                            likelihood=make_likelihood(likelihood, x_dim, scale=scale), guide=family,
                            num_data=num_data, guide_kwargs=guide_kwargs)

@@ -34,6 +34,8 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro.util import check_if_enumerated, warn_if_nan
 
+from .fisher import fisher_objective
+
 _ELBOS = {
     "elbo": pyro.infer.Trace_ELBO,
     "meanfield": pyro.infer.TraceMeanField_ELBO,
@@ -75,7 +77,7 @@ def make_objective(name="elbo", num_particles=1, **kwargs):
     return factory(num_particles=num_particles, **kwargs)
 
 
-# ---- the importance weighted bound (IWAE, issue 5) ----------------------------------
+# ---- the importance weighted bound (IWAE) ----------------------------------
 #: Name of the plate that :class:`pyro.infer.ELBO` wraps around model and guide to draw
 #: the particles in one vectorized pass.
 PARTICLE_PLATE = "num_particles_vectorized"
@@ -229,8 +231,6 @@ ALIASES["IWAE_ELBO"] = "iwae"
 ALIASES["IWAE"] = "iwae"
 
 
-# ---- the Fisher autoencoder objective (issue #8) -------------------------------------
-from .fisher import FisherDivergence, fisher_objective  # noqa: E402
-
+# ---- the Fisher autoencoder objective ---------------------------------------------------
 OBJECTIVES["fisher"] = fisher_objective
 ALIASES["FisherDivergence"] = "fisher"
