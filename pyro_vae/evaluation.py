@@ -594,6 +594,8 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
       trained on, and where a VAE's inactive latent units (q = p there, encoder mean 0)
       are no dead zone; ``share_means`` is then the same measure with the encoder means
       c_n = E_q[z|x_n] (what the latent map shows). An autoencoder's two coincide;
+      for a standardized model ``share_raw`` is the same measure for draws z ~ N(0, I)
+      against the codes *without* the frame, where ``model.sample`` draws;
     - ``confidence`` (b): :func:`classifier_confidence` on the decoded draws, with its
       standard error over draws; ``confidence_data`` is the same on the real images,
       the ceiling to compare with; for a standardized model ``confidence_raw`` is the
@@ -624,6 +626,9 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
                   share_se=math.sqrt(share * (1 - share) / n_draws))
     if codes == "sample":
         report["share_means"], report["threshold_means"] = dead_zone_share(u, frame.to_frame(means), quantile)
+    if standardized:  # the same draws taken as z ~ N(0, I) in the model's own coordinates (model.sample)
+        report["share_raw"], report["threshold_raw"] = dead_zone_share(u, test_codes, quantile)
+        report["share_raw_se"] = math.sqrt(report["share_raw"] * (1 - report["share_raw"]) / n_draws)
     if classifier is not None:
         device = next(model.parameters()).device
 
@@ -677,6 +682,8 @@ def dead_zone_table(reports, names=None):
                 if "confidence_data" in r else "–")
         frame = "standardized codes" if r["standardized"] else "prior N(0, I)"
         share = f"{r['share']:.3f} ± {r['share_se']:.3f}"
+        if "share_raw" in r:
+            share += f" (raw z ~ N(0, I): {r['share_raw']:.3f} ± {r['share_raw_se']:.3f})"
         if r.get("codes") == "mean":
             sampled, means = "–", share
         else:

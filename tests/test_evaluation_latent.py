@@ -188,6 +188,10 @@ def test_report_on_models(digits, digits_classifier):
     r_ae, r_vae = reports
     assert r_ae["standardized"] and not r_vae["standardized"]
     assert "confidence_raw" in r_ae and "confidence_raw" not in r_vae
+    assert "share_raw" in r_ae and "share_raw" not in r_vae
+    # the raw share is the dead-zone share of the same draws against the AE's unstandardized codes
+    u = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+    assert r_ae["share_raw"] == pytest.approx(dead_zone_share(u, latent_codes(ae, valid.x), Q)[0])
     # an autoencoder's sampled codes are its codes: both shares agree
     assert r_ae["share"] == r_ae["share_means"]
     for r in reports:
