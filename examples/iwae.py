@@ -40,7 +40,7 @@ from pyro_vae.evaluation import likelihood_report  # noqa: E402
 from pyro_vae.training import Trainer  # noqa: E402
 
 
-def train_one(k, train, valid, args):
+def train_one(k, train, valid, args, epochs):
     """Train the VAE with the K-sample bound (the ELBO for K = 1); keep the epoch whose
     validation bound −L_K is best. Returns the model, its history and the times."""
     torch.manual_seed(args.seed)
@@ -56,20 +56,20 @@ def train_one(k, train, valid, args):
                         state=copy.deepcopy(trainer.vae.state_dict()))
 
     wall, cpu = time.perf_counter(), time.process_time()
-    history = trainer.run(args.epochs, progress=not args.no_progress, callback=keep_best)
+    history = trainer.run(epochs, progress=not args.no_progress, callback=keep_best)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     vae.load_state_dict(best["state"])
     vae.eval()
     return vae, history.to_dict(), best["epoch"], wall, cpu
 
 
-def save_run(vae, k, history, epoch, train, args, out):
+def save_run(vae, k, history, epoch, train, args, epochs, out):
     """A run folder that ``pyro-vae evaluate`` reads (``run.json`` and ``checkpoint.pt``)."""
     save_checkpoint(out / "checkpoint.pt", {"model": vae.state_dict(), "epoch": epoch})
     save_json(out / "run.json", dict(
         model=vae.config, data=dict(dataset="binarized-mnist", binarize=None, seed=args.seed),
         train=dict(objective="elbo" if k == 1 else "iwae", particles=k, lr=args.lr, batch_size=args.batch_size,
-                   epochs=args.epochs, seed=args.seed, device="cpu", clip_norm=None),
+                   epochs=epochs, seed=args.seed, device="cpu", clip_norm=None),
         num_data=len(train), history=history, epoch=epoch))
 
 
@@ -105,7 +105,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="data folder (default $PYRO_VAE_DATA)")
     p.add_argument("--k", type=int, nargs="+", default=[1, 5, 50], help="K of the models to train (1: the VAE)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, nargs="+", default=[12],
+                   help="epochs: one number for every K, or one per K (the K=50 bound costs ~50× an ELBO step)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden layer sizes of the MLPs")
@@ -119,11 +120,14 @@ def main(argv=None):
                    help="keep the models of OUT/results.json trained with the same settings; train the others")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "eval_limit", "eval_samples"):
+    for name in ("batch_size", "eval_limit", "eval_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
     if any(k < 1 for k in args.k):
         p.error(f"--k: every K must be a positive integer, got {args.k}")
+    if any(e < 1 for e in args.epochs) or len(args.epochs) not in (1, len(args.k)):
+        p.error(f"--epochs: one positive number, or one for each of the {len(args.k)} K, got {args.epochs}")
+    epochs_of = dict(zip(args.k, args.epochs * len(args.k) if len(args.epochs) == 1 else args.epochs))
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -137,7 +141,7 @@ def main(argv=None):
     done = {}
     if args.reuse and (out / "results.json").is_file():
         done = {r["train_k"]: r for r in json.loads((out / "results.json").read_text())
-                if r["epochs"] == args.epochs and r["report"]["n"] == len(valid)
+                if r["epochs"] == epochs_of.get(r["train_k"]) and r["report"]["n"] == len(valid)
                 and r["report"]["num_samples"] == args.eval_samples and (out / f"k{r['train_k']}").is_dir()}
     results = []
     for k in args.k:
@@ -145,14 +149,14 @@ def main(argv=None):
             results.append(done[k])
             print(f"K={k}: reusing {out / f'k{k}'} (NLL {done[k]['report']['nll']:.2f})", flush=True)
             continue
-        vae, history, epoch, wall, cpu = train_one(k, train, valid, args)
-        save_run(vae, k, history, epoch, train, args, out / f"k{k}")
+        vae, history, epoch, wall, cpu = train_one(k, train, valid, args, epochs_of[k])
+        save_run(vae, k, history, epoch, train, args, epochs_of[k], out / f"k{k}")
         pyro.set_rng_seed(args.seed)
         report = likelihood_report(vae, valid.x, num_samples=args.eval_samples, ks=bound_ks,
                                    progress=not args.no_progress)
-        results.append(dict(train_k=k, epochs=args.epochs, best_epoch=epoch, train_wall_s=wall, train_cpu_s=cpu,
+        results.append(dict(train_k=k, epochs=epochs_of[k], best_epoch=epoch, train_wall_s=wall, train_cpu_s=cpu,
                             history=history, report=report))
-        print(f"K={k}: trained {args.epochs} epochs in {wall:.0f} s ({cpu:.0f} CPU-s), best epoch {epoch}; "
+        print(f"K={k}: trained {epochs_of[k]} epochs in {wall:.0f} s ({cpu:.0f} CPU-s), best epoch {epoch}; "
               f"NLL {report['nll']:.2f} ± {report['nll_stderr']:.2f} (evaluated in {report['seconds']:.0f} s)",
               flush=True)
         out.mkdir(parents=True, exist_ok=True)
