@@ -239,7 +239,7 @@ class Autoencoder(VAE):
         batch_size = x.shape[0] if x is not None else batch_size
         with self.plate(batch_size):
             with pyro.poutine.mask(mask=False):
-                z = pyro.sample("z", self.prior())
+                z = pyro.sample("z", self.prior((batch_size,)))
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x=None, batch_size=None):
@@ -430,7 +430,7 @@ class ConditionalVAE(VAE):
     def conditional_prior(self, h):
         """p(z|c) for features ``h`` (``(batch, k)``): batch shape ``(batch,)``, event ``(z_dim,)``."""
         if self.prior_net is None:
-            return self.prior().expand(h.shape[:1])
+            return self.prior(h.shape[:1])
         loc, log_var = self.prior_net(h)
         return dist.Normal(loc, torch.exp(0.5 * log_var), validate_args=False).to_event(1)
 
