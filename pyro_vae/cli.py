@@ -32,7 +32,7 @@ class UsageError(ValueError):
     """An invalid command-line option."""
 
 
-# ---- run folders -------------------------------------------------------------------
+# ---- run folders -------------------------------------------------------------------------
 def load_run(run_dir, device="cpu"):
     """Rebuild the model of a run folder and load its weights.
 
@@ -60,7 +60,7 @@ def _check_out_dir(out, overwrite):
     return out  # created once data and model are ready (Checkpointer), so a failed start leaves nothing
 
 
-# ---- train -------------------------------------------------------------------------
+# ---- train -------------------------------------------------------------------------------
 def add_train_arguments(p):
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (default: digits, offline)")
@@ -204,7 +204,7 @@ def write_figures(model, history, valid, out):
     save_samples(model, shape, out / "samples.png")
 
 
-# ---- resume -------------------------------------------------------------
+# ---- resume ------------------------------------------------------------------------------
 #: Options that may differ from the run's when resuming; any other option given with
 #: --resume must equal the value the run's run.json stores.
 RESUME_MAY_CHANGE = ("epochs", "device", "no_progress", "checkpoint_every", "data", "download", "resume", "out",
@@ -268,7 +268,7 @@ def _resume_args(args):
     return argparse.Namespace(**merged)
 
 
-# ---- sample ------------------------------------------------------------------------
+# ---- sample ------------------------------------------------------------------------------
 def cmd_sample(args):
     if args.n < 1:
         raise UsageError(f"-n must be a positive integer, got {args.n}")
@@ -284,7 +284,7 @@ def cmd_sample(args):
     return 0
 
 
-# ---- evaluate -------------------------------------------------------------
+# ---- evaluate ----------------------------------------------------------------------------
 def add_evaluate_arguments(p):
     p.add_argument("run_dir")
     p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
@@ -360,7 +360,7 @@ def cmd_evaluate(args):
     return 0
 
 
-# ---- plot -----------------------------------------------------------------
+# ---- plot --------------------------------------------------------------------------------
 #: The labelled data a run's latent map and classifier use, by the run's data set:
 #: binarized MNIST has no labels, so the labelled MNIST test images (mnist10k) stand in.
 LABELLED_DATA = {"binarized-mnist": "mnist10k"}
@@ -498,7 +498,7 @@ def cmd_plot(args):
     return 0
 
 
-# ---- gradvar ----------------------------------------------------------------
+# ---- gradvar -----------------------------------------------------------------------------
 def add_gradvar_arguments(p):
     p.add_argument("--part", default="all", choices=["all", "toy", "vae"],
                    help="the toy of Example 1.5 (Figure 6), the VAE contrast, or both")
@@ -568,7 +568,7 @@ def cmd_gradvar(args):
     return 0
 
 
-# ---- posterior: NUTS against the guide for one data point ------------------
+# ---- posterior: NUTS against the guide for one data point --------------------------------
 def add_posterior_arguments(p):
     p.add_argument("run_dir")
     p.add_argument("--index", type=int, default=17, help="which data point of the split (default: 17)")

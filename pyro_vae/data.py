@@ -152,7 +152,7 @@ def _split(n, n_valid, seed):
     return perm[n_valid:], perm[:n_valid]
 
 
-# ---- readers -------------------------------------------------------------------------
+# ---- readers -----------------------------------------------------------------------------
 def read_amat(path, dim=784):
     """Read an ``.amat`` file of 0/1 values (one image per line) into ``(N, dim)`` float32.
 
@@ -212,7 +212,7 @@ def _download(url, dest):
     os.replace(tmp, dest)
 
 
-# ---- loaders -------------------------------------------------------------------------
+# ---- loaders -----------------------------------------------------------------------------
 def _load_digits(split, seed=0):
     from sklearn.datasets import load_digits
 

@@ -456,7 +456,7 @@ def classifier_accuracy(clf, images, labels):
     return float((pred == labels.cpu()).float().mean())
 
 
-# ---- the latent space: codes, a common frame, dead zones -------------------------------
+# ---- the latent space: codes, a common frame, dead zones ---------------------------------
 
 
 @torch.no_grad()

@@ -157,7 +157,7 @@ class FisherDivergence:
         self.laplacian = laplacian
         self.num_probes = num_probes
 
-    # ---- one particle --------------------------------------------------------------
+    # ---- one particle --------------------------------------------------------------------
     def terms(self, model, guide, x, *args, create_graph=True, **kwargs):
         r"""One draw z ~ q_φ(z|x) per data point and the terms of Ĵ at it.
 
@@ -286,7 +286,7 @@ class FisherDivergence:
             estimate = estimate + (hvp * probe).reshape(batch, -1).sum(-1)
         return estimate / self.num_probes
 
-    # ---- the ELBO interface -----------------------------------------------------------
+    # ---- the ELBO interface --------------------------------------------------------------
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """s Σ_b Ĵ(x_b), Ĵ averaged over the L particles: a scalar with gradients in (θ, φ)."""
         loss = 0.0

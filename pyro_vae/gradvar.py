@@ -283,7 +283,7 @@ def measure_toy(phis=(0.0, 1.0, 2.0), sample_sizes=SAMPLE_SIZES, repeats=500, ro
     return rows
 
 
-# ---- part 2: the VAE --------------------------------------------------------------------
+# ---- part 2: the VAE ---------------------------------------------------------------------
 #: The VAE's routes: (reparameterized?, baseline), trained with "elbo" or "tracegraph".
 VAE_ROUTES = {
     "reparam": (True, None),
@@ -496,7 +496,7 @@ def vae_contrast(vae, train, valid, x, steps=1000, batch_size=100, lr=1e-3, eval
     return result
 
 
-# ---- tables and files ----------------------------------------------------------------------
+# ---- tables and files --------------------------------------------------------------------
 def toy_table(rows):
     """A Markdown table of :func:`measure_toy`'s rows: per route and φ, N × Var (which the
     1/N law keeps at the per-sample σ²) for each N beside the closed-form σ², the largest

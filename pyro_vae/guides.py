@@ -200,7 +200,7 @@ class PointMass(nn.Module):
         return dist.Delta(loc, event_dim=1)
 
 
-# ---- full-covariance and normalizing-flow families --------------------------
+# ---- full-covariance and normalizing-flow families ---------------------------------------
 #
 # A user's own family plugs in the same way: a ``nn.Module`` built as
 # ``Family(encoder, z_dim=d, **guide_kwargs)`` whose static ``encoder_out_dims(z_dim)``

@@ -75,7 +75,7 @@ class VAE(PyroModule):
         self._indices = {}
         self._priors = {}
 
-    # ---- the Pyro program ---------------------------------------------------------
+    # ---- the Pyro program ----------------------------------------------------------------
     def register(self, name, module):
         """``self.register(name, module)``, so that ``SVI`` with a ``pyro.optim`` optimizer
         finds the parameters. :class:`~pyro_vae.training.Trainer` steps
@@ -137,7 +137,7 @@ class VAE(PyroModule):
             infer = site_infer(x, scale=(self.num_data or x.shape[0]) / x.shape[0]) if site_infer else None
             return pyro.sample("z", self.posterior(x), infer=infer)
 
-    # ---- inference and generation --------------------------------------------------
+    # ---- inference and generation --------------------------------------------------------
     def encode(self, x):
         """q(z|x): the guide's distribution for a batch ``x`` (``batch_shape == (batch,)``)."""
         return self.posterior(x)
@@ -203,7 +203,7 @@ def build_model(config):
     return builder(**config)
 
 
-# ---- the autoencoder baseline -----------------------------------------------
+# ---- the autoencoder baseline ------------------------------------------------------------
 
 
 class Autoencoder(VAE):
@@ -279,7 +279,7 @@ def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), 
 MODEL_BUILDERS["ae"] = build_autoencoder
 
 
-# ---- the conditional VAE ----------------------------------------------------
+# ---- the conditional VAE -----------------------------------------------------------------
 
 
 PRIORS = ("fixed", "learned")
@@ -426,7 +426,7 @@ class ConditionalVAE(VAE):
         self.prior_kind = prior
         self.prior_net = prior_net
 
-    # ---- the Pyro program ---------------------------------------------------------
+    # ---- the Pyro program ----------------------------------------------------------------
     def conditional_prior(self, h):
         """p(z|c) for features ``h`` (``(batch, k)``): batch shape ``(batch,)``, event ``(z_dim,)``."""
         if self.prior_net is None:
@@ -474,7 +474,7 @@ class ConditionalVAE(VAE):
         ``with_labels=True``: labelled images, or images with quadrant masks."""
         return self.condition.prepare(data)
 
-    # ---- inference and generation --------------------------------------------------
+    # ---- inference and generation --------------------------------------------------------
     def encode(self, x, c):
         """q(z|x,c) for a batch."""
         return self.posterior(torch.cat([x, self.condition(c, x)], dim=-1))

@@ -77,7 +77,7 @@ def make_objective(name="elbo", num_particles=1, **kwargs):
     return factory(num_particles=num_particles, **kwargs)
 
 
-# ---- the importance weighted bound (IWAE) ----------------------------------
+# ---- the importance weighted bound (IWAE) ------------------------------------------------
 #: Name of the plate that :class:`pyro.infer.ELBO` wraps around model and guide to draw
 #: the particles in one vectorized pass.
 PARTICLE_PLATE = "num_particles_vectorized"
@@ -231,6 +231,6 @@ ALIASES["IWAE_ELBO"] = "iwae"
 ALIASES["IWAE"] = "iwae"
 
 
-# ---- the Fisher autoencoder objective ---------------------------------------------------
+# ---- the Fisher autoencoder objective ----------------------------------------------------
 OBJECTIVES["fisher"] = fisher_objective
 ALIASES["FisherDivergence"] = "fisher"

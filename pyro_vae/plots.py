@@ -84,7 +84,7 @@ def save_samples(vae, image_shape, path, n=64, mean=True):
     return save_grid(vae.sample(n, mean=mean), image_shape, path, nrow=int(n ** 0.5) or 1)
 
 
-# ---- conditional VAE --------------------------------------------------------
+# ---- conditional VAE ---------------------------------------------------------------------
 def save_class_samples(model, image_shape, path, n=10, mean=True):
     """One row per class k = 0, …, K−1 of a class-conditional model, ``n`` images each:
     z ~ p(z|c=k) decoded to E[x|z,c=k] (or a draw of x if not ``mean``)."""
@@ -123,7 +123,7 @@ def save_completions(model, x, image_shape, path, num_quadrants=(1, 2, 3), num_s
     return path
 
 
-# ---- the latent space drawn: maps, manifolds, interpolations -----------------
+# ---- the latent space drawn: maps, manifolds, interpolations -----------------------------
 
 
 def _save_figure(fig, path):
@@ -346,7 +346,7 @@ def plot_image_grids(grids, image_shape, path, nrow=None, suptitle=None):
     return _save_figure(fig, path)
 
 
-# ---- gradient variance: score function against reparameterization ------------
+# ---- gradient variance: score function against reparameterization ------------------------
 def plot_gradient_variance(rows, path, labels=None):
     """Figure 6: the variance of gradient estimators against the number of samples N,
     log-log, one panel per φ. Measured variances (markers, ±2 standard errors) and closed

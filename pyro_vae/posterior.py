@@ -51,7 +51,7 @@ from .training import private_param_store
 KHAT_THRESHOLD = 0.7
 
 
-# ---- the model at a fixed decoder -----------------------------------------------------
+# ---- the model at a fixed decoder --------------------------------------------------------
 @contextmanager
 def fixed_model(model):
     """Evaluate ``model`` as a fixed density p(x, z): eval mode, data plate at scale 1
@@ -91,7 +91,7 @@ def _one_point(model, x, args):
     return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
 
 
-# ---- NUTS ------------------------------------------------------------------------------
+# ---- NUTS --------------------------------------------------------------------------------
 def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chains=2, seed=0,
                    target_accept_prob=0.8, max_tree_depth=8, jit_compile=False, progress=False):
     r"""Sample the true posterior p(z|x) ∝ p(z) p(x|z) of ``model`` for one data point with
@@ -363,7 +363,7 @@ def _thin(z, max_points):
     return flat[::step][None, :max_points]
 
 
-# ---- the amortization gap ------------------------------------------------------------------
+# ---- the amortization gap ----------------------------------------------------------------
 class FreeOutputs(nn.Module):
     """An "encoder" whose outputs are free parameters, one row per data point: it stands in
     for the encoder when the guide family is fitted to each point alone.

@@ -315,7 +315,7 @@ class Trainer:
                 callback(self)
         return self.history
 
-    # ---- checkpoints ------------------------------------------------------------------
+    # ---- checkpoints ---------------------------------------------------------------------
     def state_dict(self):
         """Everything needed to continue training exactly where it is, as tensors and
         plain containers (``torch.load(weights_only=True)`` reads it back):
