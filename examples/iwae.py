@@ -81,7 +81,7 @@ def plot(results, path):
         k = r["train_k"]
         label = "VAE (ELBO, K=1)" if k == 1 else f"IWAE, K={k}"
         epochs = range(1, len(r["history"]["valid_loss"]) + 1)
-        ax1.plot(epochs, r["history"]["valid_loss"], marker="o", label=label)
+        ax1.plot(epochs, r["history"]["valid_loss"], marker="o" if len(epochs) <= 30 else None, label=label)
         rep = r["report"]
         ks = [1] + [int(j) for j in rep["neg_iwae"]] + [rep["num_samples"]]
         ys = [rep["neg_elbo"]] + list(rep["neg_iwae"].values()) + [rep["nll"]]
@@ -90,6 +90,9 @@ def plot(results, path):
             title="training: each model's own bound")
     big = results[0]["report"]["num_samples"]
     ax1.xaxis.get_major_locator().set_params(integer=True)
+    late = [v for r in results for v in r["history"]["valid_loss"][2:]]
+    if late:  # the first epochs would squash the rest of the curves
+        ax1.set_ylim(min(late) - 2, max(late) + 2)
     ax2.set(xscale="log", xlabel="K used to evaluate the bound", ylabel=f"−L_K (nats); K={big}: NLL",
             title="evaluation on the same validation images")
     for ax in (ax1, ax2):
