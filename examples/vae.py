@@ -35,7 +35,7 @@ def main(args):
     # 3. SVI
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
     generator = torch.Generator().manual_seed(args.seed)
-    for epoch in trange(args.epochs, desc="epochs"):
+    for _ in trange(args.epochs, desc="epochs"):
         for x, _ in train.batches(args.batch_size, generator=generator):
             svi.step(x)
     print(f"validation -ELBO after {args.epochs} epochs: {evaluate_loss(vae, valid):.2f} nats per image")

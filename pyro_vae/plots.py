@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .evaluation import dead_zone_threshold, latent_codes, latent_frame, nearest_distances  # noqa: E402
+
 
 def make_grid(*args, **kwargs):
     """torchvision's ``make_grid``, imported on first use (torchvision takes seconds to
@@ -167,8 +169,6 @@ def latent_map_panel(model, x, labels=None, title=None, standardize="auto", draw
     :param int draws: number of prior draws to show (None: none); the same draws as
         :func:`~pyro_vae.evaluation.dead_zone_report` with the same ``seed``.
     """
-    from .evaluation import dead_zone_threshold, latent_codes, latent_frame, nearest_distances
-
     codes = latent_codes(model, x)
     frame = latent_frame(model, codes, standardize)
     u = frame.to_frame(codes)
