@@ -664,7 +664,9 @@ def main(argv=None):
     try:
         return args.func(args)
     except (UsageError, DataError, checkpoints.CheckpointError, NonFiniteLossError, ValueError) as e:
-        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+        # one write, newline included: the lines of several ranks (torchrun) do not merge
+        sys.stderr.write(f"pyro-vae {args.command}: error: {e}\n")
+        sys.stderr.flush()
         return 2
 
 
