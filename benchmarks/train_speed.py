@@ -57,16 +57,18 @@ def breakdown_steps(build, n):
     from the Trainer is the cost of the distribution objects, of Pyro's effect handlers,
     and of the ELBO class."""
     steps = {}
-    for name in ("distributions, no Pyro", "Pyro traces, no ELBO class"):
+    for name, step in (("distributions, no Pyro", _bare_step), ("Pyro traces, no ELBO class", _traced_step)):
         torch.manual_seed(0)
         vae = build((1, 28, 28), z_dim=50, hidden_dims=(400,))
         vae.num_data, vae.use_param_store = n, False
         opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
-        steps[name] = functools.partial(_bare_step if name.startswith("dist") else _traced_step, vae, opt)
+        steps[name] = functools.partial(step, vae, opt)
     return steps
 
 
 def _bare_step(vae, opt, x):
+    """log w = log p(x|z) + log p(z) − log q(z|x) from the VAE's own distribution objects
+    (guide, prior, likelihood), z = rsample of q; no Pyro primitive, handler or ELBO."""
     q = vae.posterior(x)
     z = q.rsample()
     log_w = vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior(x.shape[:1]).log_prob(z) - q.log_prob(z)
@@ -74,6 +76,8 @@ def _bare_step(vae, opt, x):
 
 
 def _traced_step(vae, opt, x):
+    """The same log w from Pyro's traces of ``vae.guide`` and of ``vae.model`` replayed
+    against it (what ``Trace_ELBO`` builds), summed here instead of by the ELBO class."""
     with pyro.validation_enabled(False):
         guide = poutine.trace(vae.guide).get_trace(x)
         model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)

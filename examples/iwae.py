@@ -90,9 +90,11 @@ def plot(results, path):
             title="training: each model's own bound")
     big = results[0]["report"]["num_samples"]
     ax1.xaxis.get_major_locator().set_params(integer=True)
-    late = [v for r in results for v in r["history"]["valid_loss"][2:]]
-    if late:  # the first epochs would squash the rest of the curves
-        ax1.set_ylim(min(late) - 2, max(late) + 2)
+    curves = [r["history"]["valid_loss"] for r in results]
+    if all(len(c) > 5 for c in curves):  # long runs: the first epochs would squash the rest of the curves
+        late = [v for c in curves for v in c[2:]]
+        margin = 0.05 * (max(late) - min(late)) + 0.5
+        ax1.set_ylim(min(late) - margin, max(late) + margin)
     ax2.set(xscale="log", xlabel="K used to evaluate the bound", ylabel=f"−L_K (nats); K={big}: NLL",
             title="evaluation on the same validation images")
     for ax in (ax1, ax2):
@@ -126,8 +128,8 @@ def main(argv=None):
     for name in ("batch_size", "eval_limit", "eval_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
-    if any(k < 1 for k in args.k):
-        p.error(f"--k: every K must be a positive integer, got {args.k}")
+    if any(k < 1 for k in args.k) or len(set(args.k)) != len(args.k):
+        p.error(f"--k: positive integers, each K once, got {args.k}")
     if any(e < 1 for e in args.epochs) or len(args.epochs) not in (1, len(args.k)):
         p.error(f"--epochs: one positive number, or one for each of the {len(args.k)} K, got {args.epochs}")
     epochs_of = dict(zip(args.k, args.epochs * len(args.k) if len(args.epochs) == 1 else args.epochs))

@@ -15,11 +15,13 @@ import math
 import sys
 from pathlib import Path
 
+import pyro
 import torch
 
-from . import checkpoints
+from . import checkpoints, evaluation, plots
 from . import distributed  # data-parallel training under torchrun
 from .data import DATASETS, DataError, load_dataset
+from .evaluation import DigitClassifier, classifier_accuracy, likelihood_report, train_classifier
 from .models import build_model
 from .objectives import OBJECTIVES, ALIASES
 from .plots import plot_losses, save_reconstructions, save_samples
@@ -306,10 +308,6 @@ def add_evaluate_arguments(p):
 def cmd_evaluate(args):
     """−ELBO, −L_K and NLL = −log p̂(x) (importance sampling, K samples) with their standard
     errors, and the active units, on one split of the run's data set; printed and saved as JSON."""
-    import pyro
-
-    from .evaluation import likelihood_report
-
     K = args.num_samples
     if K < 1:
         raise UsageError(f"-K must be a positive number of importance samples, got {K}")
@@ -406,8 +404,6 @@ def _plot_test_data(run, root, limit):
 def _plot_classifier(labelled, root, out, epochs, seed, device):
     """The independent classifier for ``labelled`` data, from ``out/classifier.pt`` if it
     was trained there with the same settings, else trained on the train split and saved."""
-    from .evaluation import DigitClassifier, classifier_accuracy, train_classifier
-
     train = load_dataset(labelled, "train", root)
     valid = load_dataset(labelled, "valid", root)
     meta = dict(dataset=labelled, epochs=epochs, seed=seed, image_shape=list(train.image_shape))
@@ -430,8 +426,6 @@ def _plot_classifier(labelled, root, out, epochs, seed, device):
 def cmd_plot(args):
     """Figures of one or more saved runs, without retraining: latent maps side by side,
     decoded manifolds, samples, reconstructions, interpolations, and the dead-zone numbers."""
-    from . import evaluation, plots
-
     for name in ("n", "grid", "draws", "classifier_epochs", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -588,7 +582,7 @@ def add_posterior_arguments(p):
 
 
 def cmd_posterior(args):
-    from . import posterior
+    from . import posterior  # here, not at the top: ArviZ takes seconds to import
 
     for name in ("num_samples", "warmup", "chains", "is_samples"):
         if getattr(args, name) < (0 if name == "warmup" else 1):

@@ -310,7 +310,6 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
                      num_classes=10 if y is not None else None)
 
 
-
 # ======================================================================================
 # Conditioning data for the conditional VAE: one-hot labels, quadrant masks
 # ======================================================================================

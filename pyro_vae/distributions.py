@@ -2,8 +2,8 @@
 the cases a VAE's training step meets at every call.
 
 Every class here is a subclass of the Pyro distribution it stands for, with the same
-values, log-densities, gradients and closed-form KL divergences; only the work done per
-call is smaller (the tests compare them with Pyro's).
+values, log-densities, gradients and closed-form KL divergences wherever it can be built;
+only the work done per call is smaller (the tests compare them with Pyro's).
 """
 
 import math
@@ -37,9 +37,24 @@ class StandardNormal(dist.Normal):
     """N(0, 1) elementwise, with log p(z) = −½ z² − log √(2π) computed directly rather
     than through Normal's general (z − μ)²/(2σ²) + log σ (two ops instead of seven, and
     as many fewer in backward). Being a ``Normal``, it broadcasts in plates and has
-    the closed-form KL divergences of ``Normal``. Build it as ``StandardNormal(zeros, ones)``."""
+    the closed-form KL divergences of ``Normal``.
+
+    :param loc: zeros of the batch shape; :param scale: ones of the batch shape
+        (anything else is refused: the log-density assumes them).
+    """
+
+    def __init__(self, loc, scale, validate_args=None):
+        super().__init__(loc, scale, validate_args=validate_args)
+        if not (bool((self.loc == 0).all()) and bool((self.scale == 1).all())):
+            raise ValueError("StandardNormal takes loc = 0 and scale = 1 only; use Normal for other values")
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StandardNormal, _instance)
+        return super().expand(batch_shape, _instance=new)  # expanded zeros and ones: no check needed
 
     def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
         log_p = value.pow(2).mul_(-0.5).sub_(_LOG_SQRT_2PI)
         if log_p.shape[log_p.dim() - len(self.batch_shape):] == self.batch_shape:
             return log_p  # the usual case: value already has the batch shape
@@ -59,6 +74,8 @@ class IndependentBernoulli(Independent):
 
     def log_prob(self, value):
         logits = self.base_dist.logits
-        if self.reinterpreted_batch_ndims != 1 or value.shape != logits.shape:
-            return super().log_prob(value)  # broadcasting: Pyro's general route
+        if self.reinterpreted_batch_ndims != 1 or self._validate_args or not (
+                value.shape == logits.shape or torch.broadcast_shapes(value.shape, logits.shape) == logits.shape):
+            return super().log_prob(value)  # validation, or a value larger than θ: Pyro's general route
+        # x broadcasts to θ, e.g. x (B, D) against the logits (K, B, D) of K importance samples
         return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()

@@ -18,6 +18,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
+from .models import Autoencoder
 from .objectives import IWAE_ELBO
 from .training import private_param_store
 
@@ -338,7 +339,6 @@ def likelihood_report(model, x, *args, num_samples=5000, ks=(5, 50), batch_size=
 # ======================================================================================
 
 
-
 class DigitClassifier(nn.Module):
     r"""A small CNN p(y | x) = softmax(f(x)) over K classes, for flat images.
 
@@ -519,8 +519,6 @@ def latent_frame(model, codes, standardize="auto"):
 
     :param standardize: True (z-score with ``codes``), False (identity) or ``"auto"``:
         True for an :class:`~pyro_vae.models.Autoencoder`, False otherwise."""
-    from .models import Autoencoder
-
     if standardize == "auto":
         standardize = isinstance(model, Autoencoder)
     return LatentFrame.fit(codes) if standardize else LatentFrame.identity(codes.shape[-1])
@@ -594,8 +592,9 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
       trained on, and where a VAE's inactive latent units (q = p there, encoder mean 0)
       are no dead zone; ``share_means`` is then the same measure with the encoder means
       c_n = E_q[z|x_n] (what the latent map shows). An autoencoder's two coincide;
-      for a standardized model ``share_raw`` is the same measure for draws z ~ N(0, I)
-      against the codes *without* the frame, where ``model.sample`` draws;
+      for a standardized model ``share_raw`` (threshold ``threshold_raw``, standard
+      error ``share_raw_se``) is the same measure for the same draws taken as
+      z ~ N(0, I) against the codes *without* the frame, where ``model.sample`` draws;
     - ``confidence`` (b): :func:`classifier_confidence` on the decoded draws, with its
       standard error over draws; ``confidence_data`` is the same on the real images,
       the ceiling to compare with; for a standardized model ``confidence_raw`` is the

@@ -107,6 +107,8 @@ class VAE(PyroModule):
         data plate's, given already so that the plate need not expand it). It has no
         parameters, so the distribution object is kept and reused while the batch
         shape, device and dtype stay the same."""
+        if not isinstance(batch_shape, (tuple, list, torch.Size)):
+            raise TypeError(f"batch_shape must be a shape such as (B,), got {batch_shape!r}")
         key = (tuple(batch_shape), self._zero.device, self._zero.dtype)
         if key not in self._priors:
             zero = self._zero.expand(key[0] + (self.z_dim,))

@@ -14,7 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .evaluation import dead_zone_threshold, latent_codes, latent_frame, nearest_distances  # noqa: E402
+from .data import quadrant_mask  # noqa: E402
+from .evaluation import (LatentFrame, dead_zone_threshold, latent_codes, latent_frame,  # noqa: E402
+                         nearest_distances)
 
 
 def make_grid(*args, **kwargs):
@@ -100,8 +102,6 @@ def save_completions(model, x, image_shape, path, num_quadrants=(1, 2, 3), num_s
     a panel whose columns are the images ``x`` and whose rows are the given quadrants
     (hidden pixels shown at ``hidden_value`` grey), the truth, and ``num_samples``
     completions z ~ p(z|c), x_u = E[x_u|z,c] (:meth:`~pyro_vae.models.ConditionalVAE.complete`)."""
-    from .data import quadrant_mask
-
     n, d = x.shape
     fig, axes = plt.subplots(len(num_quadrants), 1, figsize=(1.0 + 0.55 * n, 0.62 * (2 + num_samples) *
                                                              len(num_quadrants) + 0.3), dpi=120, squeeze=False)
@@ -269,8 +269,6 @@ def decode_manifold(model, n=15, codes=None, standardize="auto", lo=0.05, hi=0.9
     :param codes: test codes ``(N, d)`` (:func:`~pyro_vae.evaluation.latent_codes`) or None.
     :returns: ``(n*n, x_dim)`` images, row-major.
     """
-    from .evaluation import LatentFrame, latent_frame
-
     d = model.z_dim
     if d < 2:
         raise ValueError("a decoded manifold needs at least 2 latent dimensions, the model has 1")

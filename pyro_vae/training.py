@@ -168,6 +168,9 @@ class Trainer:
         #: set by whoever saves checkpoints (:class:`~pyro_vae.checkpoints.Checkpointer`):
         #: named in the error that stops a run at a NaN or inf loss.
         self.last_checkpoint = None
+        # the batch shapes (and devices) this process has stepped on with Pyro's
+        # validation; not saved: a resumed run validates its first step again
+        self._validated = set()
 
     def step(self, *batch, share=1.0):
         """One SVI step on a minibatch; returns −ELBO in nats per data point.
@@ -179,22 +182,37 @@ class Trainer:
         The torch optimizer steps ``vae.parameters()`` directly, so the model and guide
         need not register them in Pyro's param store during the step
         (:meth:`~pyro_vae.models.VAE.register`); that is switched off for the step and
-        restored afterwards. Pyro's validation checks (``pyro.enable_validation``) run on
-        the trainer's first step only: the program is the same at every step, and a NaN
-        or inf loss is caught here at any step.
+        restored afterwards.
+
+        Pyro's validation checks (``pyro.enable_validation``: site shapes, distribution
+        arguments and supports, NaN warnings), when on, run on this process's first step
+        with each batch shape and device, and are off for the steps after it: the program
+        is the same, and a NaN or inf loss is caught here at any step. What later steps
+        no longer check is the support of their batches under the likelihood; the trainer
+        checks the whole data set for that when it is built. Pyro's flags and torch's default
+        for distributions' argument checks are as before after every step.
         """
+        key = (tuple(batch[0].shape), batch[0].device)
+        if not pyro.poutine.util.is_validation_enabled() or key not in self._validated:
+            value = self._step_with_store(batch, share)  # validation as the user set it
+            self._validated.add(key)
+            return value
+        torch_default = torch.distributions.Distribution._validate_args
+        try:
+            with pyro.validation_enabled(False):
+                return self._step_with_store(batch, share)
+        finally:  # pyro.validation_enabled resets torch's default to Pyro's flag
+            torch.distributions.Distribution.set_default_validate_args(torch_default)
+
+    def _step_with_store(self, batch, share):
         uses_store = getattr(self.vae, "use_param_store", None)
-        # Pyro's validation (site shapes, NaN warnings) checks the first step; later
-        # steps of the same program skip it, the loss being checked here anyway.
-        validate = pyro.poutine.util.is_validation_enabled() and self.step_count == 0
-        with pyro.validation_enabled(validate):
-            if uses_store is None:
-                return self._step(batch, share)
-            self.vae.use_param_store = False
-            try:
-                return self._step(batch, share)
-            finally:
-                self.vae.use_param_store = uses_store
+        if uses_store is None:
+            return self._step(batch, share)
+        self.vae.use_param_store = False
+        try:
+            return self._step(batch, share)
+        finally:
+            self.vae.use_param_store = uses_store
 
     def _step(self, batch, share):
         n = self.vae.num_data

@@ -7,7 +7,8 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import build_vae
-from pyro_vae.distributions import Independent, StandardNormal
+from pyro_vae.distributions import Independent, IndependentBernoulli, StandardNormal
+from pyro_vae.objectives import IWAE_ELBO
 
 
 @pytest.mark.parametrize("value_shape", [(6, 3), (5, 6, 3)])
@@ -23,7 +24,28 @@ def test_standard_normal_equals_pyros_normal(value_shape):
     assert torch.allclose(ga, gb)
     # a value of smaller shape broadcasts to the batch shape, as Pyro's does
     small = torch.randn(3)
-    assert torch.allclose(ours.log_prob(small), theirs.log_prob(small), atol=1e-6)
+    a, b = ours.log_prob(small), theirs.log_prob(small)
+    assert a.shape == b.shape == (6,) and torch.allclose(a, b, atol=1e-6)
+
+
+def test_standard_normal_refuses_other_parameters_and_validates_when_asked():
+    with pytest.raises(ValueError, match="loc = 0 and scale = 1"):
+        StandardNormal(torch.full((3,), 2.0), torch.ones(3))
+    expanded = StandardNormal(torch.zeros(3), torch.ones(3)).expand((4, 3))
+    assert isinstance(expanded, StandardNormal) and expanded.batch_shape == (4, 3)
+    with pytest.raises(ValueError, match="not broadcastable"):
+        StandardNormal(torch.zeros(3), torch.ones(3), validate_args=True).log_prob(torch.ones(5))
+
+
+@pytest.mark.parametrize("value_shape", [(5, 2, 6), (2, 6), (6,)])
+def test_independent_bernoulli_takes_its_fast_path_whenever_x_broadcasts_to_the_logits(value_shape, monkeypatch):
+    logits = torch.randn(5, 2, 6, requires_grad=True)
+    x = (torch.rand(value_shape) < 0.5).float()
+    theirs = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+    monkeypatch.setattr(dist.Independent, "log_prob", lambda self, value: pytest.fail("took Pyro's route"))
+    ours = IndependentBernoulli(dist.Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+    a = ours.log_prob(x)
+    assert a.shape == theirs.shape == (5, 2) and torch.allclose(a, theirs, atol=1e-5)
 
 
 def test_independent_expand_is_self_for_the_same_shape_and_expands_otherwise():
@@ -33,7 +55,8 @@ def test_independent_expand_is_self_for_the_same_shape_and_expands_otherwise():
     e = d.expand((2, 4))
     assert e is not d and e.batch_shape == (2, 4) and e.event_shape == (3,)
     z = torch.randn(2, 4, 3)
-    assert torch.allclose(e.log_prob(z), dist.Normal(loc, scale).to_event(1).expand((2, 4)).log_prob(z), atol=1e-6)
+    a, b = e.log_prob(z), dist.Normal(loc, scale).to_event(1).expand((2, 4)).log_prob(z)
+    assert a.shape == b.shape == (2, 4) and torch.allclose(a, b, atol=1e-6)
     # two event dimensions: Pyro's general sum
     d2 = Independent(dist.Normal(loc, scale), 2)
     assert torch.allclose(d2.log_prob(z), dist.Normal(loc, scale).to_event(2).log_prob(z), atol=1e-5)
@@ -52,11 +75,17 @@ def test_the_vae_prior_is_reused_and_follows_the_dtype():
     p = vae.prior((5,))
     assert vae.prior((5,)) is p and p.batch_shape == (5,) and p.event_shape == (3,)
     assert vae.prior((6,)).batch_shape == (6,)
+    with pytest.raises(TypeError, match="batch_shape must be a shape"):
+        vae.prior(5)
     vae.double()
     assert vae.prior((5,)).sample().dtype == torch.float64
 
 
-@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
+@pytest.mark.parametrize("elbo", [
+    Trace_ELBO, TraceMeanField_ELBO,
+    lambda: Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),  # expands every site
+    lambda: IWAE_ELBO(num_particles=3),  # logits (K, B, D) against x (B, D)
+], ids=["trace", "meanfield", "trace-3-particles", "iwae-3"])
 def test_the_vae_losses_equal_those_with_pyros_own_distributions(elbo):
     """The same model written with Pyro's Normal/Bernoulli gives the same loss and gradient."""
     torch.manual_seed(0)

@@ -206,6 +206,26 @@ def test_report_on_models(digits, digits_classifier):
         dead_zone_report(ae, valid.x, codes="median")
 
 
+def test_raw_share_of_a_standardized_vae_is_against_its_sampled_unstandardized_codes(digits):
+    """A VAE reported in the z-scored frame: ``share_raw`` and ``threshold_raw`` are the
+    dead-zone share and threshold of the same draws u, taken as z ~ N(0, I), against the
+    sampled codes z_n ~ q(z|x_n) themselves (not their means, not z-scored); the table
+    shows it with its binomial standard error."""
+    _, valid = digits
+    torch.manual_seed(0)
+    vae = build_vae(valid.image_shape, z_dim=2, hidden_dims=(16,))
+    r = dead_zone_report(vae, valid.x, n_draws=400, standardize=True, codes="sample", seed=3)
+    assert r["standardized"]
+    u = torch.randn(400, 2, generator=torch.Generator().manual_seed(3))
+    sampled = latent_codes(vae, valid.x, sample=True, seed=3)
+    share, threshold = dead_zone_share(u, sampled, Q)
+    assert (r["share_raw"], r["threshold_raw"]) == (pytest.approx(share), pytest.approx(threshold))
+    means_share = dead_zone_share(u, latent_codes(vae, valid.x), Q)[0]
+    assert share != means_share  # the test tells the sampled codes from the means
+    assert r["share_raw_se"] == pytest.approx(math.sqrt(share * (1 - share) / 400))
+    assert f"(raw z ~ N(0, I): {share:.3f} ± {r['share_raw_se']:.3f})" in dead_zone_table([r], ["vae"])
+
+
 def test_predicted_class_entropy_closed_forms():
     from pyro_vae.evaluation import predicted_class_entropy
 

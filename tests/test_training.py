@@ -74,6 +74,38 @@ def test_training_leaves_pyros_global_param_store_alone():
     assert list(pyro.get_param_store().keys()) == ["user_param"]
 
 
+def test_pyros_validation_runs_once_per_batch_shape_and_process_and_leaves_the_flags_as_they_were():
+    train, _ = digits()
+    vae = small_vae()
+    seen = []
+    model = vae.model
+
+    def spy(*args, **kwargs):  # what Pyro's and torch's validation flags are inside the step
+        seen.append((pyro.poutine.util.is_validation_enabled(), torch.distributions.Distribution._validate_args))
+        return model(*args, **kwargs)
+
+    vae.model = spy
+    trainer = Trainer(vae, train, batch_size=64)
+    x = train.x
+    try:
+        with pyro.validation_enabled(True):
+            torch.distributions.Distribution.set_default_validate_args(False)  # a user's own choice for torch
+            for batch in (x[:64], x[64:128], x[:10], x[10:20]):
+                trainer.step(batch)
+            assert pyro.poutine.util.is_validation_enabled()
+            assert torch.distributions.Distribution._validate_args is False
+            resumed = Trainer(vae, train, batch_size=64)  # a new process resuming this run
+            resumed.load_state_dict(trainer.state_dict())
+            resumed.step(x[:64])
+        with pyro.validation_enabled(False):
+            trainer.step(x[:64])
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(True)
+    # validated: the first step of each batch shape, and the resumed trainer's first step
+    assert [on for on, _ in seen] == [True, False, True, False, True, False]
+    assert seen[0][1] is False and seen[1][1] is False  # torch's flag untouched while validating
+
+
 def test_nan_loss_stops_training_at_that_step():
     train, valid = digits()
     vae = small_vae()
