@@ -46,7 +46,7 @@ def main(args):
     run = train(work / "killed", args)
     while not (work / "killed" / "run.json").exists():
         time.sleep(0.01)
-    time.sleep(random.uniform(0.0, args.max_delay))
+    time.sleep(random.Random(args.seed).uniform(0.0, args.max_delay))
     if run.poll() is not None:
         sys.exit("the run ended before the kill; pass more --epochs")
     run.send_signal(signal.SIGKILL)
@@ -56,8 +56,13 @@ def main(args):
           f"(epoch {at_kill['epoch'] + 1}, batch {at_kill['epoch_step']})")
 
     print("3. pyro-vae train --resume")
-    resumed = train(work / "killed", args, resume=True)
-    print("   " + "\n   ".join(resumed.communicate()[0].strip().splitlines()))
+    if at_kill["epoch"] >= args.epochs:
+        print("   nothing to resume: the kill came after the run's last checkpoint, with training complete")
+    else:
+        resumed = train(work / "killed", args, resume=True)
+        print("   " + "\n   ".join(resumed.communicate()[0].strip().splitlines()))
+        if resumed.returncode:
+            sys.exit(f"the resumed run failed (exit status {resumed.returncode})")
 
     a = load_checkpoint(work / "whole" / "checkpoint.pt")["model"]
     b = load_checkpoint(work / "killed" / "checkpoint.pt")["model"]
