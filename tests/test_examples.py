@@ -41,7 +41,9 @@ EXAMPLES = {
 def test_example_runs(name, tmp_path, request):
     options, files = EXAMPLES[name]
     if "{data}" in options:
-        options = [str(request.getfixturevalue("shared_data")) if a == "{data}" else a for a in options]
+        # absolute: the example runs in its own working directory
+        data = Path(request.getfixturevalue("shared_data")).resolve()
+        options = [str(data) if a == "{data}" else a for a in options]
     argv = list(options)
     out = tmp_path / "out"
     if files is not None:
