@@ -193,8 +193,10 @@ class Trainer:
         for distributions' argument checks are as before after every step.
         """
         key = (tuple(batch[0].shape), batch[0].device)
-        if not pyro.poutine.util.is_validation_enabled() or key not in self._validated:
-            value = self._step_with_store(batch, share)  # validation as the user set it
+        if not pyro.poutine.util.is_validation_enabled():
+            return self._step_with_store(batch, share)
+        if key not in self._validated:
+            value = self._step_with_store(batch, share)
             self._validated.add(key)
             return value
         torch_default = torch.distributions.Distribution._validate_args

@@ -99,10 +99,13 @@ def test_pyros_validation_runs_once_per_batch_shape_and_process_and_leaves_the_f
             resumed.step(x[:64])
         with pyro.validation_enabled(False):
             trainer.step(x[:64])
+            trainer.step(x[:30])  # a new shape with validation off: not counted as validated
+        with pyro.validation_enabled(True):
+            trainer.step(x[30:60])
     finally:
         torch.distributions.Distribution.set_default_validate_args(True)
     # validated: the first step of each batch shape, and the resumed trainer's first step
-    assert [on for on, _ in seen] == [True, False, True, False, True, False]
+    assert [on for on, _ in seen] == [True, False, True, False, True, False, False, True]
     assert seen[0][1] is False and seen[1][1] is False  # torch's flag untouched while validating
 
 
