@@ -20,7 +20,7 @@ from pyro.distributions import transforms as T
 from torch import nn
 from torch.distributions import kl as torch_kl
 
-from .distributions import Independent
+from .distributions import Independent, Normal
 from .networks import MultiHead, mlp
 
 
@@ -79,7 +79,7 @@ class DiagonalNormal(nn.Module):
     def forward(self, x):
         loc, log_var = self.encoder(x)
         scale = torch.exp(0.5 * log_var)
-        normal = dist.Normal if self.reparameterized else NonReparameterizedNormal
+        normal = Normal if self.reparameterized else NonReparameterizedNormal
         return Independent(normal(loc, scale, validate_args=False), 1, validate_args=False)
 
     def site_infer(self, x, scale=1.0):
@@ -407,7 +407,7 @@ class NormalizingFlow(nn.Module):
         _check_outputs(outputs, self.encoder_out_dims(self.z_dim), type(self).__name__)
         loc, log_var, context = outputs
         self._reverse.permutation = self._reverse.permutation.to(loc.device)
-        base = dist.Normal(loc, torch.exp(0.5 * log_var), validate_args=False).to_event(1)
+        base = Normal(loc, torch.exp(0.5 * log_var), validate_args=False).to_event(1)
         q = dist.ConditionalTransformedDistribution(base, self.transforms()).condition(context)
         return FlowDistribution(q.base_dist, q.transforms, validate_args=False)
 

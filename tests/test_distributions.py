@@ -7,8 +7,50 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import build_vae
-from pyro_vae.distributions import Independent, IndependentBernoulli, StandardNormal
+from pyro_vae.distributions import Independent, IndependentBernoulli, Normal, StandardNormal
 from pyro_vae.objectives import IWAE_ELBO
+
+
+def _normal_params():
+    torch.manual_seed(3)
+    return torch.randn(6, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)  # loc, log σ²
+
+
+@pytest.mark.parametrize("sample_shape", [(), (4,)])
+def test_normal_at_its_own_sample_equals_pyros_normal_and_its_gradients(sample_shape):
+    """log q(z) from the kept ε equals Pyro's formula at the same z, in value and in the
+    gradient of the reparameterized −log q(z) with respect to the parameters."""
+    results = []
+    for cls in (Normal, dist.Normal):
+        loc, log_var = _normal_params()
+        q = cls(loc, torch.exp(0.5 * log_var))
+        torch.manual_seed(0)
+        z = q.rsample(sample_shape)
+        lp = q.log_prob(z)
+        results.append((z.detach(), lp.detach(), torch.autograd.grad((lp * torch.arange(1.0, 4.0)).sum(), (loc, log_var))))
+    (z1, lp1, g1), (z2, lp2, g2) = results
+    assert torch.equal(z1, z2)  # the same draws from the same seed
+    assert torch.allclose(lp1, lp2, atol=1e-5)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-5)
+    # the closed form of that gradient: d/dlog σ² of (−½ε² − ½ log σ² − c) is −½ per coordinate
+    assert torch.allclose(g1[1], -0.5 * torch.arange(1.0, 4.0).expand(6, 3) * (1 if not sample_shape else 4))
+    assert torch.allclose(g1[0], torch.zeros(6, 3), atol=1e-5)
+
+
+def test_normal_takes_the_general_formula_at_any_other_value():
+    loc, log_var = _normal_params()
+    q, reference = Normal(loc, torch.exp(0.5 * log_var)), dist.Normal(loc, torch.exp(0.5 * log_var))
+    z = q.rsample()
+    for value in (z.detach().requires_grad_(), z + 0.0, torch.randn(6, 3, requires_grad=True)):
+        a, b = q.log_prob(value), reference.log_prob(value)
+        assert torch.allclose(a, b, atol=1e-6)
+        ga, gb = (torch.autograd.grad(t.sum(), value, retain_graph=True)[0] for t in (a, b))
+        assert torch.allclose(ga, gb, atol=1e-6)  # the path through the value is there
+    expanded = q.expand((2, 6, 3))
+    assert type(expanded) is Normal and expanded._last is None
+    with pytest.raises(ValueError, match="support"):
+        Normal(loc, torch.exp(0.5 * log_var), validate_args=True).log_prob(torch.full((6, 3), float("nan")))
 
 
 @pytest.mark.parametrize("value_shape", [(6, 3), (5, 6, 3)])

@@ -29,3 +29,30 @@ def test_expand_keeps_the_fast_class():
     x = (torch.rand(4, 10) < 0.5).float()
     reference = dist.Bernoulli(logits=d.base_dist.logits).to_event(1).expand((5, 4))
     assert torch.allclose(e.log_prob(x), reference.log_prob(x), atol=1e-5)
+
+
+def test_second_derivatives_equal_pyros_bernoulli():
+    """The fused backward is itself differentiable (create_graph=True), e.g. for a
+    Hessian-vector product through the decoder's logits."""
+    theta = (torch.randn(3, 4, 10, dtype=torch.double) * 4).requires_grad_()
+    x = (torch.rand(4, 10) < 0.4).double()
+    probe = torch.randn(3, 4, 10, dtype=torch.double)
+    results = []
+    for d in (Bernoulli()(theta), dist.Bernoulli(logits=theta).to_event(1)):
+        g, = torch.autograd.grad(d.log_prob(x).sum(), theta, create_graph=True)
+        hvp, = torch.autograd.grad((g * probe).sum(), theta)
+        results.append((g.detach(), hvp))
+    (ga, ha), (gb, hb) = results
+    assert torch.allclose(ga, gb, atol=1e-10) and torch.allclose(ha, hb, atol=1e-10)
+    # the Hessian is diagonal, −σ(θ)(1 − σ(θ)): the check can fail
+    s = torch.sigmoid(theta.detach())
+    assert torch.allclose(ha, -s * (1 - s) * probe, atol=1e-10)
+    assert torch.autograd.gradgradcheck(lambda t: Bernoulli()(t).log_prob(x), (theta,))
+
+
+def test_gradient_with_respect_to_x_equals_pyros():
+    """A value that needs a gradient (relaxed or real-valued x) gets ∂ log p / ∂x = θ."""
+    theta = torch.randn(4, 10)
+    x = (torch.rand(4, 10) < 0.4).float().requires_grad_()
+    gx, = torch.autograd.grad(Bernoulli()(theta).log_prob(x).sum(), x)
+    assert torch.allclose(gx, theta, atol=1e-6)
