@@ -2,8 +2,11 @@
 the cases a VAE's training step meets at every call.
 
 Every class here is a subclass of the Pyro distribution it stands for, with the same
-values, log-densities, gradients and closed-form KL divergences wherever it can be built;
-only the work done per call is smaller (the tests compare them with Pyro's).
+values, log-densities, gradients with respect to the parameters, and closed-form KL
+divergences wherever it can be built; only the work done per call is smaller (the tests
+compare them with Pyro's). One difference is by design: :class:`Normal` at its own last
+sample has no gradient path through the value apart from its parameters, as torch's
+cached transforms.
 """
 
 import math
@@ -46,25 +49,27 @@ class Normal(dist.Normal):
     ops. This is the ELBO's −log q(z|x) term at every training step.
 
     Like torch's transforms with ``cache_size=1`` (the normalizing-flow guides), the
-    value is recognized by identity, so the result has no separate gradient path
-    through ``value`` itself; every other value (a replayed or shifted z, a new tensor)
-    takes Normal's general formula, as does every call with ``validate_args``.
+    value is recognized by identity (and by its version counter, so a z changed in place
+    since is not taken for it), so the result has no separate gradient path through
+    ``value`` itself; every other value (a replayed or shifted z, a new tensor) takes
+    Normal's general formula, as does every call with ``validate_args``.
     """
 
-    _last = None  # (z, ε) of the last rsample
+    _last = None  # (z, z's version counter, ε) of the last rsample
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
         eps = _standard_normal(shape, dtype=self.loc.dtype, device=self.loc.device)  # as Normal's
         z = self.loc + eps * self.scale
-        self._last = (z, eps)
+        # inference-mode tensors have no version counter: nothing is kept for them
+        self._last = None if z.is_inference() else (z, z._version, eps)
         return z
 
     def log_prob(self, value):
         last = self._last
-        if last is None or value is not last[0] or self._validate_args:
+        if last is None or value is not last[0] or value._version != last[1] or self._validate_args:
             return super().log_prob(value)
-        return last[1].square().mul_(-0.5).sub_(_LOG_SQRT_2PI).sub(self.scale.log())
+        return last[2].square().mul_(-0.5).sub_(_LOG_SQRT_2PI).sub(self.scale.log())
 
 
 class StandardNormal(dist.Normal):

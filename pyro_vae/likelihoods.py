@@ -19,8 +19,9 @@ from .distributions import IndependentBernoulli
 class Bernoulli(nn.Module):
     r"""p(x|z) = Π_i Bernoulli(x_i; σ(θ_i)), θ = decoder(z) the logits.
 
-    log p(x|z) = Σ_i x_i θ_i − log(1 + e^{θ_i}), computed stably by Pyro's
-    ``Bernoulli(logits=θ)``.
+    log p(x|z) = Σ_i x_i θ_i − log(1 + e^{θ_i}), computed stably (softplus) by
+    :class:`~pyro_vae.distributions.IndependentBernoulli`, Pyro's
+    ``Bernoulli(logits=θ).to_event(1)`` with a fused log-density and gradient.
     """
 
     #: x must be in {0, 1}; gradients with respect to x do not exist.

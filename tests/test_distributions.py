@@ -47,6 +47,13 @@ def test_normal_takes_the_general_formula_at_any_other_value():
         assert torch.allclose(a, b, atol=1e-6)
         ga, gb = (torch.autograd.grad(t.sum(), value, retain_graph=True)[0] for t in (a, b))
         assert torch.allclose(ga, gb, atol=1e-6)  # the path through the value is there
+    z = q.rsample()
+    with torch.no_grad():
+        z.add_(1.0)  # changed in place after sampling: not the sample any more
+    assert torch.allclose(q.log_prob(z), reference.log_prob(z), atol=1e-6)
+    with torch.inference_mode():
+        z = q.rsample()
+        assert q._last is None and torch.allclose(q.log_prob(z), reference.log_prob(z), atol=1e-6)
     expanded = q.expand((2, 6, 3))
     assert type(expanded) is Normal and expanded._last is None
     with pytest.raises(ValueError, match="support"):
