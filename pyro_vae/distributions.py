@@ -49,25 +49,29 @@ class Normal(dist.Normal):
     ops. This is the ELBO's −log q(z|x) term at every training step.
 
     Like torch's transforms with ``cache_size=1`` (the normalizing-flow guides), the
-    value is recognized by identity (and by its version counter, so a z changed in place
-    since is not taken for it), so the result has no separate gradient path through
-    ``value`` itself; every other value (a replayed or shifted z, a new tensor) takes
+    value is recognized by identity, so the result has no separate gradient path through
+    ``value`` itself. It must also be unchanged since the sample: the same autograd node
+    (not detached, e.g. by ``detach_``) and the same version counters of z, μ and σ (none
+    changed in place). Every other value (a replayed or shifted z, a new tensor) takes
     Normal's general formula, as does every call with ``validate_args``.
     """
 
-    _last = None  # (z, z's version counter, ε) of the last rsample
+    _last = None  # what identifies the last rsample, and its ε (see _fingerprint)
+
+    def _fingerprint(self, z):
+        return z.grad_fn, z._version, self.loc._version, self.scale._version
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
         eps = _standard_normal(shape, dtype=self.loc.dtype, device=self.loc.device)  # as Normal's
         z = self.loc + eps * self.scale
         # inference-mode tensors have no version counter: nothing is kept for them
-        self._last = None if z.is_inference() else (z, z._version, eps)
+        self._last = None if z.is_inference() else (z, self._fingerprint(z), eps)
         return z
 
     def log_prob(self, value):
         last = self._last
-        if last is None or value is not last[0] or value._version != last[1] or self._validate_args:
+        if last is None or value is not last[0] or self._validate_args or self._fingerprint(value) != last[1]:
             return super().log_prob(value)
         return last[2].square().mul_(-0.5).sub_(_LOG_SQRT_2PI).sub(self.scale.log())
 

@@ -392,14 +392,19 @@ class NormalizingFlow(nn.Module):
     def transforms(self):
         """[T_1, reverse, T_2, reverse, …, T_K]: the conditional flows with a reversal of
         the coordinates between them, and one more reversal at the end when K is even, so
-        that the coordinates come out in their own order (identity flows give the base)."""
+        that the coordinates come out in their own order (identity flows give the base).
+
+        Each reversal is a transform of its own: every transform keeps the last (input,
+        output) pair it saw (``cache_size=1``), and ``log_prob`` of a sample then walks back
+        through those pairs instead of inverting the autoregressive flows (d sequential
+        passes each). One shared reversal would keep only its last pair."""
         out = []
         for k, flow in enumerate(self.flows):
             if k:
-                out.append(self._reverse)
+                out.append(T.Permute(self._reverse.permutation))
             out.append(flow)
         if len(self.flows) % 2 == 0:
-            out.append(self._reverse)
+            out.append(T.Permute(self._reverse.permutation))
         return out
 
     def forward(self, x):

@@ -51,9 +51,19 @@ def test_normal_takes_the_general_formula_at_any_other_value():
     with torch.no_grad():
         z.add_(1.0)  # changed in place after sampling: not the sample any more
     assert torch.allclose(q.log_prob(z), reference.log_prob(z), atol=1e-6)
+    z = q.rsample().detach_()  # the same tensor, detached: the score-function gradient, as Pyro's
+    ga = torch.autograd.grad(q.log_prob(z).sum(), (loc, log_var))
+    gb = torch.autograd.grad(reference.log_prob(z).sum(), (loc, log_var))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ga, gb)) and ga[0].abs().sum() > 0
+    leaf_loc, scale = torch.zeros(6, 3, requires_grad=True), torch.ones(6, 3)
+    q = Normal(leaf_loc, scale)
+    z = q.rsample()
+    with torch.no_grad():
+        leaf_loc.add_(2.0)  # an optimizer step on μ after the sample
+    assert torch.allclose(q.log_prob(z), dist.Normal(leaf_loc, scale).log_prob(z), atol=1e-6)
     with torch.inference_mode():
         z = q.rsample()
-        assert q._last is None and torch.allclose(q.log_prob(z), reference.log_prob(z), atol=1e-6)
+        assert q._last is None and torch.allclose(q.log_prob(z), dist.Normal(q.loc, q.scale).log_prob(z), atol=1e-6)
     expanded = q.expand((2, 6, 3))
     assert type(expanded) is Normal and expanded._last is None
     with pytest.raises(ValueError, match="support"):
