@@ -45,15 +45,18 @@ class Normal(dist.Normal):
 
     instead of −½ ((z − μ)/σ)² − log σ − log √(2π): the same value, and the same
     gradient with respect to μ, σ and everything upstream of them (as a function of the
-    parameters, with ε fixed, both are −½ ε² − log σ − log √(2π)), for a third of the
+    parameters, with ε fixed, both are −½ ε² − log σ − log √(2π)), for about half the
     ops. This is the ELBO's −log q(z|x) term at every training step.
 
     Like torch's transforms with ``cache_size=1`` (the normalizing-flow guides), the
     value is recognized by identity, so the result has no separate gradient path through
     ``value`` itself. It must also be unchanged since the sample: the same autograd node
     (not detached, e.g. by ``detach_``) and the same version counters of z, μ and σ (none
-    changed in place). Every other value (a replayed or shifted z, a new tensor) takes
-    Normal's general formula, as does every call with ``validate_args``.
+    changed in place). A z without an autograd node (drawn under ``no_grad`` or from
+    parameters that need no gradient) is taken only while no gradient can be asked of
+    the result, since Pyro's formula then gives the score-function gradient. Every other
+    value (a replayed or shifted z, a new tensor) takes Normal's general formula, as does
+    every call with ``validate_args``.
     """
 
     _last = None  # what identifies the last rsample, and its ε (see _fingerprint)
@@ -69,11 +72,20 @@ class Normal(dist.Normal):
         self._last = None if z.is_inference() else (z, self._fingerprint(z), eps)
         return z
 
-    def log_prob(self, value):
+    def _is_last_sample(self, value):
         last = self._last
         if last is None or value is not last[0] or self._validate_args or self._fingerprint(value) != last[1]:
+            return False
+        if value.grad_fn is not None:
+            return True  # the reparameterized sample, its graph intact
+        # a constant z: Pyro's formula differentiates the parameters with z fixed (or z itself)
+        return not (value.requires_grad or torch.is_grad_enabled()
+                    and (self.loc.requires_grad or self.scale.requires_grad))
+
+    def log_prob(self, value):
+        if not self._is_last_sample(value):
             return super().log_prob(value)
-        return last[2].square().mul_(-0.5).sub_(_LOG_SQRT_2PI).sub(self.scale.log())
+        return self._last[2].square().mul_(-0.5).sub_(_LOG_SQRT_2PI).sub(self.scale.log())
 
 
 class StandardNormal(dist.Normal):
@@ -104,29 +116,50 @@ class StandardNormal(dist.Normal):
         return log_p.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
 
 
+def _is_functorch(tensor):
+    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (no in-place ops then)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 class _BernoulliLogProb(torch.autograd.Function):
     r"""log p(x) = Σ_i x_i θ_i − softplus(θ_i) over the last axis, for x that broadcasts to
     the logits θ and needs no gradient, with its gradient in one expression:
 
         ∂ log p / ∂θ_i = x_i − σ(θ_i).
 
-    Autograd's own backward of the forward's two ops takes three passes over θ
-    (softplus', the multiply-add's two inputs, their sum); this one takes the sigmoid, a
-    subtraction and a product, in place. The backward is made of differentiable ops, so
-    higher derivatives (``create_graph=True``) work as for Pyro's ``Bernoulli``.
+    Autograd's own backward of the forward's two ops makes three new tensors the size of
+    θ (softplus', the multiply-add's gradient, their sum); this one makes one and works
+    in place (sigmoid, subtraction, product). The backward is made of differentiable ops,
+    so higher derivatives (``create_graph=True``) work as for Pyro's ``Bernoulli``, and
+    ``torch.func`` (``grad``, ``vmap``, forward mode through :meth:`jvp`) works as well.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, logits, value):
-        ctx.save_for_backward(logits, value)
+    def forward(logits, value):
+        if _is_functorch(logits) or _is_functorch(value):  # under vmap x may hold more than θ
+            return F.softplus(logits).sub(logits * value).sum(-1).neg()
         return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, value = inputs
+        ctx.save_for_backward(logits, value)
+        ctx.save_for_forward(logits, value)
 
     @staticmethod
     def backward(ctx, grad):
         logits, value = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: out of place, the sigmoid's backward needs it
-            return (torch.sigmoid(logits) - value) * grad.neg().unsqueeze(-1), None
+        if torch.is_grad_enabled() or _is_functorch(grad):
+            # create_graph=True or torch.func: out of place, the sigmoid's backward needs it
+            return (value - torch.sigmoid(logits)) * grad.unsqueeze(-1), None
         return torch.sigmoid(logits).sub_(value).mul_(grad.neg().unsqueeze(-1)), None
+
+    @staticmethod
+    def jvp(ctx, logits_tangent, value_tangent):
+        logits, value = ctx.saved_tensors
+        return ((value - torch.sigmoid(logits)) * logits_tangent).sum(-1)
 
 
 class IndependentBernoulli(Independent):
@@ -150,4 +183,4 @@ class IndependentBernoulli(Independent):
         if value.requires_grad or not logits.requires_grad:
             # no backward of ours is needed (no_grad, evaluation), or one for x too
             return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
-        return _BernoulliLogProb.apply(logits, value)
+        return _BernoulliLogProb.apply(logits, value.to(logits.dtype))  # bool x too

@@ -70,6 +70,42 @@ def test_normal_takes_the_general_formula_at_any_other_value():
         Normal(loc, torch.exp(0.5 * log_var), validate_args=True).log_prob(torch.full((6, 3), float("nan")))
 
 
+def test_normal_at_a_constant_own_sample_gives_pyros_score_function_gradient():
+    """A z drawn without an autograd node and scored with gradients on: Pyro's formula
+    differentiates the parameters with z fixed, and so must the package's Normal."""
+    loc, log_var = _normal_params()
+    q = Normal(loc, torch.exp(0.5 * log_var))
+    with torch.no_grad():
+        z = q.rsample()
+    ga = torch.autograd.grad(q.log_prob(z).sum(), (loc, log_var))
+    gb = torch.autograd.grad(dist.Normal(loc, torch.exp(0.5 * log_var)).log_prob(z).sum(), (loc, log_var))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ga, gb)) and ga[0].abs().sum() > 0
+    with torch.no_grad():  # and without gradients the kept ε gives the same value
+        assert torch.allclose(q.log_prob(z), dist.Normal(q.loc, q.scale).log_prob(z), atol=1e-5)
+    q = Normal(torch.zeros(6, 3), torch.ones(6, 3))  # parameters without gradients
+    z = q.rsample().requires_grad_()  # then a leaf z: the path through z is wanted
+    gz, = torch.autograd.grad(q.log_prob(z).sum(), z)
+    assert torch.allclose(gz, -z.detach())
+
+
+def test_the_diagonal_guide_takes_the_kept_eps_inside_an_elbo(monkeypatch):
+    """Inside Trace_ELBO (one and vectorized particles) log q is computed from ε: the
+    general Normal formula is never called, and the loss is Pyro's."""
+    torch.manual_seed(0)
+    vae = build_vae((1, 4, 4), z_dim=3, hidden_dims=(8,))
+    vae.use_param_store = False
+    x = (torch.rand(7, 16) < 0.5).float()
+    for elbo in (Trace_ELBO(), Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)):
+        pyro.set_rng_seed(1)
+        reference = elbo.differentiable_loss(vae.model, vae.guide, x)
+        general = dist.Normal.log_prob
+        monkeypatch.setattr(dist.Normal, "log_prob", lambda self, v: pytest.fail("general Normal formula"))
+        pyro.set_rng_seed(1)
+        fast = elbo.differentiable_loss(vae.model, vae.guide, x)
+        monkeypatch.setattr(dist.Normal, "log_prob", general)
+        assert torch.allclose(fast, reference)
+
+
 @pytest.mark.parametrize("value_shape", [(6, 3), (5, 6, 3)])
 def test_standard_normal_equals_pyros_normal(value_shape):
     z = torch.randn(value_shape, requires_grad=True)

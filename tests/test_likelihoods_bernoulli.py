@@ -56,3 +56,35 @@ def test_gradient_with_respect_to_x_equals_pyros():
     x = (torch.rand(4, 10) < 0.4).float().requires_grad_()
     gx, = torch.autograd.grad(Bernoulli()(theta).log_prob(x).sum(), x)
     assert torch.allclose(gx, theta, atol=1e-6)
+
+
+def test_torch_func_transforms_equal_pyros_bernoulli():
+    """grad, vmap (over θ and over x), jacrev and forward mode through the fused route."""
+    from torch.func import grad, jacrev, jvp, vmap
+
+    theta = torch.randn(3, 4, 10, dtype=torch.double)
+    x = (torch.rand(4, 10) < 0.4).double()
+
+    def ours(t, v=x):
+        return Bernoulli()(t).log_prob(v).sum()
+
+    def theirs(t, v=x):
+        return dist.Bernoulli(logits=t).to_event(1).log_prob(v).sum()
+
+    assert torch.allclose(grad(ours)(theta), grad(theirs)(theta))
+    assert torch.allclose(vmap(grad(ours))(theta), vmap(grad(theirs))(theta))
+    assert torch.allclose(jacrev(ours)(theta), jacrev(theirs)(theta))
+    tangent = torch.randn_like(theta)
+    assert torch.allclose(jvp(ours, (theta,), (tangent,))[1], jvp(theirs, (theta,), (tangent,))[1])
+    xs = (torch.rand(5, 4, 10) < 0.4).double()  # vmap over x, θ fixed
+    g_ours = vmap(grad(ours), in_dims=(None, 0))(theta, xs)
+    g_theirs = vmap(grad(theirs), in_dims=(None, 0))(theta, xs)
+    assert torch.allclose(g_ours, g_theirs)
+
+
+def test_boolean_x_trains_as_float_x():
+    theta = torch.randn(4, 10, requires_grad=True)
+    x = torch.rand(4, 10) < 0.4
+    g_bool, = torch.autograd.grad(Bernoulli()(theta).log_prob(x).sum(), theta)
+    g_float, = torch.autograd.grad(Bernoulli()(theta).log_prob(x.float()).sum(), theta)
+    assert torch.allclose(g_bool, g_float)
