@@ -159,7 +159,8 @@ class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, logits_tangent, value_tangent):
         logits, value = ctx.saved_tensors
-        return ((value - torch.sigmoid(logits)) * logits_tangent).sum(-1)
+        out = ((value - torch.sigmoid(logits)) * logits_tangent).sum(-1)
+        return out if value_tangent is None else out + (logits * value_tangent).sum(-1)  # ∂/∂x = θ
 
 
 class IndependentBernoulli(Independent):

@@ -88,3 +88,17 @@ def test_boolean_x_trains_as_float_x():
     g_bool, = torch.autograd.grad(Bernoulli()(theta).log_prob(x).sum(), theta)
     g_float, = torch.autograd.grad(Bernoulli()(theta).log_prob(x.float()).sum(), theta)
     assert torch.allclose(g_bool, g_float)
+
+
+def test_forward_mode_tangents_of_theta_and_x_equal_pyros():
+    import torch.autograd.forward_ad as fwAD
+
+    theta, x = torch.randn(3, 4, 10, dtype=torch.double), (torch.rand(4, 10) < 0.4).double()
+    t_theta, t_x = torch.randn_like(theta), torch.randn_like(x)
+    results = []
+    for log_prob in (lambda t, v: Bernoulli()(t).log_prob(v),
+                     lambda t, v: dist.Bernoulli(logits=t).to_event(1).log_prob(v)):
+        with fwAD.dual_level():
+            out = log_prob(fwAD.make_dual(theta, t_theta), fwAD.make_dual(x, t_x))
+            results.append(fwAD.unpack_dual(out).tangent)
+    assert torch.allclose(results[0], results[1])
