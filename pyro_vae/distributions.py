@@ -121,6 +121,14 @@ def _is_functorch(tensor):
     return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
+def _bernoulli_log_prob(logits, value):
+    """Σ_i x_i θ_i − softplus(θ_i) over the last axis: softplus, then a fused multiply-add
+    in place (out of place under ``torch.func``, where a batched x may hold more than θ)."""
+    if _is_functorch(logits) or _is_functorch(value):
+        return F.softplus(logits).sub(logits * value).sum(-1).neg()
+    return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
+
+
 class _BernoulliLogProb(torch.autograd.Function):
     r"""log p(x) = Σ_i x_i θ_i − softplus(θ_i) over the last axis, for x that broadcasts to
     the logits θ and needs no gradient, with its gradient in one expression:
@@ -138,9 +146,7 @@ class _BernoulliLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, value):
-        if _is_functorch(logits) or _is_functorch(value):  # under vmap x may hold more than θ
-            return F.softplus(logits).sub(logits * value).sum(-1).neg()
-        return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
+        return _bernoulli_log_prob(logits, value)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -183,5 +189,5 @@ class IndependentBernoulli(Independent):
         # x broadcasts to θ, e.g. x (B, D) against the logits (K, B, D) of K importance samples
         if value.requires_grad or not logits.requires_grad:
             # no backward of ours is needed (no_grad, evaluation), or one for x too
-            return F.softplus(logits).addcmul_(logits, value, value=-1).sum(-1).neg_()
+            return _bernoulli_log_prob(logits, value)
         return _BernoulliLogProb.apply(logits, value.to(logits.dtype))  # bool x too

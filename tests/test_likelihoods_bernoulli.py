@@ -80,6 +80,8 @@ def test_torch_func_transforms_equal_pyros_bernoulli():
     g_ours = vmap(grad(ours), in_dims=(None, 0))(theta, xs)
     g_theirs = vmap(grad(theirs), in_dims=(None, 0))(theta, xs)
     assert torch.allclose(g_ours, g_theirs)
+    log_px = vmap(lambda v: Bernoulli()(theta).log_prob(v))(xs)  # no gradient asked: the other route
+    assert torch.allclose(log_px, dist.Bernoulli(logits=theta).to_event(1).log_prob(xs[:, None]))
 
 
 def test_boolean_x_trains_as_float_x():
