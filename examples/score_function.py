@@ -72,14 +72,14 @@ def vae(args):
         pyro.clear_param_store()
         torch.manual_seed(args.seed)
         model = build_vae(train.image_shape, z_dim=initial.z_dim, hidden_dims=initial.config["hidden_dims"],
-                          guide_kwargs=guide_kwargs, num_data=len(train))
+                          guide_kwargs=guide_kwargs)
         model.load_state_dict(copy.deepcopy(initial.state_dict()), strict=False)  # + a baseline network
         svi = SVI(model.model, model.guide, pyro.optim.Adam({"lr": args.lr}), elbo)
         generator = torch.Generator().manual_seed(args.seed)
         for _ in range(args.epochs):
             # equal batches: the decaying average is kept per position in the batch
             for xb, _ in train.batches(args.batch_size, generator=generator, drop_last=True):
-                svi.step(xb)
+                svi.step(xb, num_data=len(train))
         print(f"  {name:18s} {evaluate_loss(model, valid):.2f}")
 
 

@@ -30,14 +30,14 @@ def main(args):
     # 1. networks: plain torch modules
     encoder = MLPEncoder(train.x_dim, args.z_dim, hidden_dims=(args.hidden,))  # x -> (μ, log σ²)
     decoder = MLPDecoder(args.z_dim, train.x_dim, hidden_dims=(args.hidden,))  # z -> Bernoulli logits
-    # 2. the VAE: model p(z) p(x|z) and guide q(z|x), with a data plate scaled to N
-    vae = VAE(encoder, decoder, z_dim=args.z_dim, likelihood="bernoulli", num_data=len(train))
+    # 2. the VAE: model p(z) p(x|z) and guide q(z|x) in a data plate
+    vae = VAE(encoder, decoder, z_dim=args.z_dim, likelihood="bernoulli")
     # 3. SVI
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO())
     generator = torch.Generator().manual_seed(args.seed)
     for _ in trange(args.epochs, desc="epochs"):
         for x, _ in train.batches(args.batch_size, generator=generator):
-            svi.step(x)
+            svi.step(x, num_data=len(train))  # the batch stands for N points: scaled by N/B
     print(f"validation -ELBO after {args.epochs} epochs: {evaluate_loss(vae, valid):.2f} nats per image")
     # 4. generation: z ~ p(z), decoded
     out = Path(args.out)

@@ -1,13 +1,15 @@
 """pyro_vae: variational autoencoders written the Pyro way."""
 
 from .data import ImageData, load_dataset
-from .models import VAE, build_vae
+from .evaluation import log_likelihood
+from .models import VAE, build_model, build_vae
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .objectives import make_objective
+from .runs import load_run
 from .training import Trainer, evaluate_loss, fit
 
 __all__ = [
-    "VAE", "build_vae", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
+    "VAE", "build_vae", "build_model", "load_run", "log_likelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
     "ImageData", "load_dataset", "make_objective", "Trainer", "fit", "evaluate_loss",
 ]
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ from . import distributed  # data-parallel training under torchrun
 from .data import DATASETS, DataError, load_dataset
 from .evaluation import DigitClassifier, classifier_accuracy, likelihood_report, train_classifier
 from .models import build_model
+from .runs import load_run
 from .objectives import OBJECTIVES, ALIASES
 from .plots import plot_losses, save_reconstructions, save_samples
 from .plots import save_class_samples, save_completions  # conditional VAE
@@ -35,21 +36,6 @@ class UsageError(ValueError):
 
 
 # ---- run folders -------------------------------------------------------------------------
-def load_run(run_dir, device="cpu"):
-    """Rebuild the model of a run folder and load its weights.
-
-    :returns: ``(model, run)`` where ``run`` is the parsed ``run.json``.
-    """
-    run_dir = Path(run_dir)
-    run = checkpoints.load_json(run_dir / checkpoints.RUN_JSON)
-    model = build_model(run["model"])
-    state = checkpoints.load_checkpoint(run_dir / checkpoints.CHECKPOINT, map_location="cpu")
-    checkpoints.check_config(state.get("config"), getattr(model, "config", None), what=f"run.json of {run_dir}")
-    checkpoints.load_state_dict(model, state["model"], what=f"{run['model'].get('model', 'vae')} of {run_dir}")
-    model.num_data = run.get("num_data")
-    return model.to(device).eval(), run
-
-
 def _check_out_dir(out, overwrite):
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -25,26 +25,16 @@ from .training import private_param_store
 
 @contextmanager
 def unscaled(model):
-    """Evaluate ``model`` at scale 1, without gradients, in eval mode, in a private
-    param store.
-
-    The model's data plate scales a batch of B points by N/B when ``model.num_data = N``;
-    here ``num_data`` is set to None (each batch stands for itself, as
-    :func:`pyro_vae.training.evaluate_loss` does) and restored afterwards, as is the
-    train/eval mode."""
-    has_num_data = hasattr(model, "num_data")
-    saved = getattr(model, "num_data", None)
+    """Evaluate ``model`` without gradients, in eval mode, in a private param store
+    (each batch stands for itself: no ``num_data`` is passed, the scale is 1); the
+    train/eval mode is restored afterwards."""
     training = getattr(model, "training", None)
-    if has_num_data:
-        model.num_data = None
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
         with private_param_store(), torch.no_grad():
             yield model
     finally:
-        if has_num_data:
-            model.num_data = saved
         if isinstance(model, torch.nn.Module):
             model.train(training)
 

@@ -313,14 +313,13 @@ def route_objective(route):
     return "elbo" if _vae_route(route)[0] else "tracegraph"
 
 
-def vae_variant(vae, route, num_data=None, baseline_beta=0.9):
+def vae_variant(vae, route, baseline_beta=0.9):
     """A VAE that shares ``vae``'s encoder, decoder and likelihood (the same parameter
     tensors) and differs only in its z site: reparameterized or not, with the route's
     baseline (:class:`~pyro_vae.guides.DiagonalNormal`).
 
     :param vae: a :class:`~pyro_vae.models.VAE` with a diagonal guide.
     :param str route: a key of :data:`VAE_ROUTES`.
-    :param int num_data: the variant's N (None: each batch stands for itself).
     """
     reparameterized, baseline = _vae_route(route)
     if not isinstance(vae.posterior, DiagonalNormal):
@@ -328,7 +327,7 @@ def vae_variant(vae, route, num_data=None, baseline_beta=0.9):
     encoder = vae.posterior.encoder
     family = DiagonalNormal(encoder, z_dim=vae.z_dim, reparameterized=reparameterized, baseline=baseline,
                             baseline_beta=baseline_beta)
-    return VAE(encoder, vae.decoder, vae.z_dim, likelihood=vae.likelihood, guide=family, num_data=num_data)
+    return VAE(encoder, vae.decoder, vae.z_dim, likelihood=vae.likelihood, guide=family)
 
 
 def _zero_grad(module):
@@ -343,7 +342,7 @@ def encoder_gradient_moments(vae, x, objective, repeats=200):
 
     Welford's running moments in float64; the network is not changed.
 
-    :param vae: a VAE (:func:`vae_variant`) whose ``num_data`` is None.
+    :param vae: a VAE (:func:`vae_variant`); the loss is the batch's own (no ``num_data``).
     :param x: the batch ``(B, x_dim)``.
     :param objective: a name or an ELBO object (one particle per estimate).
     :param int repeats: R ≥ 2.
@@ -397,8 +396,8 @@ def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=2
                           settle_lr=1e-2, seed=0, progress=True):
     r"""The variance of the encoder's gradient, route by route, at ``vae``'s parameters.
 
-    For each route, a :func:`vae_variant` sharing the networks (``num_data=None``: the
-    loss is the batch's own) gives R estimates of ∇φ[−ELBO(x)/B] on the fixed batch ``x``
+    For each route, a :func:`vae_variant` sharing the networks (the loss is the
+    batch's own, no ``num_data``) gives R estimates of ∇φ[−ELBO(x)/B] on the fixed batch ``x``
     (:func:`encoder_gradient_moments`). A baseline is first settled on random batches of
     ``data`` (:func:`settle_baseline`), then frozen (β = 1, no network update) while
     measuring, so that every estimate sees the same baseline.

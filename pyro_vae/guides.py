@@ -13,14 +13,12 @@ the same encoder architecture serves all of them.
 import functools
 import math
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import transforms as T
 from torch import nn
 from torch.distributions import kl as torch_kl
 
-from .distributions import Independent, Normal
 from .networks import MultiHead, mlp
 
 
@@ -79,8 +77,8 @@ class DiagonalNormal(nn.Module):
     def forward(self, x):
         loc, log_var = self.encoder(x)
         scale = torch.exp(0.5 * log_var)
-        normal = Normal if self.reparameterized else NonReparameterizedNormal
-        return Independent(normal(loc, scale, validate_args=False), 1, validate_args=False)
+        normal = dist.Normal if self.reparameterized else NonReparameterizedNormal
+        return normal(loc, scale).to_event(1)
 
     def site_infer(self, x, scale=1.0):
         r"""The ``infer`` dict of the site z for a batch ``x``: Pyro's baseline options for
@@ -94,7 +92,8 @@ class DiagonalNormal(nn.Module):
 
         - ``"decaying"``: b_n is a running average of c_n, b ← β b + (1 − β) c after each
           step (``use_decaying_avg_baseline``). Pyro keeps one average per position in the
-          batch, so every batch must have the same size.
+          batch, so every batch must have the same size (the
+          :class:`~pyro_vae.training.Trainer` checks this before its first step).
         - ``"neural"``: the decaying average plus s · ``baseline_net(x_n)``, a network of the
           input fitted to what the average leaves by Pyro's baseline loss Σ_n (c_n − b_n)²
           (the NVIL recipe, Mnih & Gregor 2014).
@@ -104,7 +103,6 @@ class DiagonalNormal(nn.Module):
         """
         if self.baseline is None:
             return None
-        _check_decaying_average_shape(x.shape[0])
         options = {"use_decaying_avg_baseline": True, "baseline_beta": self.baseline_beta}
         if self.baseline == "neural":
             options["nn_baseline"] = functools.partial(_scaled, self.baseline_net, float(scale))
@@ -114,9 +112,6 @@ class DiagonalNormal(nn.Module):
 
 #: Baselines of :class:`DiagonalNormal`'s score-function site.
 BASELINES = (None, "decaying", "neural")
-
-#: Pyro's param-store name prefix of the decaying averages (``pyro.infer.tracegraph_elbo``).
-_AVERAGE_PREFIX = "__baseline_avg_downstream_cost_"
 
 
 class NeuralBaseline(nn.Module):
@@ -149,16 +144,6 @@ def _input_dim(encoder):
         raise ValueError("baseline='neural' needs the input size, but the encoder has no x_dim or image_shape "
                          "attribute: pass baseline_net=(a module x -> (batch,))")
     return x_dim
-
-
-def _check_decaying_average_shape(batch_size):
-    store = pyro.get_param_store()
-    for name in store.keys():
-        if name.startswith(_AVERAGE_PREFIX) and store[name].shape[-1] != batch_size:
-            raise ValueError(
-                f"the decaying-average baseline keeps one average per position in the batch, so every batch "
-                f"must have the same size: got a batch of {batch_size} after batches of {store[name].shape[-1]}; "
-                "use a data set whose size is a multiple of the batch size (or drop the last batch)")
 
 
 #: Guide families by name (``full`` and ``flow`` are registered below, where they are defined).
@@ -293,7 +278,7 @@ class FullCovarianceNormal(nn.Module):
 
     def forward(self, x):
         loc, tril = self.scale_tril(x)
-        return dist.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+        return dist.MultivariateNormal(loc, scale_tril=tril)
 
 
 @torch_kl.register_kl(torch.distributions.MultivariateNormal, torch.distributions.Independent)
@@ -412,9 +397,9 @@ class NormalizingFlow(nn.Module):
         _check_outputs(outputs, self.encoder_out_dims(self.z_dim), type(self).__name__)
         loc, log_var, context = outputs
         self._reverse.permutation = self._reverse.permutation.to(loc.device)
-        base = Normal(loc, torch.exp(0.5 * log_var), validate_args=False).to_event(1)
+        base = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
         q = dist.ConditionalTransformedDistribution(base, self.transforms()).condition(context)
-        return FlowDistribution(q.base_dist, q.transforms, validate_args=False)
+        return FlowDistribution(q.base_dist, q.transforms)
 
 
 GUIDES["full"] = FullCovarianceNormal

@@ -13,22 +13,19 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .distributions import IndependentBernoulli
-
 
 class Bernoulli(nn.Module):
     r"""p(x|z) = Π_i Bernoulli(x_i; σ(θ_i)), θ = decoder(z) the logits.
 
-    log p(x|z) = Σ_i x_i θ_i − log(1 + e^{θ_i}), computed stably (softplus) by
-    :class:`~pyro_vae.distributions.IndependentBernoulli`, Pyro's
-    ``Bernoulli(logits=θ).to_event(1)`` with a fused log-density and gradient.
+    log p(x|z) = Σ_i x_i θ_i − log(1 + e^{θ_i}): Pyro's ``Bernoulli(logits=θ).to_event(1)``,
+    which validates (when Pyro's validation is on) that x lies in {0, 1}.
     """
 
     #: x must be in {0, 1}; gradients with respect to x do not exist.
     binary = True
 
     def forward(self, theta):
-        return IndependentBernoulli(dist.Bernoulli(logits=theta, validate_args=False), 1, validate_args=False)
+        return dist.Bernoulli(logits=theta).to_event(1)
 
     def mean(self, theta):
         return torch.sigmoid(theta)
@@ -70,7 +67,7 @@ class Gaussian(nn.Module):
         return self.log_scale.exp().clamp(min=self.min_scale)
 
     def forward(self, theta):
-        return dist.Normal(theta, self.scale, validate_args=False).to_event(1)
+        return dist.Normal(theta, self.scale).to_event(1)
 
     def mean(self, theta):
         return theta

@@ -1,6 +1,6 @@
 """The variational autoencoder as a Pyro model/guide pair.
 
-Generative model (``VAE.model``), for each data point n in the plate:
+Generative model (``VAE.model``), for each data point n in the data plate:
 
     z_n ~ p(z) = N(0, I_d)
     x_n ~ p_θ(x | z_n) = likelihood(decoder(z_n))
@@ -8,24 +8,62 @@ Generative model (``VAE.model``), for each data point n in the plate:
 Amortized guide (``VAE.guide``): z_n ~ q_φ(z | x_n) = guide_family(x_n), by default
 N(μ_φ(x_n), diag σ²_φ(x_n)), reparameterized.
 
-Both run ``pyro.plate("data", size=N, subsample_size=B)``: a minibatch of B points
-stands for a data set of N = ``num_data`` points, so every ELBO Pyro computes from a
-minibatch is scaled by N/B and is an unbiased estimate of the full-data ELBO.
+Both run inside ``pyro.plate("data", B)`` over the B points of the batch they are given.
+A minibatch that stands for a data set of N points is passed with ``num_data=N``: the
+sites inside the plate are then scaled by N/B (``poutine.scale``), so every ELBO Pyro
+computes from the minibatch is an unbiased estimate of the full-data ELBO. Nothing about
+the data is kept on the model between calls.
 """
 
+import contextlib
+import itertools
 import math
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from pyro import poutine
+from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from .data import DataError, one_hot, with_quadrant_masks
-from .distributions import Independent, StandardNormal
 from .guides import PointMass, guide_family
 from .likelihoods import make_likelihood
 from .networks import MLPDecoder, MLPEncoder, make_networks
+
+_COUNTERS = {}
+
+
+def unique_name(prefix):
+    """``prefix``, then ``prefix_1``, ``prefix_2``, …: the param-store name of each new
+    model of a kind, so that two models in one process never share parameters."""
+    k = next(_COUNTERS.setdefault(prefix, itertools.count()))
+    return prefix if k == 0 else f"{prefix}_{k}"
+
+
+def check_batch(x, x_dim, what="x"):
+    """Raise a one-line error unless ``x`` is a floating-point tensor of shape ``(batch, x_dim)``.
+
+    :param x: the data.
+    :param int x_dim: D, or None if unknown (then only the rank is checked).
+    """
+    expected = f"(batch, {x_dim if x_dim is not None else 'x_dim'})"
+    if not torch.is_tensor(x):
+        raise TypeError(f"{what} must be a tensor of shape {expected}, got {type(x).__name__}")
+    if x.dim() != 2 or (x_dim is not None and x.shape[-1] != x_dim):
+        hint = "; a single data point is x[None] or x.reshape(1, -1)" if x.dim() < 2 else ""
+        raise ValueError(f"{what} must have shape {expected}, got shape {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor of shape {expected} (e.g. x.float()), "
+                        f"got dtype {x.dtype}")
+
+
+def _check_num_data(num_data, batch_size):
+    if num_data is None:
+        return
+    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < batch_size:
+        raise ValueError(f"num_data must be an integer N at least the batch size {batch_size} (the size of the "
+                         f"data set the batch stands for), got {num_data!r}")
 
 
 class VAE(PyroModule):
@@ -39,105 +77,107 @@ class VAE(PyroModule):
         (:mod:`pyro_vae.likelihoods`).
     :param guide: a guide family name (``"diagonal"``), class, or built module
         (:mod:`pyro_vae.guides`).
-    :param int num_data: N, the size of the data set a minibatch stands for; if None,
-        each batch is taken to be the whole data set (no scaling).
+    :param int x_dim: D (default: ``decoder.x_dim``); x must have shape ``(batch, D)``.
     :param dict guide_kwargs: extra arguments for the guide family.
+    :param str name: the prefix of the networks' names in Pyro's param store (default:
+        ``"vae"``, ``"vae_1"``, … for successive models, so that two models never share
+        parameters).
 
-    Hand ``vae.model`` and ``vae.guide`` to :class:`pyro.infer.SVI` like any Pyro
-    model and guide::
+    ``vae.model`` and ``vae.guide`` are ordinary Pyro callables (``pyro_method`` s of a
+    :class:`~pyro.nn.PyroModule`): each registers its networks in the param store as
+    ``pyro.module("<name>.decoder", ...)`` etc., so :class:`pyro.infer.SVI` with a
+    ``pyro.optim`` optimizer trains them::
 
         svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-        svi.step(x_batch)
+        svi.step(x_batch, num_data=len(train))    # the batch stands for N points
+
+    and :class:`pyro.infer.autoguide.AutoNormal`, :class:`pyro.infer.NUTS` or
+    :class:`pyro.infer.Predictive` take ``vae.model`` as they take any model.
     """
 
-    def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal",
-                 num_data=None, x_dim=None, guide_kwargs=None):
-        super().__init__()
+    def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal", x_dim=None,
+                 guide_kwargs=None, name=None):
+        super().__init__(name=unique_name(type(self).__name__.lower()) if name is None else name)
         self.z_dim = int(z_dim)
+        self.x_dim = int(x_dim) if x_dim is not None else getattr(decoder, "x_dim", None)
         self.decoder = decoder
         if isinstance(likelihood, str):
-            x_dim = x_dim or getattr(decoder, "x_dim", None)
-            if x_dim is None:
+            if self.x_dim is None:
                 raise ValueError("pass x_dim to build a likelihood by name")
-            likelihood = make_likelihood(likelihood, x_dim)
+            likelihood = make_likelihood(likelihood, self.x_dim)
         self.likelihood = likelihood
         if isinstance(guide, torch.nn.Module):
             self.posterior = guide
         else:
             self.posterior = guide_family(guide)(encoder, z_dim=self.z_dim, **(guide_kwargs or {}))
-        self.num_data = num_data
         #: set by :func:`build_vae`: what is needed to build the same model again.
         self.config = None
-        #: whether ``model``/``guide`` register the networks in Pyro's param store
-        #: (``pyro.module``), as ``pyro.optim`` and ``SVI`` need; see :meth:`register`.
-        self.use_param_store = True
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
-        self._indices = {}
-        self._priors = {}
 
     # ---- the Pyro program ----------------------------------------------------------------
-    def register(self, name, module):
-        """``self.register(name, module)``, so that ``SVI`` with a ``pyro.optim`` optimizer
-        finds the parameters. :class:`~pyro_vae.training.Trainer` steps
-        ``vae.parameters()`` with a torch optimizer and switches this off during its steps
-        (``use_param_store = False``): each registration is a message through every
-        Pyro handler, and skipping them is most of what the trainer saves per step."""
-        if self.use_param_store:
-            pyro.module(name, module)
+    @contextlib.contextmanager
+    def plate(self, batch_size, num_data=None, device=None):
+        """``pyro.plate("data", B)``, its sites scaled by N/B when ``num_data=N`` is given.
 
-    def plate(self, batch_size, device=None):
-        """``pyro.plate("data", size=N, subsample_size=B)``: the data plate, scaled to N.
-
-        The minibatch was chosen by whoever called the model (the data loader), so the
-        plate's subsample indices carry no information; they are a cached ``arange(B)``
-        instead of a fresh ``randperm(N)[:B]`` per call, which costs time and draws from
-        the RNG for nothing. The scale is the same: N/B."""
-        size = self.num_data or batch_size
-        if size < batch_size:
-            raise ValueError(f"a batch of {batch_size} points is larger than num_data={size}")
-        device = device if device is not None else self._zero.device
-        key = (batch_size, device)
-        if key not in self._indices:
-            self._indices = {key: torch.arange(batch_size, device=device)}
-        return pyro.plate("data", size=size, subsample_size=batch_size, subsample=self._indices[key], dim=-1,
-                          device=device)
+        :param int batch_size: B, the points in the batch.
+        :param int num_data: N ≥ B, the size of the data set the batch stands for, or
+            None (the batch is the data: scale 1).
+        """
+        _check_num_data(num_data, batch_size)
+        with pyro.plate("data", batch_size, dim=-1, device=device) as indices:
+            if num_data is None or num_data == batch_size:
+                yield indices
+            else:
+                with poutine.scale(scale=num_data / batch_size):
+                    yield indices
 
     def prior(self, batch_shape=()):
-        """p(z) = N(0, I_d), event shape ``(z_dim,)``, batch shape ``batch_shape`` (the
-        data plate's, given already so that the plate need not expand it). It has no
-        parameters, so the distribution object is kept and reused while the batch
-        shape, device and dtype stay the same."""
+        """p(z) = N(0, I_d): Pyro's ``Normal(0, 1).to_event(1)``, event shape ``(z_dim,)``,
+        batch shape ``batch_shape``."""
         if not isinstance(batch_shape, (tuple, list, torch.Size)):
             raise TypeError(f"batch_shape must be a shape such as (B,), got {batch_shape!r}")
-        key = (tuple(batch_shape), self._zero.device, self._zero.dtype)
-        if key not in self._priors:
-            zero = self._zero.expand(key[0] + (self.z_dim,))
-            self._priors = {key: Independent(StandardNormal(zero, zero + 1.0, validate_args=False), 1,
-                                             validate_args=False)}
-        return self._priors[key]
+        loc = self._zero.new_zeros(tuple(batch_shape) + (self.z_dim,))
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
-    def model(self, x=None, batch_size=None):
+    def _batch_size(self, x, batch_size):
+        if x is not None:
+            check_batch(x, self.x_dim)
+            return x.shape[0]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"without data x, pass batch_size, a positive integer (got {batch_size!r})")
+        return batch_size
+
+    @pyro_method
+    def model(self, x=None, batch_size=None, num_data=None):
         """p(x, z) = p(z) p(x|z) for a batch.
 
         :param x: observed data ``(batch, x_dim)``, or None to sample x from the model.
         :param int batch_size: the batch size when ``x`` is None.
+        :param int num_data: N, if the batch stands for a data set of N points (scale N/B).
         """
-        self.register("decoder", self.decoder)
-        self.register("likelihood", self.likelihood)
-        batch_size = x.shape[0] if x is not None else batch_size
-        with self.plate(batch_size):
+        decoder, likelihood = self.decoder, self.likelihood  # pyro.module statements
+        batch_size = self._batch_size(x, batch_size)
+        with self.plate(batch_size, num_data, device=self._zero.device):
             z = pyro.sample("z", self.prior((batch_size,)))
-            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            return pyro.sample("x", likelihood(decoder(z)), obs=x)
 
-    def guide(self, x=None, batch_size=None):
+    @pyro_method
+    def guide(self, x=None, batch_size=None, num_data=None):
         """q(z|x) for a batch, from the guide family (the encoder network). A family with
         a ``site_infer(x, scale)`` method gives the site's ``infer`` dict (e.g. Pyro's
-        baselines for a score-function site, :meth:`~pyro_vae.guides.DiagonalNormal.site_infer`)."""
-        self.register("posterior", self.posterior)
-        site_infer = getattr(self.posterior, "site_infer", None)
-        with self.plate(x.shape[0]):
-            infer = site_infer(x, scale=(self.num_data or x.shape[0]) / x.shape[0]) if site_infer else None
-            return pyro.sample("z", self.posterior(x), infer=infer)
+        baselines for a score-function site, :meth:`~pyro_vae.guides.DiagonalNormal.site_infer`).
+
+        :param x: the data ``(batch, x_dim)``.
+        :param int num_data: N, as for :meth:`model`.
+        """
+        posterior = self.posterior  # a pyro.module statement
+        if x is None:
+            raise ValueError("the guide q(z|x) needs the data x, a tensor of shape (batch, x_dim)")
+        batch_size = self._batch_size(x, None)
+        site_infer = getattr(posterior, "site_infer", None)
+        with self.plate(batch_size, num_data, device=x.device):
+            infer = site_infer(x, scale=(num_data or batch_size) / batch_size) if site_infer else None
+            return pyro.sample("z", posterior(x), infer=infer)
 
     # ---- inference and generation --------------------------------------------------------
     def encode(self, x):
@@ -164,10 +204,17 @@ class VAE(PyroModule):
         return self.decode(z, mean=mean)
 
 
+def _check_kind(model, kind, builder):
+    if model is not None and model != kind:
+        raise ValueError(f"{builder} builds model={kind!r}, but the settings are for model={model!r}; "
+                         "rebuild them with pyro_vae.build_model(config), or load the run with pyro_vae.load_run")
+
+
 def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-              guide="diagonal", scale=None, guide_kwargs=None, num_data=None):
+              guide="diagonal", scale=None, guide_kwargs=None, model=None, name=None):
     """Build a VAE from plain settings (what ``run.json`` stores), with the package's
-    networks; ``vae.config`` keeps the settings so a checkpoint can be rebuilt.
+    networks; ``vae.config`` keeps the settings, and ``build_vae(**vae.config)`` builds
+    the same model again.
 
     :param image_shape: ``(C, H, W)``.
     :param str network: ``"mlp"`` or ``"conv"``.
@@ -176,14 +223,17 @@ def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likeliho
     :param dict guide_kwargs: options of the guide family, e.g. ``{"reparameterized": False,
         "baseline": "neural"}`` for a score-function site with Pyro's NVIL-style baseline
         (:class:`~pyro_vae.guides.DiagonalNormal`), trained with ``"tracegraph"``.
+    :param str model: ``"vae"`` or None (the key ``config["model"]`` names the builder).
+    :param str name: the param-store prefix (:class:`VAE`).
     """
+    _check_kind(model, "vae", "build_vae")
     image_shape = tuple(int(s) for s in image_shape)
     x_dim = math.prod(image_shape)
     family = guide_family(guide)
     out_dims = family.encoder_out_dims(z_dim)
     encoder, decoder = make_networks(network, image_shape, z_dim, hidden_dims, encoder_out_dims=out_dims)
     vae = VAE(encoder, decoder, z_dim, likelihood=make_likelihood(likelihood, x_dim, scale=scale),
-              guide=family, num_data=num_data, guide_kwargs=guide_kwargs)
+              guide=family, guide_kwargs=guide_kwargs, x_dim=x_dim, name=name)
     vae.config = dict(model="vae", image_shape=list(image_shape), z_dim=int(z_dim), network=network,
                       hidden_dims=list(hidden_dims), likelihood=likelihood, guide=guide if isinstance(guide, str)
                       else guide.__name__, scale=scale, guide_kwargs=guide_kwargs or {})
@@ -197,11 +247,11 @@ MODEL_BUILDERS = {"vae": build_vae}
 def build_model(config):
     """Rebuild a model from the settings its ``config`` (``run.json``) stores."""
     config = dict(config)
-    name = config.pop("model", "vae")
+    kind = config.get("model", "vae")
     try:
-        builder = MODEL_BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODEL_BUILDERS)}") from None
+        builder = MODEL_BUILDERS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {kind!r}; choose from {sorted(MODEL_BUILDERS)}") from None
     return builder(**config)
 
 
@@ -230,31 +280,34 @@ class Autoencoder(VAE):
     Other parameters are those of :class:`VAE` (``guide`` is always the point mass).
     """
 
-    def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", num_data=None, x_dim=None):
-        super().__init__(encoder, decoder, z_dim, likelihood=likelihood, guide=PointMass, num_data=num_data,
-                         x_dim=x_dim)
+    def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", x_dim=None, name=None):
+        super().__init__(encoder, decoder, z_dim, likelihood=likelihood, guide=PointMass, x_dim=x_dim, name=name)
 
-    def model(self, x=None, batch_size=None):
+    @pyro_method
+    def model(self, x=None, batch_size=None, num_data=None):
         """p(x|z) for a batch, z at the guide's code; the prior term is masked out."""
-        self.register("decoder", self.decoder)
-        self.register("likelihood", self.likelihood)
-        batch_size = x.shape[0] if x is not None else batch_size
-        with self.plate(batch_size):
+        decoder, likelihood = self.decoder, self.likelihood
+        batch_size = self._batch_size(x, batch_size)
+        with self.plate(batch_size, num_data, device=self._zero.device):
             with pyro.poutine.mask(mask=False):
                 z = pyro.sample("z", self.prior((batch_size,)))
-            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            return pyro.sample("x", likelihood(decoder(z)), obs=x)
 
-    def guide(self, x=None, batch_size=None):
+    @pyro_method
+    def guide(self, x=None, batch_size=None, num_data=None):
         """z = f_φ(x), a point mass. The site is masked as well, because
         ``TraceMeanField_ELBO`` weighs its analytic KL(q ‖ p) by the *guide* site's mask;
         so every objective sees neither log p(z) nor log q(z|x)."""
-        self.register("posterior", self.posterior)
-        with self.plate(x.shape[0]), pyro.poutine.mask(mask=False):
-            return pyro.sample("z", self.posterior(x))
+        posterior = self.posterior
+        if x is None:
+            raise ValueError("the encoder needs the data x, a tensor of shape (batch, x_dim)")
+        batch_size = self._batch_size(x, None)
+        with self.plate(batch_size, num_data, device=x.device), pyro.poutine.mask(mask=False):
+            return pyro.sample("z", posterior(x))
 
 
 def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-                      guide=None, scale=None, guide_kwargs=None, num_data=None):
+                      guide=None, scale=None, guide_kwargs=None, model=None, name=None):
     """Build an :class:`Autoencoder` from the settings :func:`build_vae` takes, with the
     same encoder trunk and decoder (:func:`~pyro_vae.networks.make_networks`); the
     encoder's head gives the code alone.
@@ -262,6 +315,7 @@ def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), 
     :param guide: must be None, ``"delta"`` or the default ``"diagonal"`` (accepted so that
         the command line's defaults work): an autoencoder's encoder is a point mass.
     """
+    _check_kind(model, "ae", "build_autoencoder")
     if guide not in (None, "delta", "diagonal"):
         raise ValueError(f"the autoencoder's encoder is deterministic (a point mass); guide {guide!r} "
                          "does not apply to --model ae")
@@ -272,7 +326,7 @@ def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), 
     encoder, decoder = make_networks(network, image_shape, z_dim, hidden_dims,
                                      encoder_out_dims=PointMass.encoder_out_dims(z_dim))
     ae = Autoencoder(encoder, decoder, z_dim, likelihood=make_likelihood(likelihood, x_dim, scale=scale),
-                     num_data=num_data)
+                     x_dim=x_dim, name=name)
     ae.config = dict(model="ae", image_shape=list(image_shape), z_dim=int(z_dim), network=network,
                      hidden_dims=list(hidden_dims), likelihood=likelihood, guide="delta", scale=scale)
     return ae
@@ -409,15 +463,15 @@ class ConditionalVAE(VAE):
         p(z|c) = N(μ_ψ(h), diag σ²_ψ(h)) from ``prior_net``.
     :param nn.Module prior_net: ``h -> (loc, log_var)``, for ``prior="learned"``.
 
-    Other parameters (likelihood, guide family, ``num_data``) are those of :class:`VAE`:
+    Other parameters (likelihood, guide family, ``name``) are those of :class:`VAE`:
     the same plate, likelihoods, guide families, objectives and
     :class:`~pyro_vae.training.Trainer` (``with_labels=True``) serve both.
     """
 
     def __init__(self, encoder, decoder, z_dim, condition, prior="fixed", prior_net=None,
-                 likelihood="bernoulli", guide="diagonal", num_data=None, x_dim=None, guide_kwargs=None):
-        super().__init__(encoder, decoder, z_dim, likelihood=likelihood, guide=guide, num_data=num_data,
-                         x_dim=x_dim, guide_kwargs=guide_kwargs)
+                 likelihood="bernoulli", guide="diagonal", x_dim=None, guide_kwargs=None, name=None):
+        super().__init__(encoder, decoder, z_dim, likelihood=likelihood, guide=guide, x_dim=x_dim,
+                         guide_kwargs=guide_kwargs, name=name)
         if prior not in PRIORS:
             raise ValueError(f"unknown prior {prior!r}; choose 'fixed' (N(0, I)) or 'learned' (a prior network)")
         if prior == "learned" and prior_net is None:
@@ -434,7 +488,7 @@ class ConditionalVAE(VAE):
         if self.prior_net is None:
             return self.prior(h.shape[:1])
         loc, log_var = self.prior_net(h)
-        return dist.Normal(loc, torch.exp(0.5 * log_var), validate_args=False).to_event(1)
+        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
 
     def likelihood_given(self, z, h, mask=None):
         """p(x|z,c) = likelihood(decoder([z, h])); with a target ``mask``, only the
@@ -446,30 +500,32 @@ class ConditionalVAE(VAE):
             raise TypeError("masking the targets needs a likelihood that returns an Independent distribution")
         return px.base_dist.mask(mask).to_event(px.reinterpreted_batch_ndims)
 
-    def model(self, x=None, c=None):
+    @pyro_method
+    def model(self, x=None, c=None, num_data=None):
         """p(x, z | c) = p(z|c) p(x|z,c) for a batch.
 
         :param x: data ``(batch, D)``, or None to sample x (class labels only).
         :param c: the condition: labels ``(batch,)`` or an observed-pixel mask ``(batch, D)``.
+        :param int num_data: N, if the batch stands for a data set of N points (scale N/B).
         """
-        self.register("decoder", self.decoder)
-        self.register("likelihood", self.likelihood)
-        if self.prior_net is not None:
-            self.register("prior_net", self.prior_net)
+        if x is not None:
+            check_batch(x, self.x_dim)
         h = self.condition(c, x)
         mask = self.condition.target_mask(c)
-        with self.plate(h.shape[0]):
+        with self.plate(h.shape[0], num_data, device=h.device):
             z = pyro.sample("z", self.conditional_prior(h))
             return pyro.sample("x", self.likelihood_given(z, h, mask), obs=x)
 
-    def guide(self, x=None, c=None):
+    @pyro_method
+    def guide(self, x=None, c=None, num_data=None):
         """q(z | x, c) = guide_family([x, h(c)])."""
-        self.register("posterior", self.posterior)
+        posterior = self.posterior
         if x is None:
-            raise ValueError("the guide q(z|x,c) needs the data x")
+            raise ValueError("the guide q(z|x,c) needs the data x, a tensor of shape (batch, x_dim)")
+        check_batch(x, self.x_dim)
         h = self.condition(c, x)
-        with self.plate(x.shape[0]):
-            return pyro.sample("z", self.posterior(torch.cat([x, h], dim=-1)))
+        with self.plate(x.shape[0], num_data, device=x.device):
+            return pyro.sample("z", posterior(torch.cat([x, h], dim=-1)))
 
     def prepare_data(self, data):
         """The data set in the form the Trainer passes to ``model(x, c)`` with
@@ -535,8 +591,9 @@ class ConditionalVAE(VAE):
         return self.decode(z, c, x, mean=mean)
 
 
-def _build_conditional(condition, name, image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
-                       guide_kwargs, num_data, prior, extra):
+def _build_conditional(condition, kind, image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
+                       guide_kwargs, prior, extra, model, name):
+    _check_kind(model, kind, "build_cvae" if kind == "cvae" else "build_cvae_quadrant")
     if network != "mlp":
         raise ValueError(f"the conditional VAE's networks are MLPs over [x, h(c)] and [z, h(c)]; network "
                          f"{network!r} is not supported (use network='mlp')")
@@ -551,8 +608,8 @@ def _build_conditional(condition, name, image_shape, z_dim, network, hidden_dims
     prior_net = MLPEncoder(condition.dim, z_dim, hidden_dims) if prior == "learned" else None
     model = ConditionalVAE(encoder, decoder, z_dim, condition, prior=prior, prior_net=prior_net,
                            likelihood=make_likelihood(likelihood, x_dim, scale=scale), guide=family,
-                           num_data=num_data, guide_kwargs=guide_kwargs)
-    model.config = dict(model=name, image_shape=list(image_shape), z_dim=int(z_dim), network=network,
+                           guide_kwargs=guide_kwargs, x_dim=x_dim, name=name)
+    model.config = dict(model=kind, image_shape=list(image_shape), z_dim=int(z_dim), network=network,
                         hidden_dims=list(hidden_dims), likelihood=likelihood,
                         guide=guide if isinstance(guide, str) else guide.__name__, scale=scale,
                         guide_kwargs=guide_kwargs or {}, prior=prior, **extra)
@@ -560,23 +617,23 @@ def _build_conditional(condition, name, image_shape, z_dim, network, hidden_dims
 
 
 def build_cvae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-               guide="diagonal", scale=None, guide_kwargs=None, num_data=None, num_classes=10, prior="fixed"):
+               guide="diagonal", scale=None, guide_kwargs=None, num_classes=10, prior="fixed", model=None, name=None):
     """A class-conditional VAE (``model="cvae"``): c a label in 0..K−1, one-hot into
     MLP encoder [x, e_c] and decoder [z, e_c]; prior N(0, I) (``"fixed"``) or a prior
     network (``"learned"``). Other settings as :func:`build_vae`."""
     return _build_conditional(LabelCondition(num_classes), "cvae", image_shape, z_dim, network, hidden_dims,
-                              likelihood, guide, scale, guide_kwargs, num_data, prior,
-                              dict(num_classes=int(num_classes)))
+                              likelihood, guide, scale, guide_kwargs, prior, dict(num_classes=int(num_classes)),
+                              model, name)
 
 
 def build_cvae_quadrant(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-                        guide="diagonal", scale=None, guide_kwargs=None, num_data=None, prior="learned"):
+                        guide="diagonal", scale=None, guide_kwargs=None, prior="learned", model=None, name=None):
     """The quadrant-completion CVAE (``model="cvae-quadrant"``): c the observed
     quadrants of an image, x the rest (:class:`QuadrantCondition`); prior a prior
     network p(z|c) by default, as in Sohn et al. 2015. Other settings as :func:`build_vae`."""
     x_dim = math.prod(int(s) for s in image_shape)
     return _build_conditional(QuadrantCondition(x_dim), "cvae-quadrant", image_shape, z_dim, network,
-                              hidden_dims, likelihood, guide, scale, guide_kwargs, num_data, prior, {})
+                              hidden_dims, likelihood, guide, scale, guide_kwargs, prior, {}, model, name)
 
 
 MODEL_BUILDERS["cvae"] = build_cvae

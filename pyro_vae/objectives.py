@@ -34,7 +34,8 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro.util import check_if_enumerated, warn_if_nan
 
-from .fisher import fisher_objective
+from .fisher import FisherDivergence, fisher_objective
+from .guides import PointMass
 
 _ELBOS = {
     "elbo": pyro.infer.Trace_ELBO,
@@ -75,6 +76,26 @@ def make_objective(name="elbo", num_particles=1, **kwargs):
     except KeyError:
         raise ValueError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}") from None
     return factory(num_particles=num_particles, **kwargs)
+
+
+def objective_label(objective, model=None):
+    """The name of an objective's loss, as progress lines, ``run.json`` and figures show it:
+    ``"-ELBO"`` for Pyro's ELBOs, ``"-L_K"`` for the IWAE bound with K particles,
+    ``"Fisher loss"`` for the Fisher divergence, and ``"reconstruction"`` for an ELBO of an
+    autoencoder (a point-mass guide and a masked prior: −log p(x|z) alone).
+
+    :param objective: an objective object (:func:`make_objective`) or its name.
+    :param model: the model it trains, if known.
+    """
+    if isinstance(objective, str):
+        objective = make_objective(objective)
+    if isinstance(objective, IWAE_ELBO):
+        return f"-L_{objective.num_particles}"
+    if isinstance(objective, FisherDivergence):
+        return "Fisher loss"
+    if isinstance(getattr(model, "posterior", None), PointMass):
+        return "reconstruction"
+    return "-ELBO"
 
 
 # ---- the importance weighted bound (IWAE) ------------------------------------------------

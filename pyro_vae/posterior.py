@@ -54,13 +54,11 @@ KHAT_THRESHOLD = 0.7
 # ---- the model at a fixed decoder --------------------------------------------------------
 @contextmanager
 def fixed_model(model):
-    """Evaluate ``model`` as a fixed density p(x, z): eval mode, data plate at scale 1
-    (``num_data = None``), parameters without gradients (NUTS differentiates with
-    respect to z only), in a private param store; all restored afterwards."""
-    saved_num_data = getattr(model, "num_data", None)
+    """Evaluate ``model`` as a fixed density p(x, z): eval mode, parameters without
+    gradients (NUTS differentiates with respect to z only), in a private param store;
+    all restored afterwards."""
     training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.num_data = None
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
@@ -70,7 +68,6 @@ def fixed_model(model):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.num_data = saved_num_data
         model.train(training)
 
 

@@ -1,12 +1,13 @@
 """Stochastic variational inference for a model/guide pair.
 
 :class:`Trainer` runs SVI epochs over minibatches. Each step computes the objective's
-differentiable loss −ELBO(x_batch) (scaled to the data set by the model's plate) from
-``vae.model`` and ``vae.guide`` with Pyro's own ELBO classes, and steps a
-``torch.optim`` optimizer over ``vae.parameters()``. This is the route Pyro documents
-for custom training loops (``elbo.differentiable_loss`` + a PyTorch optimizer); it gives
-the same gradients as ``pyro.infer.SVI`` with ``pyro.optim.Adam`` without the param
-store's per-parameter optimizers, which is most of Pyro's per-step overhead.
+differentiable loss −ELBO(x_batch) from ``vae.model(x, num_data=N)`` and
+``vae.guide(x, num_data=N)`` (the batch stands for the N training points: the data plate
+scales it by N/B) with Pyro's own ELBO classes, and steps a ``torch.optim`` optimizer
+over ``vae.parameters()``. This is the route Pyro documents for custom training loops
+(``elbo.differentiable_loss`` + a PyTorch optimizer); it gives the same gradients as
+``pyro.infer.SVI`` with ``pyro.optim.Adam`` without the param store's per-parameter
+optimizers.
 
 Losses are reported in nats per data point: the scaled minibatch loss divided by N.
 
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
-from .objectives import make_objective
+from .objectives import make_objective, objective_label
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -39,12 +40,15 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class History:
-    """Per-epoch records: train −ELBO (mean over the epoch's steps), validation −ELBO
-    (whole validation set, after the epoch), both in nats per data point, and seconds."""
+    """Per-epoch records: the train loss (mean over the epoch's steps), the validation
+    loss (whole validation set, after the epoch), both in nats per data point, and
+    seconds; ``objective`` names the loss (:func:`~pyro_vae.objectives.objective_label`:
+    ``"-ELBO"``, ``"-L_5"``, ``"Fisher loss"``, ``"reconstruction"``)."""
 
     train_loss: list = field(default_factory=list)
     valid_loss: list = field(default_factory=list)
     epoch_seconds: list = field(default_factory=list)
+    objective: str = "-ELBO"
 
     def to_dict(self):
         return asdict(self)
@@ -72,23 +76,19 @@ def private_param_store(state=None):
 @torch.no_grad()
 def evaluate_loss(vae, data, objective="elbo", batch_size=1000, num_particles=1, with_labels=False):
     """−ELBO (or the objective's loss) averaged over every point of ``data``, in nats
-    per data point; batches are not rescaled (``num_data`` is set to each batch's size).
+    per data point: the sum of the unscaled batch losses divided by the number of points.
 
-    :param vae: a model with ``model``/``guide`` methods and a ``num_data`` attribute.
+    :param vae: a model with Pyro ``model``/``guide`` methods.
     :param data: :class:`~pyro_vae.data.ImageData`.
     :param bool with_labels: pass ``(x, y)`` to model and guide (conditional models).
     """
     if isinstance(objective, str):
         objective = make_objective(objective, num_particles)
-    saved, vae.num_data = vae.num_data, None
-    try:
-        total, count = 0.0, 0
-        with private_param_store():
-            for batch in _batches(data, batch_size, shuffle=False, with_labels=with_labels):
-                total += float(objective.loss(vae.model, vae.guide, *batch))
-                count += batch[0].shape[0]
-    finally:
-        vae.num_data = saved
+    total, count = 0.0, 0
+    with private_param_store():
+        for batch in _batches(data, batch_size, shuffle=False, with_labels=with_labels):
+            total += float(objective.loss(vae.model, vae.guide, *batch))
+            count += batch[0].shape[0]
     return total / count
 
 
@@ -100,9 +100,9 @@ def _batches(data, batch_size, shuffle=True, generator=None, with_labels=False):
 class Trainer:
     """SVI on ``vae.model``/``vae.guide`` over an :class:`~pyro_vae.data.ImageData` set.
 
-    :param vae: a :class:`~pyro_vae.models.VAE` (or any module with ``model``, ``guide``,
-        ``num_data`` and ``likelihood``).
-    :param train: training data; ``vae.num_data`` is set to its size.
+    :param vae: a :class:`~pyro_vae.models.VAE` (or any module with ``model`` and
+        ``guide`` methods taking a ``num_data=N`` keyword, and a ``likelihood``).
+    :param train: training data; its size N is passed to model and guide as ``num_data``.
     :param valid: validation data or None.
     :param objective: a name (:func:`~pyro_vae.objectives.make_objective`) or an ELBO object.
     :param int num_particles: L, particles per data point.
@@ -145,8 +145,11 @@ class Trainer:
         _check(vae, train)
         if valid is not None:
             _check(vae, valid)
-        self.vae.num_data = len(train)
+        self.num_data = len(train)
+        _check_baseline(vae, len(train), batch_size)
         self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
+        #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
+        self.label = objective_label(self.objective, vae)
         self.loss_fn, self.differentiable = _loss_fn(self.objective)
         try:
             opt_cls = OPTIMIZERS[optimizer]
@@ -156,7 +159,7 @@ class Trainer:
         self._params = [p for p in self.vae.parameters() if p.requires_grad]
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
         self.valid_batch_size = valid_batch_size
-        self.history = History()
+        self.history = History(objective=self.label)
         #: the trainer's private Pyro param store (see :func:`private_param_store`).
         self.param_state = {"params": {}, "constraints": {}}
         self.epoch = 0
@@ -179,11 +182,6 @@ class Trainer:
             global batch (see :func:`pyro_vae.distributed.all_reduce_gradients`).
         :raises NonFiniteLossError: if the loss is NaN or inf; no parameter is changed.
 
-        The torch optimizer steps ``vae.parameters()`` directly, so the model and guide
-        need not register them in Pyro's param store during the step
-        (:meth:`~pyro_vae.models.VAE.register`); that is switched off for the step and
-        restored afterwards.
-
         Pyro's validation checks (``pyro.enable_validation``: site shapes, distribution
         arguments and supports, NaN warnings), when on, run on this process's first step
         with each batch shape and device, and are off for the steps after it: the program
@@ -194,37 +192,31 @@ class Trainer:
         """
         key = (tuple(batch[0].shape), batch[0].device)
         if not pyro.poutine.util.is_validation_enabled():
-            return self._step_with_store(batch, share)
+            return self._step(batch, share)
         if key not in self._validated:
-            value = self._step_with_store(batch, share)
+            value = self._step(batch, share)
             self._validated.add(key)
             return value
         torch_default = torch.distributions.Distribution._validate_args
         try:
             with pyro.validation_enabled(False):
-                return self._step_with_store(batch, share)
+                return self._step(batch, share)
         finally:  # pyro.validation_enabled resets torch's default to Pyro's flag
             torch.distributions.Distribution.set_default_validate_args(torch_default)
 
-    def _step_with_store(self, batch, share):
-        uses_store = getattr(self.vae, "use_param_store", None)
-        if uses_store is None:
-            return self._step(batch, share)
-        self.vae.use_param_store = False
-        try:
-            return self._step(batch, share)
-        finally:
-            self.vae.use_param_store = uses_store
+    def _loss(self, batch):
+        """The objective's loss of the batch, which stands for the N training points."""
+        return self.loss_fn(self.vae.model, self.vae.guide, *batch, num_data=self.num_data)
 
     def _step(self, batch, share):
-        n = self.vae.num_data
+        n = self.num_data
         self.optimizer.zero_grad(set_to_none=True)
         if self.world_size > 1:
             value = dp.all_reduce_gradients(self._params, self._local_loss_and_grads(batch, n), share)
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at {self._where()}")
         elif self.differentiable:
-            loss = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+            loss = self._loss(batch) / n
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at {self._where()}")
@@ -248,7 +240,7 @@ class Trainer:
         """For objectives that only offer ``loss_and_grads`` (``TraceGraph_ELBO``): the
         loss and gradients divided by N, as for the differentiable objectives, so that SGD
         and ``clip_norm`` see per-data-point gradients whatever the objective."""
-        value = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+        value = self._loss(batch) / n
         for p in self._params:
             if p.grad is not None:
                 p.grad.div_(n)
@@ -262,7 +254,7 @@ class Trainer:
             return 0.0
         if not self.differentiable:
             return self._loss_and_scaled_grads(batch, n)
-        loss = self.loss_fn(self.vae.model, self.vae.guide, *batch) / n
+        loss = self._loss(batch) / n
         value = loss.item()
         if math.isfinite(value):
             loss.backward()
@@ -316,7 +308,7 @@ class Trainer:
         :raises NonFiniteLossError: at a NaN or inf loss, naming the step and
             :attr:`last_checkpoint`; the parameters are those before that step.
         """
-        bar = tqdm(range(epochs), desc="epochs", disable=not progress or self.rank != 0, leave=False)
+        bar = tqdm(range(epochs), desc=f"epochs ({self.label})", disable=not progress or self.rank != 0, leave=False)
         for _ in bar:
             try:
                 train_loss = self.train_epoch(step_callback)
@@ -390,7 +382,7 @@ class Trainer:
         self.epoch, self.step_count, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
         self._epoch_loss, self._epoch_seconds = state["epoch_loss"], state["epoch_seconds"]
         self.generator.set_state(state["generator"])
-        self.history = History(**state["history"])
+        self.history = History(**{"objective": self.label, **state["history"]})
         rng.set_state(state["rng"][self.rank], self.device)
 
     def check_finite(self):
@@ -403,6 +395,17 @@ class Trainer:
             raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
                                      f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
                                      f"stopped there, {last}")
+
+
+def _check_baseline(vae, n, batch_size):
+    """A decaying-average baseline keeps one average per position in the batch (Pyro's
+    ``use_decaying_avg_baseline``), so every batch must have the same size."""
+    if getattr(getattr(vae, "posterior", None), "baseline", None) is None:
+        return
+    if n % batch_size:
+        raise ValueError(f"the decaying-average baseline keeps one average per position in the batch, so every "
+                         f"batch must have the same size, but {n} training points make a last batch of "
+                         f"{n % batch_size} with batch_size={batch_size}; choose a batch size that divides {n}")
 
 
 def _check(vae, data):

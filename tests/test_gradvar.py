@@ -172,8 +172,7 @@ def test_neural_baseline_is_scaled_by_the_plate_and_learns(digits):
         vae.posterior.baseline_net.net[-1].bias.fill_(1.5)
     options = vae.posterior.site_infer(x, scale=20.0)["baseline"]
     assert torch.allclose(options["nn_baseline"](x), torch.full((10,), 30.0))
-    vae.num_data = 200
-    make_objective("tracegraph").loss_and_grads(vae.model, vae.guide, x)
+    make_objective("tracegraph").loss_and_grads(vae.model, vae.guide, x, num_data=200)
     assert vae.posterior.baseline_net.net[-1].weight.grad.abs().sum() > 0  # its first layer follows
     assert vae.posterior.encoder.head.weight.grad.abs().sum() > 0
 

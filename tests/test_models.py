@@ -19,10 +19,10 @@ def binary_batch(n=10, d=12, seed=0):
 
 
 def test_model_and_guide_sites_plate_and_scale():
-    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,), num_data=60)
+    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,))
     x = binary_batch(10)
-    guide_tr = poutine.trace(vae.guide).get_trace(x)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    guide_tr = poutine.trace(vae.guide).get_trace(x, num_data=60)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, num_data=60)
     z = guide_tr.nodes["z"]
     assert z["fn"].has_rsample  # reparameterized
     assert z["value"].shape == (10, 2)
@@ -44,12 +44,10 @@ def test_minibatch_elbo_is_an_unbiased_estimate_of_the_full_data_elbo():
     vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,))
     x = binary_batch(N)
     mf = make_objective("meanfield", num_particles=1000)
-    vae.num_data = None
     fulls = torch.tensor([mf.loss(vae.model, vae.guide, x) for _ in range(30)])
     full, se_full = fulls.mean(), fulls.std() / math.sqrt(len(fulls))
-    vae.num_data = N
     g = torch.Generator().manual_seed(1)
-    estimates = torch.tensor([mf.loss(vae.model, vae.guide, x[torch.randperm(N, generator=g)[:B]])
+    estimates = torch.tensor([mf.loss(vae.model, vae.guide, x[torch.randperm(N, generator=g)[:B]], num_data=N)
                               for _ in range(300)])
     se = torch.sqrt(estimates.var() / len(estimates) + se_full ** 2)
     assert abs(estimates.mean() - full) < Z * se, (estimates.mean(), full, se)
@@ -59,7 +57,7 @@ def test_minibatch_elbo_is_an_unbiased_estimate_of_the_full_data_elbo():
 
 def test_user_can_hand_model_and_guide_to_pyro_svi():
     torch.manual_seed(0)
-    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(16,), num_data=10)
+    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(16,))
     x = binary_batch(10)
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     first = sum(svi.step(x) for _ in range(10)) / 10
@@ -67,7 +65,7 @@ def test_user_can_hand_model_and_guide_to_pyro_svi():
         svi.step(x)
     last = sum(svi.step(x) for _ in range(10)) / 10
     assert last < first - 5
-    assert "decoder$$$net.0.weight" in pyro.get_param_store()
+    assert f"{vae._pyro_name}.decoder$$$net.0.weight" in pyro.get_param_store()
 
 
 def test_predictive_generates_from_the_model():
@@ -134,6 +132,6 @@ def test_bernoulli_refuses_grey_levels():
 
 
 def test_batch_larger_than_num_data_is_refused():
-    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,), num_data=5)
-    with pytest.raises(ValueError, match="larger than num_data"):
-        vae.model(binary_batch(10))
+    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,))
+    with pytest.raises(ValueError, match="num_data must be an integer N at least the batch size 10"):
+        vae.model(binary_batch(10), num_data=5)

@@ -50,9 +50,8 @@ def test_loss_is_the_reconstruction_term_alone(objective):
 def test_loss_scales_to_the_data_set_and_has_no_noise():
     ae = build_autoencoder(SHAPE, z_dim=3, hidden_dims=(16,))
     x = _binary(10)
-    ae.num_data = 50  # a batch of 10 stands for 50 points: the loss is scaled by 5
-    elbo = make_objective("elbo")
-    losses = {elbo.loss(ae.model, ae.guide, x) for _ in range(3)}
+    elbo = make_objective("elbo")  # a batch of 10 stands for 50 points: the loss is scaled by 5
+    losses = {elbo.loss(ae.model, ae.guide, x, num_data=50) for _ in range(3)}
     assert len(losses) == 1, "a deterministic encoder gives the same loss every time"
     assert losses.pop() == pytest.approx(5 * _reconstruction_nll(ae, x).item(), rel=1e-5)
 

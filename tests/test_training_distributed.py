@@ -83,7 +83,6 @@ def test_every_rank_steps_with_the_global_batch_gradient(ddp_run):
     # replay in one process: the same global batches (same seeded permutation), each
     # shard's draws from its rank's generator, at the parameters the ranks stepped from
     train = load_dataset("digits", "train", binarize="dynamic")
-    vae.num_data = len(train)
     elbo = make_objective("elbo")
     generator = torch.Generator().manual_seed(ddp_worker.SEED)
     batches = train.batches(ddp_worker.BATCH, shuffle=True, generator=generator)
@@ -104,7 +103,7 @@ def test_every_rank_steps_with_the_global_batch_gradient(ddp_run):
             torch.set_rng_state(rng_states[r])
             vae.zero_grad()
             with private_param_store():
-                loss = elbo.differentiable_loss(vae.model, vae.guide, xr) / len(train)
+                loss = elbo.differentiable_loss(vae.model, vae.guide, xr, num_data=len(train)) / len(train)
             loss.backward()
             rng_states[r] = torch.get_rng_state()
             share = len(xr) / len(x)

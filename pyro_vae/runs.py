@@ -1,0 +1,37 @@
+"""Run folders: what ``pyro-vae train`` (or a :class:`~pyro_vae.checkpoints.Checkpointer`)
+writes, read back.
+
+A run folder holds ``run.json`` (the model's settings under ``"model"``, the data and
+training settings, the history) and ``checkpoint.pt`` (tensors only). The settings are
+those a builder takes: ``build_vae(**run["model"])`` for a VAE, or
+:func:`~pyro_vae.models.build_model` for any kind of model.
+"""
+
+from pathlib import Path
+
+from . import checkpoints
+from .models import build_model
+
+
+def load_run(run_dir, device="cpu"):
+    """Rebuild the model of a run folder and load its weights.
+
+    The model is built from the settings ``run.json`` stores (:func:`~pyro_vae.models.build_model`),
+    its weights loaded from ``checkpoint.pt`` without executing pickled code
+    (``weights_only=True``). It keeps no trace of its training data: ``model.model(x)``
+    scores the batch ``x`` at scale 1, whatever data set it was trained on.
+
+    :param run_dir: the run folder.
+    :param device: where to put the model.
+    :returns: ``(model, run)``, the model in eval mode and ``run`` the parsed ``run.json``.
+    :raises pyro_vae.checkpoints.CheckpointError: if the folder holds no run, or its files
+        do not match each other.
+    """
+    run_dir = Path(run_dir)
+    run = checkpoints.load_json(run_dir / checkpoints.RUN_JSON)
+    config = run["model"]
+    model = build_model(config)
+    state = checkpoints.load_checkpoint(run_dir / checkpoints.CHECKPOINT, map_location="cpu")
+    checkpoints.check_config(state.get("config"), getattr(model, "config", None), what=f"run.json of {run_dir}")
+    checkpoints.load_state_dict(model, state["model"], what=f"{config.get('model', 'vae')} of {run_dir}")
+    return model.to(device).eval(), run
