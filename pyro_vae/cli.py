@@ -172,8 +172,8 @@ def cmd_train(args):
         return 0
     model.eval()
     write_figures(model, history.to_dict(), valid, out)
-    print(f"epoch {trainer.epoch}: train -ELBO {history.train_loss[-1]:.3f}, "
-          f"valid -ELBO {history.valid_loss[-1]:.3f} nats per data point; wrote {out}")
+    print(f"epoch {trainer.epoch}: train {trainer.label} {history.train_loss[-1]:.3f}, "
+          f"valid {trainer.label} {history.valid_loss[-1]:.3f} nats per data point; wrote {out}")
     return 0
 
 

@@ -155,8 +155,8 @@ class VAE(PyroModule):
         :param int batch_size: the batch size when ``x`` is None.
         :param int num_data: N, if the batch stands for a data set of N points (scale N/B).
         """
-        decoder, likelihood = self.decoder, self.likelihood  # pyro.module statements
         batch_size = self._batch_size(x, batch_size)
+        decoder, likelihood = self.decoder, self.likelihood  # pyro.module statements
         with self.plate(batch_size, num_data, device=self._zero.device):
             z = pyro.sample("z", self.prior((batch_size,)))
             return pyro.sample("x", likelihood(decoder(z)), obs=x)
@@ -170,10 +170,10 @@ class VAE(PyroModule):
         :param x: the data ``(batch, x_dim)``.
         :param int num_data: N, as for :meth:`model`.
         """
-        posterior = self.posterior  # a pyro.module statement
         if x is None:
             raise ValueError("the guide q(z|x) needs the data x, a tensor of shape (batch, x_dim)")
         batch_size = self._batch_size(x, None)
+        posterior = self.posterior  # a pyro.module statement
         site_infer = getattr(posterior, "site_infer", None)
         with self.plate(batch_size, num_data, device=x.device):
             infer = site_infer(x, scale=(num_data or batch_size) / batch_size) if site_infer else None
@@ -286,8 +286,8 @@ class Autoencoder(VAE):
     @pyro_method
     def model(self, x=None, batch_size=None, num_data=None):
         """p(x|z) for a batch, z at the guide's code; the prior term is masked out."""
-        decoder, likelihood = self.decoder, self.likelihood
         batch_size = self._batch_size(x, batch_size)
+        decoder, likelihood = self.decoder, self.likelihood
         with self.plate(batch_size, num_data, device=self._zero.device):
             with pyro.poutine.mask(mask=False):
                 z = pyro.sample("z", self.prior((batch_size,)))
@@ -298,10 +298,10 @@ class Autoencoder(VAE):
         """z = f_φ(x), a point mass. The site is masked as well, because
         ``TraceMeanField_ELBO`` weighs its analytic KL(q ‖ p) by the *guide* site's mask;
         so every objective sees neither log p(z) nor log q(z|x)."""
-        posterior = self.posterior
         if x is None:
             raise ValueError("the encoder needs the data x, a tensor of shape (batch, x_dim)")
         batch_size = self._batch_size(x, None)
+        posterior = self.posterior
         with self.plate(batch_size, num_data, device=x.device), pyro.poutine.mask(mask=False):
             return pyro.sample("z", posterior(x))
 
@@ -519,10 +519,10 @@ class ConditionalVAE(VAE):
     @pyro_method
     def guide(self, x=None, c=None, num_data=None):
         """q(z | x, c) = guide_family([x, h(c)])."""
-        posterior = self.posterior
         if x is None:
             raise ValueError("the guide q(z|x,c) needs the data x, a tensor of shape (batch, x_dim)")
         check_batch(x, self.x_dim)
+        posterior = self.posterior
         h = self.condition(c, x)
         with self.plate(x.shape[0], num_data, device=x.device):
             return pyro.sample("z", posterior(torch.cat([x, h], dim=-1)))

@@ -55,8 +55,11 @@ def save_grid(x, image_shape, path, nrow=8, scale=None):
     return path
 
 
-def plot_losses(history, path, title="−ELBO"):
-    """Train and validation loss per epoch (nats per data point)."""
+def plot_losses(history, path, title=None):
+    """Train and validation loss per epoch (nats per data point), labelled with the
+    objective's name (``title``, default the history's ``"objective"``: ``-ELBO``,
+    ``-L_K``, ``Fisher loss``, ``reconstruction``)."""
+    title = title or history.get("objective", "-ELBO")
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     epochs = range(1, len(history["train_loss"]) + 1)
     ax.plot(epochs, history["train_loss"], label="train")

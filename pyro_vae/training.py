@@ -18,12 +18,14 @@ continues from it, mid-epoch too, step for step as if never stopped
 torchrun, a trainer trains one model data-parallel (:mod:`pyro_vae.distributed`).
 """
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
 from . import distributed as dp
@@ -100,9 +102,13 @@ def _batches(data, batch_size, shuffle=True, generator=None, with_labels=False):
 class Trainer:
     """SVI on ``vae.model``/``vae.guide`` over an :class:`~pyro_vae.data.ImageData` set.
 
-    :param vae: a :class:`~pyro_vae.models.VAE` (or any module with ``model`` and
-        ``guide`` methods taking a ``num_data=N`` keyword, and a ``likelihood``).
-    :param train: training data; its size N is passed to model and guide as ``num_data``.
+    :param vae: a :class:`~pyro_vae.models.VAE`, or any module with Pyro ``model`` and
+        ``guide`` methods (and a ``likelihood`` to check the data with, if it has one).
+    :param train: training data; its size N is passed to model and guide as
+        ``num_data=N`` when both take that keyword (they then scale their data plate by
+        N/B). Otherwise every site of both is scaled by N/B (``poutine.scale``), which is
+        right for a model whose sites all sit in the data plate; a model with global
+        latents must take ``num_data`` and scale only its plate.
     :param valid: validation data or None.
     :param objective: a name (:func:`~pyro_vae.objectives.make_objective`) or an ELBO object.
     :param int num_particles: L, particles per data point.
@@ -146,6 +152,7 @@ class Trainer:
         if valid is not None:
             _check(vae, valid)
         self.num_data = len(train)
+        self._pass_num_data = _takes_num_data(vae.model) and _takes_num_data(vae.guide)
         _check_baseline(vae, len(train), batch_size)
         self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
@@ -206,7 +213,10 @@ class Trainer:
 
     def _loss(self, batch):
         """The objective's loss of the batch, which stands for the N training points."""
-        return self.loss_fn(self.vae.model, self.vae.guide, *batch, num_data=self.num_data)
+        if self._pass_num_data:
+            return self.loss_fn(self.vae.model, self.vae.guide, *batch, num_data=self.num_data)
+        scale = self.num_data / batch[0].shape[0]
+        return self.loss_fn(poutine.scale(self.vae.model, scale), poutine.scale(self.vae.guide, scale), *batch)
 
     def _step(self, batch, share):
         n = self.num_data
@@ -395,6 +405,15 @@ class Trainer:
             raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
                                      f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
                                      f"stopped there, {last}")
+
+
+def _takes_num_data(fn):
+    """Whether ``fn`` takes a ``num_data`` keyword (or any keyword)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "num_data" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _check_baseline(vae, n, batch_size):

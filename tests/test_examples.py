@@ -23,6 +23,7 @@ EXAMPLES = {
               "--samples-per-class", "3", "--ll-samples", "10", "--ll-points", "40"], []),
     "fisher_ae": (["--dataset", "digits", "--outliers", "0", "--epochs", "1", "--hidden", "32", "--z-dim", "2",
                    "--num-samples", "10", "--classifier-epochs", "1"], []),
+    "global_latent": (["--epochs", "1", "--hidden", "32"], None),
     "guides": (["--dataset", "digits", "--limit", "300", "--guides", "diagonal", "full", "flow", "--epochs", "1",
                 "--z-dim", "2", "--hidden", "32", "--eval-points", "3", "--nll-samples", "20", "--khat-samples", "20",
                 "--nuts-samples", "20", "--gap-points", "2", "--gap-steps", "3"], []),

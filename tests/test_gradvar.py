@@ -190,8 +190,6 @@ def test_baseline_options_are_checked(digits):
     vae = small_vae(reparameterized=False, baseline="decaying")
     elbo = make_objective("tracegraph")
     elbo.loss_and_grads(vae.model, vae.guide, digits.x[:10])
-    with pytest.raises(ValueError, match="same size"):
-        elbo.loss_and_grads(vae.model, vae.guide, digits.x[:7])
 
 
 def tiny_vae():

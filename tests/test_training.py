@@ -86,7 +86,7 @@ def test_pyros_validation_runs_once_per_batch_shape_and_process_and_leaves_the_f
 
     vae.model = spy
     trainer = Trainer(vae, train, batch_size=64)
-    x = train.x
+    x = torch.bernoulli(train.x, generator=torch.Generator().manual_seed(0))  # binary: valid Bernoulli data
     try:
         with pyro.validation_enabled(True):
             torch.distributions.Distribution.set_default_validate_args(False)  # a user's own choice for torch
