@@ -51,22 +51,21 @@ def hand_written_step(encoder, decoder, optimizer, x):
 
 def breakdown_steps(build, n):
     """Two steps between the hand-written loop and the Trainer, each on its own copy of the
-    same initial network: the VAE's own distributions (guide, prior, likelihood) without
-    Pyro, and Pyro's traces of ``vae.guide`` and ``vae.model`` with the log-densities
-    summed by hand instead of by ``Trace_ELBO``. What separates them from each other and
-    from the Trainer is the cost of the distribution objects, of Pyro's effect handlers,
-    and of the ELBO class."""
+    same initial network: the VAE's own distributions (Pyro's Normal and Bernoulli for
+    guide, prior, likelihood) without Pyro's handlers, and Pyro's traces of ``vae.guide``
+    and ``vae.model`` with the log-densities summed by hand instead of by ``Trace_ELBO``.
+    What separates them from each other and from the Trainer is the cost of the
+    distribution objects, of Pyro's effect handlers, and of the ELBO class."""
     steps = {}
     for name, step in (("distributions, no Pyro", _bare_step), ("Pyro traces, no ELBO class", _traced_step)):
         torch.manual_seed(0)
         vae = build((1, 28, 28), z_dim=50, hidden_dims=(400,))
-        vae.num_data, vae.use_param_store = n, False
         opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
-        steps[name] = functools.partial(step, vae, opt)
+        steps[name] = functools.partial(step, vae, opt, n)
     return steps
 
 
-def _bare_step(vae, opt, x):
+def _bare_step(vae, opt, n, x):
     """log w = log p(x|z) + log p(z) − log q(z|x) from the VAE's own distribution objects
     (guide, prior, likelihood), z = rsample of q; no Pyro primitive, handler or ELBO."""
     q = vae.posterior(x)
@@ -75,12 +74,12 @@ def _bare_step(vae, opt, x):
     return _sgd_step(opt, -log_w.mean())
 
 
-def _traced_step(vae, opt, x):
+def _traced_step(vae, opt, n, x):
     """The same log w from Pyro's traces of ``vae.guide`` and of ``vae.model`` replayed
     against it (what ``Trace_ELBO`` builds), summed here instead of by the ELBO class."""
     with pyro.validation_enabled(False):
-        guide = poutine.trace(vae.guide).get_trace(x)
-        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+        guide = poutine.trace(vae.guide).get_trace(x, num_data=n)
+        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x, num_data=n)
     z = guide.nodes["z"]["value"]
     log_w = model.nodes["x"]["fn"].log_prob(x) + model.nodes["z"]["fn"].log_prob(z) - guide.nodes["z"]["fn"].log_prob(z)
     return _sgd_step(opt, -log_w.mean())
@@ -126,10 +125,9 @@ def main(argv=None):
     if not args.no_svi:
         torch.manual_seed(0)  # the same initial weights as the others
         svi_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-        svi_vae.num_data = n
         pyro.clear_param_store()
         svi = SVI(svi_vae.model, svi_vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-        contenders["Pyro SVI + pyro.optim.Adam"] = lambda x: svi.step(x) / n
+        contenders["Pyro SVI + pyro.optim.Adam"] = lambda x: svi.step(x, num_data=n) / n
 
     # Rounds of `round_steps` steps, the contenders taking turns on the same batches; a
     # burst of load from elsewhere then hits one round, not one contender's whole epoch.
