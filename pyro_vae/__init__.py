@@ -1,5 +1,6 @@
 """pyro_vae: variational autoencoders written the Pyro way."""
 
+from .amortized import AmortizedGuide, ModelGuide
 from .data import ImageData, load_dataset
 from .evaluation import log_likelihood
 from .models import VAE, build_model, build_vae
@@ -9,7 +10,7 @@ from .runs import load_run
 from .training import Trainer, evaluate_loss, fit
 
 __all__ = [
-    "VAE", "build_vae", "build_model", "load_run", "log_likelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
+    "AmortizedGuide", "ModelGuide", "VAE", "build_vae", "build_model", "load_run", "log_likelihood", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
     "ImageData", "load_dataset", "make_objective", "Trainer", "fit", "evaluate_loss",
 ]
 __version__ = "0.1.0"

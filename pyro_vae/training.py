@@ -157,6 +157,7 @@ class Trainer:
         self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
+        _setup_guide(self.vae, self.train_data, batch_size, with_labels, self.num_data, self._pass_num_data)
         self.loss_fn, self.differentiable = _loss_fn(self.objective)
         try:
             opt_cls = OPTIMIZERS[optimizer]
@@ -407,6 +408,18 @@ class Trainer:
                                      f"stopped there, {last}")
 
 
+def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
+    """Let a lazily built guide (an autoguide such as :class:`~pyro_vae.amortized.AmortizedGuide`)
+    make its parameters from the first batch, before the optimizer is made; the global
+    random generators are left as they were."""
+    setup = getattr(vae.guide, "setup", None)
+    if setup is None:
+        return
+    with torch.random.fork_rng(devices=[]), private_param_store(), torch.no_grad():
+        first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
+        setup(*first, **({"num_data": num_data} if pass_num_data else {}))
+
+
 def _takes_num_data(fn):
     """Whether ``fn`` takes a ``num_data`` keyword (or any keyword)."""
     try:
@@ -445,8 +458,11 @@ def _check(vae, data):
             raise ValueError(f"{data.name}: dynamic binarization draws Bernoulli(x) and needs grey levels "
                              f"in [0, 1], got values in [{data.x.min():.4g}, {data.x.max():.4g}]")
         return
+    check = getattr(getattr(vae, "likelihood", None), "check", None)
+    if check is None:
+        return
     try:
-        vae.likelihood.check(data.x)
+        check(data.x)
     except ValueError as e:
         raise ValueError(f"{data.name}: {e}") from None
 
