@@ -11,7 +11,14 @@ time per step times the steps of an epoch.
     python benchmarks/train_speed.py --data ../shared/data --epochs 3
 
 Also timed, for reference: Pyro's own example style (``pyro.infer.SVI`` with
-``pyro.optim.Adam`` and ``Trace_ELBO``) on the same model and guide.
+``pyro.optim.Adam`` and ``Trace_ELBO``) on the same model and guide; NumPyro's
+jit-compiled ``numpyro.infer.SVI`` (``Trace_ELBO``, ``numpyro.optim.Adam``, one
+particle) on the same network with the same initial weights and batches, when jax and
+numpyro are installed (``pip install -e .[bench]``); and the Trainer with each of its
+speed options on its own (``--no-levers`` skips them): a foreach Adam, a fused Adam
+(``fused=True``), compiled networks (``compile=True``). The warm-up column is the first
+(uncounted) round's time over its steps at the median rate: compilation, first-call
+allocations.
 """
 
 import argparse
@@ -92,6 +99,127 @@ def _sgd_step(opt, loss):
     return loss.item()
 
 
+def numpyro_step(enc, dec, n, x0):
+    """NumPyro's SVI step for the same VAE: the model and guide below, written as NumPyro's
+    examples write them, with the initial weights of ``enc``/``dec`` (the torch networks'
+    copies), ``Trace_ELBO`` with one particle and ``numpyro.optim.Adam(1e-3)``, the update
+    jit-compiled (``jax.jit(svi.update)``; each batch shape is traced once). The step takes
+    the torch batch (a view as a NumPy array, copied to a JAX array) and returns −ELBO per
+    data point, which waits for the step to finish. None, with a one-line note, when jax
+    or numpyro is missing."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as ndist
+        from numpyro import handlers
+        from numpyro.infer import SVI as NSVI
+        from numpyro.infer import Trace_ELBO as NTrace_ELBO
+    except ImportError as e:
+        print(f"NumPyro contender skipped: {e.name} is not installed (pip install -e .[bench])")
+        return None
+
+    def linear(m):
+        return jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy())
+
+    init = {}
+    for prefix, layers in (("enc", (enc.body[0][0], enc.head)), ("dec", (dec.net[0], dec.net[2]))):
+        for i, m in enumerate(layers):
+            init[f"{prefix}.w{i}"], init[f"{prefix}.b{i}"] = linear(m)
+    z_dim = enc.out_dims[0]
+
+    def mlp(prefix, h):
+        w0, b0 = numpyro.param(f"{prefix}.w0", init[f"{prefix}.w0"]), numpyro.param(f"{prefix}.b0", init[f"{prefix}.b0"])
+        w1, b1 = numpyro.param(f"{prefix}.w1", init[f"{prefix}.w1"]), numpyro.param(f"{prefix}.b1", init[f"{prefix}.b1"])
+        return jax.nn.softplus(h @ w0 + b0) @ w1 + b1
+
+    def model(x):
+        b = x.shape[0]
+        with numpyro.plate("data", b), handlers.scale(scale=n / b):
+            z = numpyro.sample("z", ndist.Normal(jnp.zeros((b, z_dim)), 1.0).to_event(1))
+            numpyro.sample("x", ndist.Bernoulli(logits=mlp("dec", z)).to_event(1), obs=x)
+
+    def guide(x):
+        b = x.shape[0]
+        out = mlp("enc", x)
+        loc, log_var = out[:, :z_dim], out[:, z_dim:]
+        with numpyro.plate("data", b), handlers.scale(scale=n / b):
+            numpyro.sample("z", ndist.Normal(loc, jnp.exp(0.5 * log_var)).to_event(1))
+
+    svi = NSVI(model, guide, numpyro.optim.Adam(1e-3), NTrace_ELBO())
+    state = [svi.init(jax.random.PRNGKey(0), jnp.asarray(x0.numpy()))]
+    update = jax.jit(svi.update)
+
+    def step(x):
+        state[0], loss = update(state[0], jnp.asarray(x.numpy()))
+        return float(loss) / n
+
+    return step
+
+
+class TracedStep:
+    """A prototype, in this benchmark only (not a package option): the Trainer's step traced
+    once per batch shape and compiled whole. The loss is ``Trace_ELBO``'s surrogate for a
+    fully reparameterized guide (Σ model log_prob_sum − Σ guide entropy term, the same
+    value and gradients; written without ``Trace_ELBO``'s per-site ``.item()`` and NaN
+    warning, which a trace cannot hold), from Pyro's own traces of ``vae.model`` and
+    ``vae.guide`` (``get_importance_trace``, validation off) with the parameters swapped in;
+    ``make_fx`` records it with its backward (``torch.autograd.grad``) into one aten graph
+    that inductor compiles (``fallback_random``: the draws come from torch's global
+    generator as in eager Pyro). Pyro's Python runs at trace time only, so what it decided
+    then (plate, scale N/B, site structure) is baked into each shape's graph. Stepped by a
+    fused Adam."""
+
+    def __init__(self, vae, n, lr=1e-3):
+        import torch._inductor.config as inductor_config
+        inductor_config.fallback_random = True
+        self.vae, self.n, self.graphs = vae, n, {}
+        self.params = dict(vae.named_parameters())
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=lr, fused=True)
+
+    def _loss_and_grads(self, params, x):
+        from pyro.infer.enum import get_importance_trace
+        ps = {k: v.detach().requires_grad_() for k, v in params.items()}
+        with pyro.get_param_store().scope(), pyro.validation_enabled(False), \
+                torch.nn.utils.stateless._reparametrize_module(self.vae, ps):
+            model, guide = get_importance_trace("flat", 1, self.vae.model, self.vae.guide, (x,), {"num_data": self.n})
+        surrogate = 0.0
+        for site in model.nodes.values():
+            if site["type"] == "sample":
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide.nodes.values():
+            if site["type"] == "sample":
+                _, score_function, entropy = site["score_parts"]
+                if not isinstance(score_function, (int, float)):
+                    raise ValueError("TracedStep takes fully reparameterized guides only")
+                surrogate = surrogate - entropy.sum()
+        loss = -surrogate / self.n
+        return torch.autograd.grad(loss, list(ps.values())), loss.detach()
+
+    def __call__(self, x):
+        from torch.fx.experimental.proxy_tensor import make_fx
+        params = {k: p.detach() for k, p in self.params.items()}
+        key = tuple(x.shape)
+        if key not in self.graphs:
+            with torch.random.fork_rng(devices=[]):  # tracing draws; the step's draws come at replay
+                self.graphs[key] = torch.compile(make_fx(lambda p, b: self._loss_and_grads(p, b))(params, x))
+        with torch.no_grad():
+            grads, loss = self.graphs[key](params, x)
+        for p, g in zip(self.params.values(), grads):
+            p.grad = g
+        self.optimizer.step()
+        return loss.item()
+
+
+#: the Trainer's speed options, each on its own: (name, Trainer keywords, foreach Adam)
+LEVERS = (
+    ("pyro_vae Trainer, foreach Adam", {}, True),
+    ("pyro_vae Trainer, fused=True", {"fused": True}, False),
+    ("pyro_vae Trainer, compile=True", {"compile": True}, False),
+    ("pyro_vae Trainer, both", {"fused": True, "compile": True}, False),
+)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="data folder (default $PYRO_VAE_DATA)")
@@ -100,6 +228,9 @@ def main(argv=None):
     p.add_argument("--round-steps", type=int, default=20, help="steps per contender per round")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--no-svi", action="store_true", help="skip the pyro.optim/SVI reference")
+    p.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro contender")
+    p.add_argument("--no-levers", action="store_true", help="skip the Trainer's speed options")
+    p.add_argument("--no-traced", action="store_true", help="skip the traced-step prototype")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the package's distributions without Pyro, and Pyro's traces without an ELBO "
                         "class: where the Trainer's remaining time over the hand-written loop goes")
@@ -122,6 +253,22 @@ def main(argv=None):
     if args.breakdown:
         for name, step in breakdown_steps(build_vae, n).items():
             contenders[name] = step
+    if not args.no_levers:
+        for name, kwargs, foreach in LEVERS:
+            torch.manual_seed(0)  # the same initial weights as the others
+            lever_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+            t = Trainer(lever_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0, **kwargs)
+            if foreach:
+                t.optimizer = torch.optim.Adam(lever_vae.parameters(), lr=1e-3, foreach=True)
+            contenders[name] = t.step
+    if not args.no_traced:
+        torch.manual_seed(0)
+        traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+        contenders["traced step (prototype)"] = TracedStep(traced_vae, n)
+    if not args.no_numpyro:
+        step = numpyro_step(enc, dec, n, train.x[: args.batch_size])
+        if step is not None:
+            contenders["NumPyro SVI, jit"] = step
     if not args.no_svi:
         torch.manual_seed(0)  # the same initial weights as the others
         svi_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
@@ -133,6 +280,7 @@ def main(argv=None):
     # burst of load from elsewhere then hits one round, not one contender's whole epoch.
     steps_per_epoch = math.ceil(n / args.batch_size)
     per_step = {k: [] for k in contenders}
+    warmup = {}
     losses = {k: [] for k in contenders}
     generator = torch.Generator().manual_seed(0)
     batches = []
@@ -150,22 +298,43 @@ def main(argv=None):
                 losses[name].append(contenders[name](x))
             if r > 0:
                 per_step[name].append((time.perf_counter() - t0) / len(round_batches))
+            else:
+                warmup[name] = time.perf_counter() - t0
     times = {k: [statistics.median(v) * steps_per_epoch] for k, v in per_step.items()}
     losses = {k: statistics.mean(v[-steps_per_epoch:]) for k, v in losses.items()}
     base = statistics.median(times["hand-written PyTorch"])
     # paired: each round's ratio compares the contenders over the same seconds of machine load
     paired = {k: statistics.median(a / b for a, b in zip(v, per_step["hand-written PyTorch"]))
               for k, v in per_step.items()}
+    spread = {k: _quartiles([a / b for a, b in zip(v, per_step["hand-written PyTorch"])]) for k, v in per_step.items()}
+    np_name = "NumPyro SVI, jit"
+    vs_numpyro = ({k: statistics.median(a / b for a, b in zip(v, per_step[np_name])) for k, v in per_step.items()}
+                  if np_name in per_step else None)
     print(f"binarized MNIST, {len(train)} images, batch {args.batch_size}, 784-400-50 MLP, "
           f"{torch.get_num_threads()} threads, {args.epochs} epochs per contender in {rounds} alternating rounds "
           f"of {args.round_steps} steps; s/epoch = median s/step × {steps_per_epoch} steps")
-    print(f"{'contender':32s} {'s/epoch':>9s} {'ratio':>7s} {'paired':>7s} {'-ELBO, last epoch':>18s}")
+    print("paired: median over rounds of each round's time ratio to the hand-written loop [quartiles]; "
+          "/NumPyro: the same against NumPyro; warm-up: round 0's time beyond its steps at the median rate")
+    print(f"{'contender':32s} {'s/epoch':>8s} {'paired':>7s} {'[quartiles]':>13s} {'/NumPyro':>8s} "
+          f"{'warm-up s':>9s} {'-ELBO, last epoch':>18s}")
     for name in contenders:
         med = statistics.median(times[name])
-        print(f"{name:32s} {med:9.3f} {med / base:7.3f} {paired[name]:7.3f} {losses[name]:18.2f}")
+        extra = warmup[name] - args.round_steps * statistics.median(per_step[name])
+        q1, q3 = spread[name]
+        vs = f"{vs_numpyro[name]:8.3f}" if vs_numpyro else f"{'-':>8s}"
+        print(f"{name:32s} {med:8.3f} {paired[name]:7.3f} [{q1:5.3f},{q3:5.3f}] {vs} {extra:9.2f} "
+              f"{losses[name]:18.2f}")
     ratio = paired["pyro_vae Trainer"]
     print(f"ratio pyro_vae / hand-written (median of the {rounds} rounds' ratios): {ratio:.3f}")
+    if vs_numpyro:
+        fastest = min((k for k in contenders if k.startswith("pyro_vae Trainer")), key=lambda k: vs_numpyro[k])
+        print(f"fastest Trainer setting: {fastest}, {vs_numpyro[fastest]:.3f}× NumPyro (paired median)")
     return ratio
+
+
+def _quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return q[0], q[2]
 
 
 if __name__ == "__main__":

@@ -78,6 +78,10 @@ def add_train_arguments(p):
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--device", default="cpu", help="cpu or cuda")
     o.add_argument("--clip-norm", type=float, default=None, help="clip the gradient norm to this value")
+    o.add_argument("--fused", action="store_true",
+                   help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)")
+    o.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder and decoder networks (slower for the MLP on CPU; see docs/speed.md)")
     r = p.add_argument_group("output")
     r.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
     r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
@@ -145,7 +149,7 @@ def cmd_train(args):
         train, valid = model.prepare_data(train), model.prepare_data(valid)
     trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
-                      with_labels=conditional)
+                      with_labels=conditional, fused=args.fused, compile=args.compile)
     run = dict(model=config, data=dict(dataset=args.dataset, binarize=args.binarize, seed=args.seed),
                train=dict(objective=args.objective, particles=args.particles, lr=args.lr,
                           batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, device=args.device,

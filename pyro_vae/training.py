@@ -124,11 +124,20 @@ class Trainer:
         a group of more than one process is initialized. Each rank then steps on its
         shard of every global batch of ``batch_size`` points, gradients are averaged,
         and Pyro's draws on rank r are seeded ``seed + r``.
+    :param bool fused: step the optimizer with PyTorch's fused implementation (one kernel
+        for all parameters, ``torch.optim.Adam(..., fused=True)``) instead of one kernel
+        per parameter and operation; the same update up to float rounding. A resumed run
+        steps as this trainer is set, whatever the checkpoint's run used.
+    :param bool compile: ``torch.compile`` the model's networks (each submodule named
+        ``encoder`` or ``decoder``, in place with ``nn.Module.compile``) while Pyro's
+        handlers, distributions and ELBO run eagerly as before; each new batch shape
+        (and grad mode) compiles once, on its first step. Same values up to float rounding.
+        See ``docs/speed.md`` for what each option costs and buys.
     """
 
     def __init__(self, vae, train, valid=None, objective="elbo", num_particles=1, optimizer="adam",
                  lr=1e-3, batch_size=128, seed=0, device="cpu", clip_norm=None, with_labels=False,
-                 valid_batch_size=1000, distributed=None):
+                 valid_batch_size=1000, distributed=None, fused=False, compile=False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if lr <= 0:
@@ -158,12 +167,15 @@ class Trainer:
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
         _setup_guide(self.vae, self.train_data, batch_size, with_labels, self.num_data, self._pass_num_data)
+        self.fused, self.compiled = bool(fused), bool(compile)
+        if self.compiled:
+            _compile_networks(self.vae)
         self.loss_fn, self.differentiable = _loss_fn(self.objective)
         try:
             opt_cls = OPTIMIZERS[optimizer]
         except KeyError:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}") from None
-        self.optimizer = opt_cls(self.vae.parameters(), lr=lr)
+        self.optimizer = opt_cls(self.vae.parameters(), lr=lr, **({"fused": True} if self.fused else {}))
         self._params = [p for p in self.vae.parameters() if p.requires_grad]
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
         self.valid_batch_size = valid_batch_size
@@ -381,6 +393,7 @@ class Trainer:
         load_state_dict(self.vae, state["model"], what=f"model ({type(self.vae).__name__})")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
+            _set_fused(self.optimizer, self.fused)
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint's optimizer state does not fit this optimizer "
                                   f"({type(self.optimizer).__name__}): {e}") from None
@@ -406,6 +419,31 @@ class Trainer:
             raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
                                      f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
                                      f"stopped there, {last}")
+
+
+def _compile_networks(vae):
+    """``torch.compile`` in place every submodule of ``vae`` named ``encoder`` or ``decoder``
+    (the networks only: what Pyro runs around them stays eager)."""
+    nets = [m for name, m in vae.named_modules() if name.rsplit(".", 1)[-1] in ("encoder", "decoder")]
+    if not nets:
+        raise ValueError(f"compile=True compiles the networks named 'encoder' or 'decoder', "
+                         f"and {type(vae).__name__} has none")
+    for m in nets:
+        m.compile()
+
+
+def _set_fused(optimizer, fused):
+    """After loading an optimizer state: step with this trainer's implementation, not the
+    one the checkpoint's run used (a fused step keeps its step count on the parameters'
+    device)."""
+    for group in optimizer.param_groups:
+        group["fused"] = True if fused else None
+        if fused:
+            group["foreach"] = None
+            for p in group["params"]:
+                st = optimizer.state.get(p, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(p.device, torch.float32)
 
 
 def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
