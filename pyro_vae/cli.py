@@ -11,6 +11,7 @@
 """
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from . import checkpoints, evaluation, plots
 from . import distributed  # data-parallel training under torchrun
-from .data import DATASETS, DataError, load_dataset
+from .data import DATASETS, DataError, check_split, load_dataset
 from .evaluation import DigitClassifier, classifier_accuracy, likelihood_report, train_classifier
 from .models import build_model
 from .runs import load_run
@@ -38,14 +39,78 @@ class UsageError(ValueError):
 # ---- run folders -------------------------------------------------------------------------
 def _check_out_dir(out, overwrite):
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.exists() and any(p.name != checkpoints.LOCK for p in out.iterdir()):
         if (out / checkpoints.RUN_JSON).exists() or (out / checkpoints.CHECKPOINT).exists():
             if not overwrite:
                 raise UsageError(f"{out} already holds a run; pass --overwrite to replace it, "
                                  "or choose another --out")
         elif not overwrite:
             raise UsageError(f"{out} is not empty and holds no run; pass --overwrite to write into it")
-    return out  # created once data and model are ready (Checkpointer), so a failed start leaves nothing
+    return out
+
+
+def _lock_run_dir(out, overwrite=False, resume=False):
+    """Take the run folder's lock (:class:`~pyro_vae.checkpoints.RunLock`), creating the
+    folder if need be, and check under the lock that it may be written (the
+    ``--overwrite`` check, so that of two processes starting on one fresh folder one
+    is refused). A failure removes the folder again if it was created here.
+
+    :returns: the held lock; release it when the run is written.
+    :raises UsageError: if the folder cannot be created or written, or holds
+        something it may not replace. :raises checkpoints.RunLockedError: if another
+        live process writes it (naming its PID)."""
+    what = "run folder" if resume else "--out folder"
+    lock = checkpoints.RunLock(out, what=what)
+    try:
+        lock.acquire()
+    except checkpoints.RunLockedError:
+        raise
+    except checkpoints.CheckpointError as e:
+        raise UsageError(str(e)) from None
+    try:
+        if not resume:
+            _check_out_dir(out, overwrite)
+    except BaseException:
+        lock.release(remove_created=True)
+        raise
+    return lock
+
+
+def _lock_for_training(out, overwrite, resume):
+    """:func:`_lock_run_dir` on rank 0 (the writer); under torchrun every rank learns
+    whether rank 0 could start, so that none waits for a rank that has stopped."""
+    lock, error = None, None
+    if distributed.is_main():
+        try:
+            lock = _lock_run_dir(out, overwrite, resume)
+        except (UsageError, checkpoints.CheckpointError) as e:
+            error = e
+    if distributed.is_initialized():
+        first = distributed.all_gather_object(None if error is None else str(error))[0]
+        if first is not None and error is None:
+            raise UsageError(f"rank {distributed.rank()}: rank 0 could not start ({first})")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _check_device(device):
+    """``--device``: cpu, or cuda[:N] on a machine with that GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device; use cpu or cuda (cuda:N for GPU N)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise UsageError(f"--device {device}: pyro-vae runs on cpu or cuda (cuda:N), not on {dev.type}")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was asked for, but no CUDA GPU is available")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: there is no GPU {dev.index} (this machine has "
+                         f"{torch.cuda.device_count()})")
 
 
 # ---- train -------------------------------------------------------------------------------
@@ -82,6 +147,9 @@ def add_train_arguments(p):
                    help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)")
     o.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder and decoder networks (slower for the MLP on CPU; see docs/speed.md)")
+    o.add_argument("--ddp-timeout", type=float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in a collective before it "
+                        f"stops with an error (default: {distributed.DEFAULT_TIMEOUT:g})")
     r = p.add_argument_group("output")
     r.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
     r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
@@ -101,11 +169,17 @@ def _validate_train_args(args):
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
     if args.z_dim is not None and args.z_dim < 1:
         raise UsageError(f"--z-dim must be a positive integer, got {args.z_dim}")
+    if args.hidden is not None and (not args.hidden or any(h < 1 for h in args.hidden)):
+        raise UsageError(f"--hidden sizes must be positive integers, got {' '.join(map(str, args.hidden))}")
+    if args.scale is not None and not (args.scale > 0 and math.isfinite(args.scale)):
+        raise UsageError(f"--scale must be a positive number, got {args.scale}")
+    timeout = getattr(args, "ddp_timeout", distributed.DEFAULT_TIMEOUT)
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise UsageError(f"--ddp-timeout must be a positive number of seconds, got {timeout}")
     key = ALIASES.get(args.objective, args.objective)
     if key not in OBJECTIVES:
         raise UsageError(f"unknown --objective {args.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    _check_device(args.device)
     if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     if args.clip_norm is not None and not args.clip_norm > 0:
@@ -132,10 +206,25 @@ def model_config(args, image_shape, binary):
 def cmd_train(args):
     if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones
         args = _resume_args(args)
-    _validate_train_args(args)
-    device = distributed.init_from_env(args.device)  # under torchrun: join the process group
-    out = Path(args.resume) if args.resume else _check_out_dir(args.out or Path("runs") / args.dataset,
-                                                                 args.overwrite)
+    _validate_train_args(args)  # every option checked before anything is created
+    timeout = getattr(args, "ddp_timeout", distributed.DEFAULT_TIMEOUT)
+    device = distributed.init_from_env(args.device, timeout=timeout)  # under torchrun: join the process group
+    out = Path(args.resume) if args.resume else Path(args.out or Path("runs") / args.dataset)
+    # the run folder's lock, held until this process ends: one writer per folder; the
+    # --overwrite check and the folder's writability are checked under it
+    lock = _lock_for_training(out, args.overwrite, bool(args.resume))
+    try:
+        return _train(args, device, out, timeout)
+    except BaseException:
+        if lock is not None:  # a failed start leaves no folder behind
+            lock.release(remove_created=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, device, out, timeout):
     train = load_dataset(args.dataset, "train", args.data, binarize=args.binarize, seed=args.seed,
                          download=args.download)
     valid = load_dataset(args.dataset, "valid", args.data, binarize=args.binarize, seed=args.seed,
@@ -158,8 +247,16 @@ def cmd_train(args):
     # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
     save = checkpoints.Checkpointer(out, every=args.checkpoint_every, run=run)
     if args.resume:
-        trainer.load_state_dict(checkpoints.load_checkpoint(out / checkpoints.CHECKPOINT))
+        _resume_trainer(trainer, out / checkpoints.CHECKPOINT)
         if args.epochs <= trainer.epoch:
+            missing = missing_figures(model, out)
+            if missing and trainer.epoch_step == 0 and distributed.is_main():
+                # a run killed after its last checkpoint, before its figures
+                model.eval()
+                write_figures(model, trainer.history.to_dict(), valid, out, only=missing)
+                print(f"--resume {out}: the run has already trained {trainer.epoch} epochs; wrote its "
+                      f"missing figures {', '.join(missing)}")
+                return 0
             raise UsageError(f"--resume {out}: the run has already trained {trainer.epoch} epochs; "
                              f"pass --epochs N with N > {trainer.epoch} to train further")
     main_rank = distributed.is_main()
@@ -170,8 +267,13 @@ def cmd_train(args):
               + (f"; resuming after step {trainer.step_count} (epoch {trainer.epoch + 1}, batch "
                  f"{trainer.epoch_step})" if args.resume else "")
               + (f"; {trainer.world_size} processes" if trainer.world_size > 1 else ""))
-    history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress, callback=save.on_epoch,
-                          step_callback=save.on_step)
+    try:
+        history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress,
+                              callback=save.on_epoch, step_callback=save.on_step)
+    except RuntimeError as e:  # under torchrun: a collective that timed out or lost a rank
+        if not distributed.is_initialized() or isinstance(e, checkpoints.CheckpointError):
+            raise
+        raise distributed.DistributedError.explain(e, timeout, trainer.last_checkpoint) from None
     if not main_rank:  # rank 0 writes the figures
         return 0
     model.eval()
@@ -181,26 +283,62 @@ def cmd_train(args):
     return 0
 
 
-def write_figures(model, history, valid, out):
+def figure_names(model):
+    """The figures ``pyro-vae train`` writes into a run folder for ``model``."""
+    if hasattr(model, "prepare_data"):  # conditional VAE: one row per class, or completions
+        second = "samples.png" if hasattr(model.condition, "num_classes") else "completions.png"
+        return ["loss_curves.png", second]
+    return ["loss_curves.png", "reconstructions.png", "samples.png"]
+
+
+def missing_figures(model, out):
+    """The figures of :func:`figure_names` that the run folder ``out`` lacks."""
+    return [name for name in figure_names(model) if not (Path(out) / name).is_file()]
+
+
+def write_figures(model, history, valid, out, only=None):
+    """Write the run's figures into ``out`` (only those named in ``only``, if given)."""
     out = Path(out)
     shape = valid.image_shape
     x = valid.x[:32].to(next(model.parameters()).device)
-    plot_losses(history, out / "loss_curves.png")
+    wanted = set(figure_names(model) if only is None else only)
+    if "loss_curves.png" in wanted:
+        plot_losses(history, out / "loss_curves.png")
     if hasattr(model, "prepare_data"):  # conditional VAE: one row per class, or completions
         if hasattr(model.condition, "num_classes"):
-            save_class_samples(model, shape, out / "samples.png")
-        else:
+            if "samples.png" in wanted:
+                save_class_samples(model, shape, out / "samples.png")
+        elif "completions.png" in wanted:
             save_completions(model, x[:8], shape, out / "completions.png")
         return
-    save_reconstructions(model, x, shape, out / "reconstructions.png")
-    save_samples(model, shape, out / "samples.png")
+    if "reconstructions.png" in wanted:
+        save_reconstructions(model, x, shape, out / "reconstructions.png")
+    if "samples.png" in wanted:
+        save_samples(model, shape, out / "samples.png")
+
+
+def _resume_trainer(trainer, path):
+    """Load a run's checkpoint into ``trainer``: checked first (finite weights, a whole
+    trainer state), so that a corrupt file is a one-line error, not a traceback or a
+    run that starts from NaN."""
+    state = checkpoints.check_trainer_state(checkpoints.load_checkpoint(path), path)
+    try:
+        trainer.load_state_dict(state)
+    except checkpoints.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise checkpoints.CheckpointError(f"{path}: its trainer state cannot be restored "
+                                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
+    trainer.last_checkpoint = (f"{path} (loaded to resume, step {trainer.step_count}"
+                               + (f", epoch {trainer.epoch + 1} batch {trainer.epoch_step})" if trainer.epoch_step
+                                  else f", end of epoch {trainer.epoch})"))
 
 
 # ---- resume ------------------------------------------------------------------------------
 #: Options that may differ from the run's when resuming; any other option given with
 #: --resume must equal the value the run's run.json stores.
 RESUME_MAY_CHANGE = ("epochs", "device", "no_progress", "checkpoint_every", "data", "download", "resume", "out",
-                     "overwrite")
+                     "overwrite", "ddp_timeout")
 
 
 def _options(args):
@@ -224,6 +362,43 @@ def _given_options(args):
     return set(vars(given))
 
 
+def _check_stored_options(stored, path):
+    """Check the options a ``run.json`` stores against the train options' own types
+    and choices, so that a hand-edited or corrupt file is a one-line error.
+
+    :raises checkpoints.CheckpointError: naming the file and the option."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in stored.items():
+        action = actions.get(key)
+        if action is None:
+            raise checkpoints.CheckpointError(f"{path}: options.{key} is not an option of pyro-vae train "
+                                              "(the file is corrupt or from another version)")
+        flag = action.option_strings[-1] if action.option_strings else key
+        if value is None and action.default is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            ok, what = isinstance(value, bool), "true or false"
+        else:
+            kind = action.type or str
+            one = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+                   float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                   str: lambda v: isinstance(v, str)}.get(kind, lambda v: True)
+            what = {int: "an integer", float: "a number", str: "a string"}.get(kind, "a value")
+            if action.nargs in ("+", "*"):
+                ok, what = isinstance(value, list) and all(one(v) for v in value), f"a list of {what.split(' ', 1)[1]}s"
+                ok = ok and (action.nargs == "*" or len(value) > 0)
+            else:
+                ok = one(value)
+            if ok and action.choices is not None:
+                values = value if isinstance(value, list) else [value]
+                ok, what = all(v in action.choices for v in values), f"one of {', '.join(map(str, action.choices))}"
+        if not ok:
+            shown = json.dumps(value) if len(json.dumps(value)) <= 40 else type(value).__name__
+            raise checkpoints.CheckpointError(f"{path}: options.{key} ({flag}) must be {what}, got {shown}")
+
+
 def _resume_args(args):
     """The options of the run in ``args.resume``, with those that may change
     (:data:`RESUME_MAY_CHANGE`) taken from the command line.
@@ -242,6 +417,7 @@ def _resume_args(args):
     if stored is None:
         raise UsageError(f"--resume {run_dir}: its run.json stores no options (written by an older pyro-vae), "
                          "so the run cannot be resumed")
+    _check_stored_options(stored, run_dir / checkpoints.RUN_JSON)
     given = _given_options(args)
     defaults = vars(build_parser().parse_args(["train"]))
     diffs = []
@@ -264,6 +440,7 @@ def _resume_args(args):
 def cmd_sample(args):
     if args.n < 1:
         raise UsageError(f"-n must be a positive integer, got {args.n}")
+    _check_device(args.device)
     model, run = load_run(args.run_dir, args.device)
     torch.manual_seed(args.seed)
     shape = tuple(run["model"]["image_shape"])
@@ -310,9 +487,9 @@ def cmd_evaluate(args):
             if k < 1 or K % k:
                 raise UsageError(f"--iwae-k {k}: each K must be a positive divisor of -K {K} (L_K is "
                                  f"estimated from the -K samples split into groups of K)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    _check_device(args.device)
     model, run = load_run(args.run_dir, args.device)
+    check_split(run.get("data", {}).get("dataset", "digits"), args.split)  # digits, mnist10k: no test split
     ks = args.iwae_k
     if ks is None:
         train_cfg = run.get("train", {})
@@ -413,6 +590,33 @@ def _plot_classifier(labelled, root, out, epochs, seed, device):
     return clf
 
 
+def _write_missing_run_figures(model, run, run_dir, root):
+    """Write the training figures (:func:`write_figures`) a run folder lacks, e.g.
+    after a kill between the last checkpoint and the figures. Skipped, with a note,
+    while another process writes the folder."""
+    missing = missing_figures(model, run_dir)
+    epochs = run.get("train", {}).get("epochs")
+    if not missing or (epochs is not None and run.get("epoch", epochs) < epochs):  # finished runs only
+        return []
+    try:
+        lock = checkpoints.RunLock(run_dir).acquire()
+    except checkpoints.CheckpointError as e:
+        print(f"note: not writing the missing figures of {run_dir} ({e})")
+        return []
+    try:
+        cfg = run.get("data", {})
+        binarize = "static" if cfg.get("binarize") == "dynamic" else cfg.get("binarize")
+        valid = load_dataset(cfg.get("dataset", "digits"), "valid", root or run.get("options", {}).get("data"),
+                             binarize=binarize, seed=cfg.get("seed", 0))
+        if hasattr(model, "prepare_data"):
+            valid = model.prepare_data(valid)
+        write_figures(model, run.get("history", {}), valid, run_dir, only=missing)
+    finally:
+        lock.release()
+    print(f"wrote the missing figures of {run_dir}: {', '.join(missing)}")
+    return missing
+
+
 def cmd_plot(args):
     """Figures of one or more saved runs, without retraining: latent maps side by side,
     decoded manifolds, samples, reconstructions, interpolations, and the dead-zone numbers."""
@@ -422,11 +626,11 @@ def cmd_plot(args):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.steps < 2:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    _check_device(args.device)
     loaded, names = [], []
     for run_dir in args.run_dirs:
         model, run = load_run(run_dir, args.device)
+        _write_missing_run_figures(model, run, run_dir, args.data)
         if hasattr(model, "prepare_data"):
             raise UsageError(f"{run_dir} holds a conditional model ({run['model'].get('model')}); pyro-vae plot "
                              "draws the latent space of unconditional models (vae, ae)")
@@ -578,6 +782,7 @@ def cmd_posterior(args):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     model, run = load_run(args.run_dir)
+    check_split(run["data"]["dataset"], args.split)  # digits, mnist10k: no test split
     kind = run["model"].get("model", "vae")
     if kind != "vae":
         raise UsageError(f"pyro-vae posterior compares a VAE's guide with NUTS; this run holds a {kind!r} model "
@@ -647,7 +852,8 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)  # which options were given (train --resume)
     try:
         return args.func(args)
-    except (UsageError, DataError, checkpoints.CheckpointError, NonFiniteLossError, ValueError) as e:
+    except (UsageError, DataError, checkpoints.CheckpointError, NonFiniteLossError, ValueError,
+            distributed.DistributedError) as e:
         # one write, newline included: the lines of several ranks (torchrun) do not merge
         sys.stderr.write(f"pyro-vae {args.command}: error: {e}\n")
         sys.stderr.flush()

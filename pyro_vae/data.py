@@ -5,7 +5,7 @@ Names understood by :func:`load_dataset`:
 ==================  ==============================================================
 ``digits``          scikit-learn's bundled 8×8 digits (1,797 labelled images, values
                     0..16 scaled to [0, 1]); works offline anywhere. Split with a fixed
-                    seed: 1,497 train / 300 valid.
+                    seed: 1,497 train / 300 valid; no test split.
 ``binarized-mnist`` static binarized MNIST (Larochelle & Murray 2011), the
                     ``binarized_mnist_{train,valid,test}.amat`` text files, from
                     ``root`` or ``root/binarized_mnist``.
@@ -14,7 +14,7 @@ Names understood by :func:`load_dataset`:
 ``fashion-mnist``   Fashion-MNIST through torchvision, likewise.
 ``mnist10k``        the 10,000 labelled MNIST *test* images alone (``mnist/raw/t10k-*``
                     IDX files, the only labelled MNIST available offline here), split
-                    with a fixed seed into 8,000 train / 2,000 valid.
+                    with a fixed seed into 8,000 train / 2,000 valid; no test split.
 ==================  ==============================================================
 
 The data folder ``root`` comes from the argument or the ``PYRO_VAE_DATA`` environment
@@ -25,7 +25,6 @@ import gzip
 import math
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,51 +152,122 @@ def _split(n, n_valid, seed):
 
 
 # ---- readers -----------------------------------------------------------------------------
+_AMAT_BYTES = np.zeros(256, dtype=np.uint8)
+_AMAT_BYTES[[ord(" "), ord("\t"), ord("\r")]] = 1
+_AMAT_BYTES[[ord("0"), ord("1")]] = 2
+_AMAT_BYTES[ord("\n")] = 3
+
+
 def read_amat(path, dim=784):
     """Read an ``.amat`` file of 0/1 values (one image per line) into ``(N, dim)`` float32.
 
-    Raises :class:`DataError` naming the file for a missing file, a truncated line, or a
-    value other than 0 or 1."""
+    Every line is checked: it must hold exactly ``dim`` values, each ``0`` or ``1``,
+    separated by spaces or tabs. Blank lines at the end of the file are ignored; a
+    blank line between images is an error.
+
+    :raises DataError: naming the file and the first bad line (and the value), for a
+        missing or empty file, a line with another number of values, or a value other
+        than 0 or 1."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing data file {path}")
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0:
         raise DataError(f"{path} is empty")
-    allowed = np.zeros(256, dtype=bool)
-    allowed[[ord("0"), ord("1"), ord(" "), ord("\n"), ord("\r"), ord("\t")]] = True
-    if not allowed[raw].all():
-        bad = raw[~allowed[raw]][0]
-        raise DataError(f"{path} holds a value other than 0 or 1 (byte {chr(bad)!r}); "
-                        "an .amat file of binarized MNIST holds only 0/1 values")
-    digits = raw[(raw == ord("0")) | (raw == ord("1"))] - ord("0")
-    n_lines = int(np.count_nonzero(raw == ord("\n"))) + (raw[-1] != ord("\n"))
-    if digits.size != n_lines * dim:
-        # find the first bad line to name it
-        lines = raw.tobytes().split(b"\n")
-        for i, line in enumerate(lines):
-            if line.strip() and len(line.split()) != dim:
-                raise DataError(f"{path}: line {i + 1} has {len(line.split())} values, expected {dim} "
-                                "(the file is truncated or corrupt)")
-        raise DataError(f"{path}: {digits.size} values is not {n_lines} lines × {dim}")
-    return torch.from_numpy(digits.reshape(n_lines, dim).astype(np.float32))
+    if raw.size % (2 * dim) == 0:  # the usual layout, "v v ... v\n" on every line: checked in one pass
+        rows = raw.reshape(-1, 2 * dim)
+        values, gaps = rows[:, 0::2], rows[:, 1::2]
+        if (((values == ord("0")) | (values == ord("1"))).all() and (gaps[:, :-1] == ord(" ")).all()
+                and (gaps[:, -1] == ord("\n")).all()):
+            return torch.from_numpy((values - ord("0")).astype(np.float32))
+    ends = np.flatnonzero(raw == ord("\n"))  # the newline ending each line
+    if ends.size == 0 or ends[-1] != raw.size - 1:
+        ends = np.append(ends, raw.size)  # a last line without a newline
+
+    def line_of(pos):
+        return int(np.searchsorted(ends, pos))  # 0-based
+
+    def bad_value(i):
+        lo = ends[i - 1] + 1 if i else 0
+        text = raw[lo:ends[i]].tobytes().decode("latin-1")
+        bad = next(t for t in text.split() if t not in ("0", "1"))
+        return DataError(f"{path}: line {i + 1} holds {bad[:20]!r}, a value other than 0 or 1 (an .amat file "
+                         "of binarized MNIST holds only 0/1 values)")
+
+    kind = _AMAT_BYTES[raw]  # 0: other, 1: space, 2: digit, 3: newline
+    if not kind.all():
+        raise bad_value(line_of(int(np.argmin(kind))))
+    digit = kind == 2
+    adjacent = digit[1:] & digit[:-1]  # "01", "11": one value of several digits
+    if adjacent.any():
+        raise bad_value(line_of(int(np.argmax(adjacent))))
+    line_starts = np.concatenate([[0], ends[:-1] + 1])
+    per_line = np.add.reduceat(digit.view(np.uint8), np.minimum(line_starts, raw.size - 1), dtype=np.int64)
+    per_line[line_starts >= raw.size] = 0  # an empty last line
+    filled = np.flatnonzero(per_line > 0)
+    if filled.size == 0:
+        raise DataError(f"{path} holds no values")
+    n_images = int(filled[-1]) + 1  # blank lines after the last image are ignored
+    wrong = np.flatnonzero(per_line[:n_images] != dim)
+    if wrong.size:
+        i = int(wrong[0])
+        count = int(per_line[i])
+        what = "is blank" if count == 0 else f"has {count} values"
+        raise DataError(f"{path}: line {i + 1} {what}, expected {dim} (the file is truncated or corrupt)")
+    values = raw[digit] - ord("0")
+    return torch.from_numpy(values.reshape(n_images, dim).astype(np.float32))
 
 
-def _read_idx_gz(path):
-    """Read a gzipped IDX file with torchvision's reader."""
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+#: IDX element types: code → (NumPy big-endian dtype, bytes per element).
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path, ndim=None):
+    """Read a (gzipped, if the name ends in ``.gz``) IDX file into a tensor.
+
+    The header is checked: two zero bytes, a known element type, ``ndim`` dimensions
+    (when given), a whole header, and exactly as many data bytes as its sizes call for.
+
+    :raises DataError: naming the file and the fault."""
+    import zlib
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing data file {path}")
-    with tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
-        try:
+    try:
+        if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                shutil.copyfileobj(f, tmp)
-            tmp.flush()
-            return read_sn3_pascalvincent_tensor(tmp.name, strict=True)
-        except (OSError, AssertionError, EOFError, RuntimeError) as e:
-            raise DataError(f"{path} is not a valid gzipped IDX file ({type(e).__name__}: {e})") from None
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a valid gzipped IDX file ({type(e).__name__}: {e})") from None
+    if len(data) < 4:
+        raise DataError(f"{path}: the IDX header is truncated ({len(data)} bytes, at least 4 needed)")
+    magic = data[:4]
+    if magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: bad IDX magic number 0x{magic.hex()} (expected 0x0000TTNN: a known element "
+                        "type TT and the number of dimensions NN); the file is corrupt or not an IDX file")
+    dims = magic[3]
+    if ndim is not None and dims != ndim:
+        raise DataError(f"{path}: the IDX header says {dims} dimensions, expected {ndim}")
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise DataError(f"{path}: the IDX header is truncated ({len(data)} bytes, {header} needed "
+                        f"for {dims} dimensions)")
+    shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=dims, offset=4))
+    dtype = np.dtype(_IDX_TYPES[magic[2]])
+    need = math.prod(shape) * dtype.itemsize
+    if len(data) - header != need:
+        raise DataError(f"{path}: the IDX header gives shape {shape} ({need} bytes of data), but the file holds "
+                        f"{len(data) - header} bytes after it (truncated or corrupt)")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("=")))
+
+
+def _read_idx_gz(path, ndim=None):
+    """Read a gzipped IDX file (:func:`read_idx`)."""
+    return read_idx(path, ndim)
 
 
 def _download(url, dest):
@@ -262,8 +332,8 @@ def _load_mnist10k(root, split):
     if missing:
         raise DataError(f"mnist10k needs the MNIST test files {', '.join(f.name for f in files)} in {raw}; "
                         f"missing: {', '.join(missing)}")
-    images = _read_idx_gz(files[0])
-    labels = _read_idx_gz(files[1])
+    images = _read_idx_gz(files[0], ndim=3)
+    labels = _read_idx_gz(files[1], ndim=1)
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         raise DataError(f"{files[0]}: expected (N, 28, 28) images with N labels, got "
                         f"{tuple(images.shape)} and {len(labels)} labels")
@@ -273,11 +343,36 @@ def _load_mnist10k(root, split):
     return x[idx], labels.to(torch.int64)[idx], (1, 28, 28)
 
 
+#: The data sets without a held-out test split: their ``valid`` split is all there is
+#: besides ``train``, and ``split="test"`` is refused rather than answered with it.
+NO_TEST_SPLIT = {
+    "digits": "digits has no test split: its 1,797 images are split into 1,497 train / 300 valid",
+    "mnist10k": "mnist10k has no test split: it is the 10,000 MNIST test images alone, split into "
+                "8,000 train / 2,000 valid",
+}
+
+
+def splits(name):
+    """The splits data set ``name`` has: ``("train", "valid")``, plus ``"test"`` where
+    one exists (binarized MNIST's own test file; for ``mnist`` and ``fashion-mnist``
+    the official test split, which is also their ``valid``)."""
+    return ("train", "valid") if name in NO_TEST_SPLIT else ("train", "valid", "test")
+
+
+def check_split(name, split):
+    """Raise :class:`DataError` unless data set ``name`` has split ``split``."""
+    if split not in ("train", "valid", "test"):
+        raise DataError(f"unknown split {split!r}; choose 'train', 'valid' or 'test'")
+    if split not in splits(name):
+        raise DataError(f"{NO_TEST_SPLIT[name]}; use split 'valid' (CLI --split valid)")
+
+
 def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0, download=False):
     """Load one split of a data set as :class:`ImageData`.
 
     :param str name: one of :data:`DATASETS`.
-    :param str split: ``"train"``, ``"valid"`` (or ``"test"`` where the files exist).
+    :param str split: ``"train"``, ``"valid"``, or ``"test"`` where the data set has one
+        (:func:`splits`; digits and mnist10k have none and refuse it).
     :param root: the data folder (default ``$PYRO_VAE_DATA`` or ``./data``).
     :param str binarize: None (keep grey levels), ``"static"`` (one Bernoulli draw,
         seeded with ``seed``) or ``"dynamic"`` (a fresh draw for every training batch).
@@ -287,8 +382,7 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
-    if split not in ("train", "valid", "test"):
-        raise DataError(f"unknown split {split!r}; choose 'train', 'valid' or 'test'")
+    check_split(name, split)
     if binarize == "none":
         binarize = None
     if binarize not in BINARIZE_MODES:

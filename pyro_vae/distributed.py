@@ -49,10 +49,37 @@ models of this size.
 """
 
 import atexit
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
+
+#: Seconds a rank waits in a collective (a gradient all-reduce, a broadcast, the
+#: gathering of RNG states at a checkpoint) before it gives up with an error: long
+#: enough for rank 0's validation and checkpoint writes between steps, short enough
+#: that a stalled or vanished rank stops the others within minutes rather than the
+#: 30 minutes of torch's default. ``pyro-vae train --ddp-timeout`` sets it.
+DEFAULT_TIMEOUT = 300.0
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: a rank stalled past the timeout, or stopped."""
+
+    @classmethod
+    def explain(cls, error, timeout, last_checkpoint=None):
+        """A one-line error for a failed collective (``error``, from the backend)."""
+        text = str(error)
+        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            why = (f"no answer from the other ranks within --ddp-timeout {timeout:g} s (a rank stalled or is "
+                   f"stuck)")
+        elif "closed" in text.lower() or "reset" in text.lower() or "broken pipe" in text.lower():
+            why = "another rank stopped (its connection closed)"
+        else:
+            why = "a collective operation failed"
+        last = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved")
+        return cls(f"rank {rank()}: {why}; training stopped, {last} [{first[:200]}]")
 
 
 def launched_by_torchrun():
@@ -60,7 +87,7 @@ def launched_by_torchrun():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_env(device="cpu"):
+def init_from_env(device="cpu", timeout=DEFAULT_TIMEOUT):
     """Join the process group described by torchrun's environment, if any.
 
     Backend ``nccl`` when ``device`` is a CUDA device (each process then takes the GPU
@@ -68,6 +95,9 @@ def init_from_env(device="cpu"):
     1) nothing happens.
 
     :param str device: the device asked for (``"cpu"``, ``"cuda"``).
+    :param float timeout: seconds a collective waits for the other ranks before it
+        fails (:data:`DEFAULT_TIMEOUT`); with ``nccl``, asynchronous error handling is
+        switched on so that the timeout aborts the wait instead of hanging.
     :returns: the device this process trains on.
     """
     if not launched_by_torchrun():
@@ -78,7 +108,9 @@ def init_from_env(device="cpu"):
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=float(timeout)))
         atexit.register(destroy)
     return device
 
