@@ -1,4 +1,5 @@
 import gzip
+import math
 
 import pytest
 import torch
@@ -103,3 +104,16 @@ def test_shape_and_nan_checks():
         load_dataset("cifar")
     with pytest.raises(DataError, match="binarization"):
         load_dataset("digits", binarize="sometimes")
+
+
+def test_static_binarization_is_a_bernoulli_draw_of_the_grey_levels_not_a_threshold():
+    grey = load_dataset("digits", "train")
+    binary = load_dataset("digits", "train", binarize="static", seed=0)
+    assert set(binary.x.unique().tolist()) <= {0.0, 1.0}
+    for lo, hi in ((0.1, 0.4), (0.6, 0.9)):
+        sel = (grey.x > lo) & (grey.x < hi)
+        p, share = grey.x[sel].mean().item(), binary.x[sel].mean().item()
+        n = int(sel.sum())
+        # a draw x ~ Bernoulli(p): the share of ones is p within 5 standard errors; a threshold at ½
+        # would give 0 below it and 1 above it
+        assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n), (lo, hi, share, p, n)

@@ -283,3 +283,38 @@ def test_cli_gradvar_bad_input(tmp_path, capsys):
     assert main(["gradvar", "--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10",
                  "--batch-size", "100"]) == 2
     assert "smaller than --batch-size" in capsys.readouterr().err
+
+
+def test_the_guide_passes_the_neural_baseline_the_plates_scale_n_over_b(digits):
+    """The VAE's guide hands ``site_infer`` s = N/B: the baseline network predicts nats per
+    data point and the baseline is s times it (inverting s to B/N would halve nothing here
+    but is caught: 200/10 = 20 against 0.05)."""
+    vae = small_vae(reparameterized=False, baseline="neural")
+    x = digits.x[:10]
+    with torch.no_grad():
+        vae.posterior.baseline_net.net[-1].bias.fill_(1.5)
+    tr = poutine.trace(vae.guide).get_trace(x, num_data=200)
+    options = tr.nodes["z"]["infer"]["baseline"]
+    assert torch.allclose(options["nn_baseline"](x), torch.full((10,), 1.5 * 20))
+    unscaled = poutine.trace(vae.guide).get_trace(x).nodes["z"]["infer"]["baseline"]
+    assert torch.allclose(unscaled["nn_baseline"](x), torch.full((10,), 1.5))
+
+
+def test_gradient_moments_equal_torch_var_of_the_same_draws(digits):
+    from pyro_vae.gradvar import _backward, encoder_gradient_moments
+
+    vae = small_vae()
+    x = digits.x[:16]
+    objective = make_objective("elbo")
+    pyro.set_rng_seed(3)
+    mean, var = encoder_gradient_moments(vae, x, objective, repeats=30)
+    pyro.set_rng_seed(3)
+    params = list(vae.posterior.encoder.parameters())
+    draws = []
+    for _ in range(30):
+        vae.zero_grad(set_to_none=True)
+        _backward(objective, vae.model, vae.guide, x)
+        draws.append(torch.cat([p.grad.reshape(-1) for p in params]).double() / x.shape[0])
+    draws = torch.stack(draws)
+    assert torch.allclose(mean, draws.mean(0), rtol=1e-9, atol=1e-12)
+    assert torch.allclose(var, draws.var(0), rtol=1e-9, atol=1e-15)  # unbiased, as torch.var

@@ -356,3 +356,20 @@ def test_cli_names_an_unknown_guide(tmp_path, capsys):
 def test_diagonal_family_is_unchanged():
     assert guide_family("diagonal") is DiagonalNormal
     assert DiagonalNormal.encoder_out_dims(4) == (4, 4)
+
+
+def test_diagonal_family_builds_normal_of_the_encoders_mean_and_half_log_variance():
+    """q(z|x) = N(μ(x), diag exp(log σ²(x))): Pyro's Normal made an event of one dimension,
+    reparameterized, with loc and scale exactly the encoder's μ and exp(½ log σ²)."""
+    torch.manual_seed(0)
+    head = nn.Linear(6, 6)
+    family = DiagonalNormal(lambda x: head(x).split([3, 3], -1), z_dim=3)
+    x = torch.randn(4, 6)
+    q = family(x)
+    loc, log_var = head(x).split([3, 3], -1)
+    assert type(q) is dist.Independent and type(q.base_dist) is dist.Normal
+    assert q.batch_shape == (4,) and q.event_shape == (3,) and q.has_rsample
+    assert torch.equal(q.base_dist.loc, loc) and torch.allclose(q.base_dist.scale, torch.exp(0.5 * log_var))
+    z = torch.randn(4, 3)
+    expected = torch.distributions.Normal(loc, torch.exp(0.5 * log_var)).log_prob(z).sum(-1)
+    assert torch.allclose(q.log_prob(z), expected)
