@@ -1,5 +1,10 @@
 """Evaluation of trained models: likelihood estimates, latent-space measures, and an
 independent classifier for judging generated images.
+
+The likelihood estimates take a Pyro model and guide the way
+:class:`pyro.infer.Importance` does, ``log_likelihood(model, guide, x, *args)``; an object
+with ``.model`` and ``.guide`` methods (a :class:`~pyro_vae.models.VAE`) is a shortcut for
+its own pair, ``log_likelihood(vae, x, *args)`` (see :func:`model_and_guide`).
 """
 
 
@@ -8,7 +13,7 @@ independent classifier for judging generated images.
 # ======================================================================================
 import math
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pyro
@@ -21,22 +26,6 @@ from tqdm.auto import tqdm
 from .models import Autoencoder
 from .objectives import IWAE_ELBO
 from .training import private_param_store
-
-
-@contextmanager
-def unscaled(model):
-    """Evaluate ``model`` without gradients, in eval mode, in a private param store
-    (each batch stands for itself: no ``num_data`` is passed, the scale is 1); the
-    train/eval mode is restored afterwards."""
-    training = getattr(model, "training", None)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
-        with private_param_store(), torch.no_grad():
-            yield model
-    finally:
-        if isinstance(model, torch.nn.Module):
-            model.train(training)
 
 
 def _positive_int(name, value):
@@ -52,26 +41,140 @@ def _model_device(model):
     return torch.device("cpu")
 
 
-def _prepare(model, x, args):
-    """Check the inputs; move x and the per-data-point args to the model's device."""
-    if not (callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None))):
-        raise TypeError(f"expected a model with Pyro .model(x, *args) and .guide(x, *args) methods, "
-                        f"got {type(model).__name__}")
-    if not torch.is_tensor(x):
-        raise TypeError(f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"x must be a batch of data points of shape (N, x_dim), got shape {tuple(x.shape)}")
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("x holds no data points (N = 0)")
-    for i, a in enumerate(args):
-        if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] != n:
-            raise ValueError(f"model argument {i + 1} after x has {a.shape[0]} rows, but x has {n} data points")
-    check = getattr(getattr(model, "likelihood", None), "check", None)
-    if check is not None:
-        check(x)
-    device = _model_device(model)
-    return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+def _is_model_object(obj):
+    """A VAE-like object: anything with callable ``.model`` and ``.guide`` attributes."""
+    return callable(getattr(obj, "model", None)) and callable(getattr(obj, "guide", None))
+
+
+def _owner_module(fn):
+    """The :class:`torch.nn.Module` behind a Pyro callable: the module itself (an autoguide,
+    a ``PyroModule``), or the object of a bound method (``vae.model``); else None."""
+    if isinstance(fn, nn.Module):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+class ModelAndGuide:
+    """A Pyro model and guide to evaluate, as :func:`model_and_guide` resolved them.
+
+    :ivar model: the model callable, ``model(x, *args)``.
+    :ivar guide: the guide callable, ``guide(x, *args)`` (None where only a model is needed).
+    :ivar source: the VAE-like object they came from, or None for plain callables.
+    """
+
+    def __init__(self, model, guide=None, source=None):
+        self.model, self.guide, self.source = model, guide, source
+        owners = [source] if isinstance(source, nn.Module) else []
+        owners += [m for m in map(_owner_module, (model, guide)) if m is not None]
+        self.modules = []  # the modules whose train/eval mode and parameters evaluation touches
+        for m in owners:
+            if not any(_contains(s, m) for s in self.modules):
+                self.modules.append(m)
+
+    def prepare(self, x, args):
+        """Check a batch ``x`` ``(N, x_dim)`` and the model arguments after it; return them on
+        the evaluation device: the object's device (after its ``likelihood.check(x)``) when a
+        VAE-like object was given, else x's own device (args are moved to it)."""
+        if not torch.is_tensor(x):
+            raise TypeError(f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"x must be a batch of data points of shape (N, x_dim), got shape {tuple(x.shape)}")
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("x holds no data points (N = 0)")
+        for i, a in enumerate(args):
+            if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] != n:
+                raise ValueError(f"model argument {i + 1} after x has {a.shape[0]} rows, but x has {n} data points")
+        if self.source is not None:
+            check = getattr(getattr(self.source, "likelihood", None), "check", None)
+            if check is not None:
+                check(x)
+            device = _model_device(self.source)
+        else:
+            device = x.device
+        return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+
+    @contextmanager
+    def evaluating(self, grad=False, freeze=False):
+        """Evaluate the pair as fixed densities: every module behind it (the VAE object, the
+        module of a bound method, a guide module) in eval mode, without gradients unless
+        ``grad`` (NUTS differentiates with respect to z), its parameters frozen if ``freeze``;
+        all restored afterwards, submodule by submodule.
+
+        A VAE object is evaluated in a private param store (its parameters are its own);
+        plain callables in the current store, as :class:`pyro.infer.Importance` does, so a
+        ``pyro.param`` that a user's model or guide reads has its trained value."""
+        modes = [(m, m.training) for owner in self.modules for m in owner.modules()]
+        flags = [(p, p.requires_grad) for owner in self.modules for p in owner.parameters()] if freeze else []
+        try:
+            for owner in self.modules:
+                owner.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            with ExitStack() as stack:
+                stack.enter_context(private_param_store() if self.source is not None else nullcontext())
+                if not grad:
+                    stack.enter_context(torch.no_grad())
+                yield self
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            for m, mode in modes:
+                m.training = mode
+
+
+def _contains(outer, inner):
+    """Whether module ``inner`` is ``outer`` or one of its submodules."""
+    return any(m is inner for m in outer.modules())
+
+
+def model_and_guide(fn, model, rest, need_guide=True):
+    r"""Resolve the two call forms of the evaluation functions (one place for all of them):
+
+    - ``fn(model, guide, x, *args, ...)``: Pyro callables, taken as
+      :class:`pyro.infer.Importance` takes them (functions, methods such as ``vae.model``,
+      autoguides); the guide passed is the guide used;
+    - ``fn(vae, x, *args, ...)``: an object with callable ``.model`` and ``.guide``
+      attributes (a :class:`~pyro_vae.models.VAE`, a :class:`~pyro_vae.amortized.ModelGuide`)
+      stands for ``(vae.model, vae.guide)``, and brings its device, eval mode and
+      ``likelihood.check(x)``.
+
+    With ``need_guide=False`` (NUTS, log p(x, z)) the forms are ``fn(model, x, ...)`` and
+    ``fn(vae, x, ...)``.
+
+    :param str fn: the public function's name, for errors.
+    :param model: the first positional argument.
+    :param tuple rest: the positional arguments after it.
+    :returns: ``(pair, rest)``: a :class:`ModelAndGuide` and the arguments after the
+        model (and guide), i.e. ``(x, *args)``.
+    """
+    if isinstance(model, ModelAndGuide):
+        return model, tuple(rest)
+    rest = tuple(rest)
+    if _is_model_object(model):
+        if need_guide and rest and callable(rest[0]) and not torch.is_tensor(rest[0]):
+            raise TypeError(f"{fn}: got a {type(model).__name__} (which brings its own guide) and then another "
+                            f"guide; to evaluate with your guide pass the model callable: "
+                            f"{fn}({type(model).__name__.lower()}.model, guide, x, ...)")
+        return ModelAndGuide(model.model, model.guide if need_guide else None, source=model), rest
+    if not callable(model) or torch.is_tensor(model):
+        form = "(model, guide, x, ...)" if need_guide else "(model, x, ...)"
+        raise TypeError(f"{fn}{form} takes a Pyro model callable, or an object with .model and .guide methods "
+                        f"such as a VAE, got {type(model).__name__}")
+    if not need_guide:
+        return ModelAndGuide(model), rest
+    if not rest or not callable(rest[0]) or torch.is_tensor(rest[0]):
+        got = "nothing" if not rest else type(rest[0]).__name__
+        raise TypeError(f"{fn}(model, guide, x, ...): the argument after the model must be the guide, a Pyro "
+                        f"callable, got {got}; to use a VAE's own guide pass the VAE: {fn}(vae, x, ...)")
+    return ModelAndGuide(model, rest[0]), rest[1:]
+
+
+def _split_x(fn, rest):
+    if not rest:
+        raise TypeError(f"{fn}: the data x is missing (a tensor of shape (N, x_dim) after the model and guide)")
+    return rest[0], tuple(rest[1:])
 
 
 def _batch_args(args, n, start, stop):
@@ -87,10 +190,10 @@ def _stderr(sum_, sum_sq, count):
     return (var / count).sqrt()
 
 
-def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100, chunk_size=100,
+def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, chunk_size=100,
                         max_plate_nesting=1, progress=False):
     r"""Importance-sampling estimates for every data point x_n, from S = ``num_samples``
-    draws z_1..z_S ~ q(z | x_n) and their log weights
+    draws z_1..z_S ~ q(z | x_n) of the guide and their log weights
 
         log w_s = log p(x_n, z_s) − log q(z_s | x_n)
 
@@ -98,17 +201,22 @@ def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100
     guide traced, the model replayed against it, site log-densities summed per data
     point inside the data plate, the samples vectorized by a particle plate).
 
+    Two call forms (:func:`model_and_guide`): ``importance_sampling(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``importance_sampling(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+
     The S samples are drawn ``chunk_size`` at a time for ``batch_size`` data points at a
     time and reduced on the fly (running log-sum-exp), so memory stays of order
     ``chunk_size × batch_size × x_dim`` whatever S and N.
 
-    :param model: a module with Pyro ``model(x, *args)`` and ``guide(x, *args)`` methods
-        (e.g. :class:`~pyro_vae.models.VAE`); its data plate is evaluated at scale 1.
-    :param torch.Tensor x: data, ``(N, x_dim)``.
-    :param args: further model arguments (e.g. labels c of a conditional VAE); tensors
-        whose first dimension is N are batched with x.
+    :param model: a Pyro model, then its guide; or a VAE-like object alone.
+    :param args: ``x``, data ``(N, x_dim)``, then further model arguments (e.g. labels c
+        of a conditional VAE); tensors whose first dimension is N are batched with x.
     :param int num_samples: S.
     :param ks: the K of the IWAE bounds L_K to estimate; each must divide S.
+    :param int max_plate_nesting: plates of the model and guide (1: the data plate).
     :returns: a dict of ``(N,)`` float64 CPU tensors:
 
         - ``log_px``: log p̂(x_n) = log (1/S) Σ_s w_s, the estimate of log p(x_n) (it is
@@ -121,6 +229,8 @@ def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100
         - ``iwae_K``, ``iwae_K_stderr`` for each K in ``ks``: L_K = E[log (1/K) Σ_k w_k],
           estimated by the mean over the S/K disjoint groups of K samples.
     """
+    pair, rest = model_and_guide("importance_sampling", model, args)
+    x, args = _split_x("importance_sampling", rest)
     S = _positive_int("num_samples (K)", num_samples)
     _positive_int("batch_size", batch_size)
     chunk = _positive_int("chunk_size", chunk_size)
@@ -132,7 +242,7 @@ def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100
     lcm = math.lcm(*ks) if ks else 1
     if chunk % lcm:  # every chunk must hold whole groups of every K
         chunk = max(lcm, chunk // lcm * lcm)
-    x, args = _prepare(model, x, args)
+    x, args = pair.prepare(x, args)
     n = x.shape[0]
     objectives = {}
     out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "log_px_stderr", "ess", "elbo",
@@ -140,8 +250,8 @@ def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100
     for k in ks:
         out[f"iwae_{k}"] = torch.empty(n, dtype=torch.float64)
         out[f"iwae_{k}_stderr"] = torch.empty(n, dtype=torch.float64)
-    with unscaled(model), tqdm(total=n, desc=f"log p(x), K={S}", unit="x", disable=not progress,
-                               leave=False) as bar:
+    with pair.evaluating(), tqdm(total=n, desc=f"log p(x), K={S}", unit="x", disable=not progress,
+                                 leave=False) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             xb, ab = x[start:stop], _batch_args(args, n, start, stop)
@@ -155,7 +265,7 @@ def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100
                 c = min(chunk, S - done)
                 if c not in objectives:
                     objectives[c] = IWAE_ELBO(c, max_plate_nesting=max_plate_nesting)
-                log_w, _, _ = objectives[c].log_weights(model.model, model.guide, xb, *ab)
+                log_w, _, _ = objectives[c].log_weights(pair.model, pair.guide, xb, *ab)
                 lw = log_w.double()
                 lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
@@ -180,69 +290,112 @@ def importance_sampling(model, x, *args, num_samples=5000, ks=(), batch_size=100
     return out
 
 
-def log_likelihood(model, x, *args, num_samples=5000, batch_size=100, chunk_size=100, return_stderr=False,
+def log_likelihood(model, *args, num_samples=5000, batch_size=100, chunk_size=100, return_stderr=False,
                    progress=False):
     r"""Importance-sampled log p(x_n | args) per data point (Burda et al. 2015):
 
         log p̂(x_n) = log (1/K) Σ_{k=1..K} p(x_n, z_k) / q(z_k | x_n),  z_k ~ q(z | x_n),
 
-    K = ``num_samples`` (5000 is the usual choice for reporting a VAE's NLL = −log p̂(x)).
-    Vectorized over samples with a particle plate, computed in chunks of ``chunk_size``
-    samples for ``batch_size`` data points at a time on the model's device, at scale 1
-    (see :func:`importance_sampling`).
+    K = ``num_samples`` (5000 is the usual choice for reporting a VAE's NLL = −log p̂(x)),
+    q the guide given. Unbiased for p(x_n), so its log is a lower bound in expectation;
+    exact for every K when q(z | x_n) is the true posterior p(z | x_n) (then every weight
+    equals p(x_n)). Vectorized over samples with a particle plate, computed in chunks of
+    ``chunk_size`` samples for ``batch_size`` data points at a time (see
+    :func:`importance_sampling`).
+
+    Two call forms (:func:`model_and_guide`): ``log_likelihood(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``log_likelihood(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode::
+
+        log_likelihood(model, guide, x, num_samples=5000)   # any Pyro model and guide
+        log_likelihood(vae, x, num_samples=5000)            # = (vae.model, vae.guide)
 
     :returns: ``(N,)`` float64 CPU tensor; with ``return_stderr`` also the per-point Monte
         Carlo standard errors (delta method), ``(log_px, stderr)``.
     """
-    stats = importance_sampling(model, x, *args, num_samples=num_samples, batch_size=batch_size,
+    pair, rest = model_and_guide("log_likelihood", model, args)
+    stats = importance_sampling(pair, *rest, num_samples=num_samples, batch_size=batch_size,
                                 chunk_size=chunk_size, progress=progress)
     return (stats["log_px"], stats["log_px_stderr"]) if return_stderr else stats["log_px"]
 
 
-def iwae_bound(model, x, *args, K, num_samples=None, batch_size=100, chunk_size=100, return_stderr=False,
+def iwae_bound(model, *args, K, num_samples=None, batch_size=100, chunk_size=100, return_stderr=False,
                progress=False):
-    r"""The IWAE bound L_K(x_n) = E[log (1/K) Σ_k w_k] per data point, estimated by the
-    mean of ``num_samples / K`` independent draws of the K-sample estimator (default:
-    one draw, ``num_samples = K``). L_1 is the ELBO.
+    r"""The IWAE bound per data point,
+
+        L_K(x_n) = E_{z_1..z_K ~ q(z|x_n)} [ log (1/K) Σ_k p(x_n, z_k) / q(z_k | x_n) ] ≤ log p(x_n),
+
+    estimated by the mean of ``num_samples / K`` independent draws of the K-sample
+    estimator (default: one draw, ``num_samples = K``). L_1 is the ELBO.
+
+    Two call forms (:func:`model_and_guide`): ``iwae_bound(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``iwae_bound(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
 
     :returns: ``(N,)`` float64 CPU tensor (and the standard errors over the draws, NaN
         for a single draw, if ``return_stderr``).
     """
+    pair, rest = model_and_guide("iwae_bound", model, args)
     K = _positive_int("K", K)
     num_samples = K if num_samples is None else num_samples
-    stats = importance_sampling(model, x, *args, num_samples=num_samples, ks=(K,), batch_size=batch_size,
+    stats = importance_sampling(pair, *rest, num_samples=num_samples, ks=(K,), batch_size=batch_size,
                                 chunk_size=chunk_size, progress=progress)
     est, se = stats[f"iwae_{K}"], stats[f"iwae_{K}_stderr"]
     return (est, se) if return_stderr else est
 
 
-def elbo(model, x, *args, num_samples=100, batch_size=100, chunk_size=100, return_stderr=False):
-    r"""The ELBO per data point, L_1(x_n) = E_q[log p(x_n, z) − log q(z | x_n)], estimated
-    by the mean over ``num_samples`` draws z ~ q(z | x_n).
+def elbo(model, *args, num_samples=100, batch_size=100, chunk_size=100, return_stderr=False):
+    r"""The ELBO per data point,
+
+        L_1(x_n) = E_{z ~ q(z|x_n)} [ log p(x_n, z) − log q(z | x_n) ] = log p(x_n) − KL(q ‖ p(z|x_n)),
+
+    estimated by the mean over ``num_samples`` draws z ~ q(z | x_n) of the guide given.
+
+    Two call forms (:func:`model_and_guide`): ``elbo(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``elbo(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
 
     :returns: ``(N,)`` float64 CPU tensor (and standard errors if ``return_stderr``).
     """
-    stats = importance_sampling(model, x, *args, num_samples=num_samples, batch_size=batch_size,
+    pair, rest = model_and_guide("elbo", model, args)
+    stats = importance_sampling(pair, *rest, num_samples=num_samples, batch_size=batch_size,
                                 chunk_size=chunk_size)
     return (stats["elbo"], stats["elbo_stderr"]) if return_stderr else stats["elbo"]
 
 
-def posterior_means(model, x, *args, batch_size=1000, num_samples=1000, max_plate_nesting=1):
-    r"""E_q[z | x_n] for every latent (guide) sample site, flattened and concatenated:
+def posterior_means(model, *args, batch_size=1000, num_samples=1000, max_plate_nesting=1):
+    r"""E_q[z | x_n] for every latent sample site of the guide, flattened and concatenated:
     ``(N, U)``, U the total number of latent units.
 
     The mean comes from the guide site's distribution (``fn.mean``, e.g. μ(x) of a
     Gaussian guide); where a distribution has no closed-form mean (a normalizing flow)
     it is the average of ``num_samples`` draws, whose Monte Carlo noise adds about
-    E[Var_q(z_u)] / num_samples to each unit's variance across data points."""
-    x, args = _prepare(model, x, args)
+    E[Var_q(z_u)] / num_samples to each unit's variance across data points.
+
+    Two call forms (:func:`model_and_guide`): ``posterior_means(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``posterior_means(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+
+    Only the guide is run; the model is there for the call form."""
+    pair, rest = model_and_guide("posterior_means", model, args)
+    x, args = _split_x("posterior_means", rest)
+    x, args = pair.prepare(x, args)
+    guide = pair.guide
     n = x.shape[0]
     rows = []
-    with unscaled(model):
+    with pair.evaluating():
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             xb, ab = x[start:stop], _batch_args(args, n, start, stop)
-            trace = prune_subsample_sites(poutine.trace(model.guide).get_trace(xb, *ab))
+            trace = prune_subsample_sites(poutine.trace(guide).get_trace(xb, *ab))
             means, sampled = [], None
             for name, site in trace.nodes.items():
                 if site["type"] != "sample" or site["is_observed"]:
@@ -252,7 +405,7 @@ def posterior_means(model, x, *args, batch_size=1000, num_samples=1000, max_plat
                 except NotImplementedError:
                     if sampled is None:
                         particles = pyro.plate("_means", num_samples, dim=-(max_plate_nesting + 1))
-                        sampled = poutine.trace(particles(model.guide)).get_trace(xb, *ab)
+                        sampled = poutine.trace(particles(guide)).get_trace(xb, *ab)
                     mean = sampled.nodes[name]["value"].mean(0)
                 means.append(mean.reshape(stop - start, -1))
             if not means:
@@ -261,21 +414,28 @@ def posterior_means(model, x, *args, batch_size=1000, num_samples=1000, max_plat
     return torch.cat(rows)
 
 
-def active_units(model, x, *args, threshold=1e-2, batch_size=1000, return_variances=False):
+def active_units(model, *args, threshold=1e-2, batch_size=1000, return_variances=False):
     r"""Number of active latent units (Burda et al. 2015, §5.2): unit u is active when
 
         A_u = Cov_x( E_{q(z|x)}[z_u] ) > threshold   (10⁻² in the paper),
 
-    the variance over the data points x_n of the posterior mean of z_u
+    the variance over the data points x_n of the posterior mean of z_u under the guide
     (:func:`posterior_means`). An inactive unit's posterior ignores x (it has collapsed
     to the prior).
+
+    Two call forms (:func:`model_and_guide`): ``active_units(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``active_units(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
 
     :param threshold: keyword only, because ``*args`` are model arguments.
     :returns: the count (int); with ``return_variances`` also A, ``(U,)``.
     """
+    pair, rest = model_and_guide("active_units", model, args)
     if not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
-    means = posterior_means(model, x, *args, batch_size=batch_size)
+    means = posterior_means(pair, *rest, batch_size=batch_size)
     if means.shape[0] < 2:
         raise ValueError("active units need at least two data points (a variance across x)")
     variances = means.double().var(0)
@@ -290,7 +450,7 @@ def _mean_se(values):
     return values.mean().item(), se
 
 
-def likelihood_report(model, x, *args, num_samples=5000, ks=(5, 50), batch_size=100, chunk_size=100,
+def likelihood_report(model, *args, num_samples=5000, ks=(5, 50), batch_size=100, chunk_size=100,
                       progress=False):
     r"""Everything a paper reports about a VAE's density on a data set, in nats per data
     point, as a dict of plain numbers (JSON-ready):
@@ -303,13 +463,21 @@ def likelihood_report(model, x, *args, num_samples=5000, ks=(5, 50), batch_size=
     - ``active_units`` (threshold 10⁻²) and the number of latent units;
     - ``min_ess``, ``median_ess``: effective sample sizes (diagnostics of the weights);
     - ``n``, ``num_samples``, ``seconds``.
+
+    Two call forms (:func:`model_and_guide`): ``likelihood_report(model, guide, x, *args, ...)`` with
+    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
+    guide used), or ``likelihood_report(vae, x, *args, ...)`` for a VAE's own pair
+    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
     """
+    pair, rest = model_and_guide("likelihood_report", model, args)
+    x = _split_x("likelihood_report", rest)[0]
     ks = tuple(k for k in ks if k != 1)
     t0 = time.perf_counter()
-    stats = importance_sampling(model, x, *args, num_samples=num_samples, ks=ks, batch_size=batch_size,
+    stats = importance_sampling(pair, *rest, num_samples=num_samples, ks=ks, batch_size=batch_size,
                                 chunk_size=chunk_size, progress=progress)
     seconds = time.perf_counter() - t0
-    au, variances = active_units(model, x, *args, return_variances=True)
+    au, variances = active_units(pair, *rest, return_variances=True)
     nll, nll_se = _mean_se(-stats["log_px"])
     neg_elbo, neg_elbo_se = _mean_se(-stats["elbo"])
     report = dict(n=int(x.shape[0]), num_samples=int(num_samples),

@@ -24,6 +24,13 @@ q(z|x) is then compared with it (:func:`compare_to_nuts`):
 
 :func:`khat_share` gives the share of data points with k̂ < 0.7; :func:`amortization_gap`
 measures what the encoder loses against the same family fitted to each point alone.
+
+Call forms (:func:`~pyro_vae.evaluation.model_and_guide`): the functions that use a guide
+take Pyro callables, ``compare_to_nuts(model, guide, x, idata)``, ``khat_share(model, guide,
+x)``, …, as :class:`pyro.infer.Importance` does (the guide passed is the guide used), and
+those that need only the model take ``nuts_posterior(model, x)``, ``log_joint(model, x, z)``
+(``vae.model``, or a model function of one's own). A VAE object stands for its own pair
+everywhere: ``compare_to_nuts(vae, x, idata)``, ``nuts_posterior(vae, x)``.
 """
 
 import copy
@@ -39,40 +46,33 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, Trace_ELBO
+from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
 from .evaluation import elbo as _elbo
-from .evaluation import unscaled
+from .evaluation import model_and_guide
 from .objectives import IWAE_ELBO
-from .training import private_param_store
 
 #: k̂ below this: the importance-sampling estimate is reliable (PSIS).
 KHAT_THRESHOLD = 0.7
 
 
 # ---- the model at a fixed decoder --------------------------------------------------------
-@contextmanager
-def fixed_model(model):
-    """Evaluate ``model`` as a fixed density p(x, z): eval mode, parameters without
-    gradients (NUTS differentiates with respect to z only), in a private param store;
-    all restored afterwards."""
-    training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        with private_param_store():
-            yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(training)
+def fixed_model(model, guide=None):
+    """A context in which ``model`` (a VAE-like object, or a Pyro model callable and
+    optionally its ``guide``) is evaluated as a fixed density p(x, z): the modules behind
+    it in eval mode, their parameters without gradients (NUTS differentiates with respect
+    to z only), a VAE object in a private param store; all restored afterwards
+    (:meth:`~pyro_vae.evaluation.ModelAndGuide.evaluating`)."""
+    rest = () if guide is None else (guide,)
+    pair, _ = model_and_guide("fixed_model", model, rest, need_guide=guide is not None)
+    return pair.evaluating(grad=True, freeze=True)
 
 
-def _one_point(model, x, args):
-    """x as a batch of one, ``(1, x_dim)``, on the model's device; args likewise."""
+def _one_point(pair, x, args):
+    """x as a batch of one, ``(1, x_dim)``, and args likewise, on the evaluation device
+    (:meth:`~pyro_vae.evaluation.ModelAndGuide.prepare`)."""
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a tensor, one data point of shape (x_dim,) or (1, x_dim), got {type(x).__name__}")
     if x.dim() == 1:
@@ -80,87 +80,134 @@ def _one_point(model, x, args):
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"the posterior is sampled for one data point at a time: x must have shape (x_dim,) "
                          f"or (1, x_dim), got {tuple(x.shape)}")
-    check = getattr(getattr(model, "likelihood", None), "check", None)
-    if check is not None:
-        check(x)
-    device = next(model.parameters()).device
     args = tuple(a.reshape(1, *a.shape[1:]) if torch.is_tensor(a) and a.dim() > 0 else a for a in args)
-    return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+    return pair.prepare(x, args)
+
+
+def _latent_sites(trace):
+    """Names of the latent (unobserved, non-subsample) sample sites of a trace."""
+    return [name for name, site in prune_subsample_sites(trace).nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]]
+
+
+def _single_latent_site(trace, what):
+    names = _latent_sites(trace)
+    if len(names) != 1:
+        raise ValueError(f"comparing a guide with NUTS needs a {what} with one latent sample site (z); "
+                         f"found {names}")
+    return names[0]
+
+
+def _x_and_args(fn, rest, after="x"):
+    if not rest:
+        raise TypeError(f"{fn}: the data point x is missing")
+    if after == "x":
+        return rest[0], tuple(rest[1:])
+    if len(rest) < 2:
+        raise TypeError(f"{fn}: x and then the NUTS draws (idata) are needed")
+    return rest[0], rest[1], tuple(rest[2:])
 
 
 # ---- NUTS --------------------------------------------------------------------------------
 def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chains=2, seed=0,
                    target_accept_prob=0.8, max_tree_depth=8, jit_compile=False, progress=False):
-    r"""Sample the true posterior p(z|x) ∝ p(z) p(x|z) of ``model`` for one data point with
-    NUTS, the model's own ``model(x, *args)`` conditioned on x (decoder fixed).
+    r"""Sample the true posterior p(z|x) ∝ p(z) p(x|z) of a Pyro model for one data point
+    with NUTS (:class:`pyro.infer.NUTS`), the model ``model(x, *args)`` conditioned on x,
+    its parameters fixed (the decoder of a VAE). A VAE's data plate is at scale 1 (no
+    ``num_data``), so NUTS sees p(z) p(x|z) itself.
+
+    Two call forms: ``nuts_posterior(model, x, *args)`` with any Pyro model callable
+    (``vae.model``, a function of one's own; x on the device the model computes on), or
+    ``nuts_posterior(vae, x, *args)``, which runs ``vae.model`` on the VAE's device after
+    its ``likelihood.check(x)``.
 
     The chains run one after another (each :class:`~pyro.infer.MCMC` with one chain, seed
     ``seed + c``, started at a uniform draw in (−2, 2)^d), so no process pool is needed.
 
-    :param model: a :class:`~pyro_vae.models.VAE` (or any module with Pyro ``model`` and a
-        single latent site ``"z"`` in the data plate).
+    :param model: a Pyro model callable, or a VAE-like object (see
+        :func:`~pyro_vae.evaluation.model_and_guide`).
     :param x: one data point, ``(x_dim,)`` or ``(1, x_dim)``.
     :param args: further model arguments for that point (e.g. its label c).
     :param int num_chains: C ≥ 2 for R-hat.
     :param bool jit_compile: compile the potential energy with the PyTorch JIT (Pyro's
         option; faster for small models, slower to start).
-    :returns: ``arviz.InferenceData`` with ``posterior.z`` of dims ``(chain, draw, z_dim)``
+    :returns: ``arviz.InferenceData`` with one posterior variable per latent site of the
+        model, flattened per draw: for a VAE ``posterior.z`` of dims ``(chain, draw, z_dim)``;
         and ``sample_stats.diverging``.
     """
+    pair, _ = model_and_guide("nuts_posterior", model, (x,) + args, need_guide=False)
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
                              ("num_chains", num_chains, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    x, args = _one_point(model, x, args)
-    draws, diverging = [], []
-    with fixed_model(model), torch.random.fork_rng(devices=[]):
+    x, args = _one_point(pair, x, args)
+    draws, diverging = {}, []
+    with pair.evaluating(grad=True, freeze=True), torch.random.fork_rng(devices=[]):
         for c in range(num_chains):
             pyro.set_rng_seed(seed + c)
-            kernel = NUTS(model.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+            kernel = NUTS(pair.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
                           jit_compile=jit_compile, ignore_jit_warnings=True)
             mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
                         disable_progbar=not progress)
             with warnings.catch_warnings():  # torch deprecates jit.trace, which Pyro's jit_compile uses
                 warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace.*")
                 mcmc.run(x, *args)
-            z = mcmc.get_samples()["z"]
-            draws.append(z.reshape(num_samples, -1).cpu().double().numpy())
+            samples = mcmc.get_samples()
+            if not samples:
+                raise ValueError("the model has no latent sample sites for NUTS to sample")
+            for name, z in samples.items():
+                draws.setdefault(name, []).append(z.reshape(num_samples, -1).cpu().double().numpy())
             flags = np.zeros(num_samples, dtype=bool)
             flags[list(mcmc.diagnostics()["divergences"]["chain 0"])] = True
             diverging.append(flags)
-    z = np.stack(draws)
-    return az.from_dict(posterior={"z": z}, sample_stats={"diverging": np.stack(diverging)},
-                        coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
+    posterior = {name: np.stack(z) for name, z in draws.items()}
+    return az.from_dict(posterior=posterior, sample_stats={"diverging": np.stack(diverging)},
+                        coords={f"{name}_dim": np.arange(z.shape[-1]) for name, z in posterior.items()},
+                        dims={name: [f"{name}_dim"] for name in posterior})
 
 
 def nuts_diagnostics(idata):
-    """Max R-hat, min bulk and tail ESS over the latent coordinates, and the number of
-    divergent transitions, of :func:`nuts_posterior`'s draws (ArviZ)."""
-    rhat = az.rhat(idata, var_names=["z"])["z"].values
-    ess_bulk = az.ess(idata, var_names=["z"], method="bulk")["z"].values
-    ess_tail = az.ess(idata, var_names=["z"], method="tail")["z"].values
-    return dict(max_rhat=float(np.max(rhat)), min_ess_bulk=float(np.min(ess_bulk)),
-                min_ess_tail=float(np.min(ess_tail)),
+    """Max R-hat, min bulk and tail ESS over the latent coordinates (of every latent site),
+    and the number of divergent transitions, of :func:`nuts_posterior`'s draws (ArviZ)."""
+    names = list(idata.posterior.data_vars)
+
+    def over_sites(stat, reduce):
+        return float(reduce([reduce(stat[name].values) for name in names]))
+
+    return dict(max_rhat=over_sites(az.rhat(idata, var_names=names), np.max),
+                min_ess_bulk=over_sites(az.ess(idata, var_names=names, method="bulk"), np.min),
+                min_ess_tail=over_sites(az.ess(idata, var_names=names, method="tail"), np.min),
                 divergences=int(idata.sample_stats["diverging"].values.sum()),
                 num_draws=int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]))
 
 
+def _draws_array(idata):
+    """The NUTS draws of every latent site, flattened and concatenated: ``(C, S, d)``."""
+    return np.concatenate([idata.posterior[name].values for name in idata.posterior.data_vars], -1)
+
+
 def nuts_draws(idata):
-    """The NUTS draws of z, all chains pooled: ``(C·S, z_dim)`` float64 tensor."""
-    z = torch.as_tensor(idata.posterior["z"].values)
+    """The NUTS draws of z (every latent site, flattened and concatenated), all chains
+    pooled: ``(C·S, z_dim)`` float64 tensor."""
+    z = torch.as_tensor(_draws_array(idata))
     return z.reshape(-1, z.shape[-1])
 
 
 # ---- densities of the model and the guide at given z -------------------------------------
 def log_joint(model, x, z, *args):
     r"""log p(x, z) = log p(z) + log p(x|z) for one data point x at each of S latent
-    values ``z`` (``(S, z_dim)``), vectorized over S by a plate; ``(S,)`` float64.
+    values ``z`` (``(S, z_dim)``) of the model's single latent site, vectorized over S by
+    a plate; ``(S,)`` float64.
 
-    ``model`` must be in :func:`fixed_model`."""
-    x, args = _one_point(model, x, args)
+    ``log_joint(model, x, z, *args)`` with a Pyro model callable, or ``log_joint(vae, x, z,
+    *args)`` for ``vae.model``; to be called inside :func:`fixed_model`."""
+    pair, _ = model_and_guide("log_joint", model, (x, z) + args, need_guide=False)
+    x, args = _one_point(pair, x, args)
+    with poutine.block():
+        name = _single_latent_site(poutine.trace(pair.model).get_trace(x, *args), "model")
     z = z.to(x.device, torch.get_default_dtype()).reshape(-1, 1, z.shape[-1])
-    with pyro.plate("_draws", z.shape[0], dim=-2), poutine.condition(data={"z": z}):
-        trace = poutine.trace(model.model).get_trace(x, *args)
+    with pyro.plate("_draws", z.shape[0], dim=-2), poutine.condition(data={name: z}):
+        trace = poutine.trace(pair.model).get_trace(x, *args)
     trace.compute_log_prob()
     total = 0.0
     for site in trace.nodes.values():
@@ -169,26 +216,38 @@ def log_joint(model, x, z, *args):
     return total.reshape(-1).double().cpu()
 
 
-def guide_distribution(model, x, *args):
-    """q(z|x) of ``model``'s guide for one point: the distribution at its ``"z"`` site
-    (``batch_shape == (1,)``), read from a trace of ``model.guide(x, *args)``."""
-    x, args = _one_point(model, x, args)
-    trace = poutine.trace(model.guide).get_trace(x, *args)
-    return trace.nodes["z"]["fn"]
+def guide_distribution(model, *args):
+    """q(z|x) of the guide for one point: the distribution at its single latent site
+    (``batch_shape == (1,)``), read from a trace of ``guide(x, *args)``.
+
+    ``guide_distribution(model, guide, x, *args)`` with Pyro callables, or
+    ``guide_distribution(vae, x, *args)`` for ``vae.guide``."""
+    pair, rest = model_and_guide("guide_distribution", model, args)
+    x, args = _x_and_args("guide_distribution", rest)
+    x, args = _one_point(pair, x, args)
+    trace = poutine.trace(pair.guide).get_trace(x, *args)
+    return trace.nodes[_single_latent_site(trace, "guide")]["fn"]
 
 
-def importance_log_weights(model, x, *args, num_samples=1000, chunk_size=1000):
+def importance_log_weights(model, *args, num_samples=1000, chunk_size=1000):
     r"""log w_s = log p(x_n, z_s) − log q(z_s|x_n), z_s ~ q(z|x_n), for every data point
-    x_n of a batch ``x`` (``(N, x_dim)``): ``(N, S)`` float64, from Pyro traces
-    (:meth:`~pyro_vae.objectives.IWAE_ELBO.log_weights`), at scale 1."""
-    if x.dim() == 1:
+    x_n of a batch ``x`` (``(N, x_dim)``, or one point ``(x_dim,)``): ``(N, S)`` float64,
+    from Pyro traces (:meth:`~pyro_vae.objectives.IWAE_ELBO.log_weights`), at scale 1.
+
+    ``importance_log_weights(model, guide, x, *args)`` with Pyro callables (the guide
+    passed is the guide used), or ``importance_log_weights(vae, x, *args)`` for
+    ``(vae.model, vae.guide)``."""
+    pair, rest = model_and_guide("importance_log_weights", model, args)
+    x, args = _x_and_args("importance_log_weights", rest)
+    if torch.is_tensor(x) and x.dim() == 1:
         x = x.unsqueeze(0)
+    x, args = pair.prepare(x, args)
     rows = []
-    with unscaled(model):
+    with pair.evaluating():
         done = 0
         while done < num_samples:
             c = min(chunk_size, num_samples - done)
-            log_w, _, _ = IWAE_ELBO(c).log_weights(model.model, model.guide, x, *args)
+            log_w, _, _ = IWAE_ELBO(c).log_weights(pair.model, pair.guide, x, *args)
             rows.append(log_w.double().cpu())
             done += c
     return torch.cat(rows).T.contiguous()
@@ -208,54 +267,72 @@ def pareto_khat(log_weights):
     return torch.as_tensor(np.asarray(khat, dtype=np.float64))
 
 
-def khat_share(model, x, *args, num_samples=1000, batch_size=100, threshold=KHAT_THRESHOLD, progress=False):
-    """k̂ of every data point of ``x`` (``(N, x_dim)``) from ``num_samples`` draws of its
-    guide, and the share of points with k̂ < ``threshold``.
+def khat_share(model, *args, num_samples=1000, batch_size=100, threshold=KHAT_THRESHOLD, progress=False):
+    """k̂ of every data point of ``x`` (``(N, x_dim)``) from ``num_samples`` draws of the
+    guide, w = p(x_n, z)/q(z|x_n), and the share of points with k̂ < ``threshold``.
+
+    ``khat_share(model, guide, x, *args)`` with Pyro callables, or ``khat_share(vae, x,
+    *args)`` for ``(vae.model, vae.guide)``.
 
     :returns: ``(share, khat)`` with ``khat`` a ``(N,)`` float64 tensor."""
+    pair, rest = model_and_guide("khat_share", model, args)
+    x, args = _x_and_args("khat_share", rest)
     n = x.shape[0]
     out = []
     for start in tqdm(range(0, n, batch_size), desc="Pareto k̂", disable=not progress, leave=False):
         stop = min(n, start + batch_size)
         sub = tuple(a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a for a in args)
-        out.append(pareto_khat(importance_log_weights(model, x[start:stop], *sub, num_samples=num_samples)))
+        out.append(pareto_khat(importance_log_weights(pair, x[start:stop], *sub, num_samples=num_samples)))
     khat = torch.cat(out)
     return float((khat < threshold).double().mean()), khat
 
 
 # ---- comparing q(z|x) with the NUTS draws ------------------------------------------------
-def log_evidence(model, x, idata, *args, num_samples=5000, widen=1.5):
+def log_evidence(model, *args, num_samples=5000, widen=1.5):
     r"""log p(x) for one point by importance sampling from a defensive mixture
 
         r(z) = ½ q(z|x) + ½ N(z; m, widen² · C),
+
+        log p̂(x) = log (1/S) Σ_s p(x, z_s) / r(z_s),   z_s ~ r,
 
     m and C the mean and covariance of the NUTS draws: a proposal that covers p(z|x)
     whether or not the guide does, so that the divergences of :func:`compare_to_nuts`
     rest on a log p(x) independent of the guide's quality.
 
+    ``log_evidence(model, guide, x, idata, *args)`` with Pyro callables, or
+    ``log_evidence(vae, x, idata, *args)`` for ``(vae.model, vae.guide)``; ``idata`` from
+    :func:`nuts_posterior`.
+
     :returns: ``(log_px, stderr, khat)``, the estimate, its delta-method standard error
         and the k̂ of the mixture's weights."""
-    x1, args1 = _one_point(model, x, args)
+    pair, rest = model_and_guide("log_evidence", model, args)
+    x, idata, args = _x_and_args("log_evidence", rest, after="idata")
+    x1, args1 = _one_point(pair, x, args)
     zn = nuts_draws(idata)
     m = zn.mean(0)
     cov = torch.cov(zn.T).reshape(zn.shape[-1], zn.shape[-1]) * widen ** 2
     cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype)
     gauss = dist.MultivariateNormal(m.float(), covariance_matrix=cov.float())
-    with fixed_model(model), torch.no_grad():
-        q = guide_distribution(model, x1, *args1)
+    with pair.evaluating(grad=True, freeze=True), torch.no_grad():
+        q = guide_distribution(pair, x1, *args1)
         half = num_samples // 2
         z = torch.cat([q.sample((half,)).reshape(half, -1).cpu(), gauss.sample((num_samples - half,))])
         log_q = q.log_prob(z.to(x1.device).unsqueeze(1)).reshape(-1).double().cpu()
         log_r = torch.logaddexp(log_q, gauss.log_prob(z).double()) - math.log(2)
-        log_w = log_joint(model, x1, z, *args1) - log_r
+        log_w = log_joint(pair, x1, z, *args1) - log_r
     lse = torch.logsumexp(log_w, 0)
     log_px = float(lse - math.log(num_samples))
     rel_var = float((num_samples * torch.exp(torch.logsumexp(2 * log_w, 0) - 2 * lse) - 1).clamp(min=0))
     return log_px, math.sqrt(rel_var / (num_samples - 1)), float(pareto_khat(log_w))
 
 
-def compare_to_nuts(model, x, idata, *args, num_samples=5000):
-    r"""Compare ``model``'s guide q(z|x) with NUTS draws ``idata`` of p(z|x) for one point.
+def compare_to_nuts(model, *args, num_samples=5000):
+    r"""Compare the guide q(z|x) with NUTS draws ``idata`` of p(z|x) for one point.
+
+    ``compare_to_nuts(model, guide, x, idata, *args)`` with Pyro callables (the guide
+    passed is the guide compared), or ``compare_to_nuts(vae, x, idata, *args)`` for
+    ``(vae.model, vae.guide)``. The model needs one latent site (z), the guide one latent
+    site whose distribution gives log q(z|x).
 
     :returns: a dict of plain numbers:
 
@@ -270,15 +347,17 @@ def compare_to_nuts(model, x, idata, *args, num_samples=5000):
           range of sd_q(z_j)/sd_p(z_j);
         - the NUTS diagnostics (:func:`nuts_diagnostics`).
     """
-    x1, args1 = _one_point(model, x, args)
-    log_w = importance_log_weights(model, x1, *args1, num_samples=num_samples)[0]
+    pair, rest = model_and_guide("compare_to_nuts", model, args)
+    x, idata, args = _x_and_args("compare_to_nuts", rest, after="idata")
+    x1, args1 = _one_point(pair, x, args)
+    log_w = importance_log_weights(pair, x1, *args1, num_samples=num_samples)[0]
     lse = torch.logsumexp(log_w, 0)
-    log_px, log_px_se, log_px_khat = log_evidence(model, x1, idata, *args1, num_samples=num_samples)
+    log_px, log_px_se, log_px_khat = log_evidence(pair, x1, idata, *args1, num_samples=num_samples)
     zn = nuts_draws(idata)
-    with fixed_model(model), torch.no_grad():
-        q = guide_distribution(model, x1, *args1)
+    with pair.evaluating(grad=True, freeze=True), torch.no_grad():
+        q = guide_distribution(pair, x1, *args1)
         lq = q.log_prob(zn.to(x1.device, torch.get_default_dtype()).unsqueeze(1)).reshape(-1).double().cpu()
-        lj = log_joint(model, x1, zn, *args1)
+        lj = log_joint(pair, x1, zn, *args1)
         zq = q.sample((num_samples,)).reshape(num_samples, -1).double().cpu()
     elbo = float(log_w.mean())
     sd_p, sd_q = zn.std(0), zq.std(0)
@@ -292,11 +371,16 @@ def compare_to_nuts(model, x, idata, *args, num_samples=5000):
     return out
 
 
-def guide_draws(model, x, *args, num_samples=1000):
-    """``num_samples`` draws of q(z|x) for one point, ``(S, z_dim)`` float64 on the CPU."""
-    x1, args1 = _one_point(model, x, args)
-    with fixed_model(model), torch.no_grad():
-        q = guide_distribution(model, x1, *args1)
+def guide_draws(model, *args, num_samples=1000):
+    """``num_samples`` draws of q(z|x) for one point, ``(S, z_dim)`` float64 on the CPU.
+
+    ``guide_draws(model, guide, x, *args)`` with Pyro callables, or ``guide_draws(vae, x,
+    *args)`` for ``vae.guide``."""
+    pair, rest = model_and_guide("guide_draws", model, args)
+    x, args = _x_and_args("guide_draws", rest)
+    x1, args1 = _one_point(pair, x, args)
+    with pair.evaluating(grad=True, freeze=True), torch.no_grad():
+        q = guide_distribution(pair, x1, *args1)
         return q.sample((num_samples,)).reshape(num_samples, -1).double().cpu()
 
 
@@ -327,7 +411,7 @@ def plot_posterior_pairs(idata, guides, path, dims=None, title=None, max_points=
     coords = {"z_dim": dims}
     colors = ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
     size = 2.0 * len(dims)
-    nuts = _thin(idata.posterior["z"].values, max_points)
+    nuts = _thin(_draws_array(idata), max_points)
     ax = az.plot_pair(az.from_dict(posterior={"z": nuts}, coords={"z_dim": np.arange(nuts.shape[-1])},
                                    dims={"z": ["z_dim"]}),
                       var_names=["z"], coords=coords, marginals=True, figsize=(size + 1, size),

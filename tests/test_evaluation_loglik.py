@@ -228,6 +228,109 @@ def test_ppca_iwae_bounds_increase_with_K_towards_log_px(ppca_data):
     assert ((one - L5).abs() <= 4 * (se_one + se5)).all()
 
 
+# ---- any Pyro model and guide: the guide passed is the guide used ------------------------
+def ppca_pyro_program(truth):
+    r"""The pPCA of :func:`ppca` written as a Pyro user writes a model, with the exact
+    posterior as the user's own guide:
+
+        p(z) = N(0, I),  p(x|z) = N(W z + μ, σ² I),  p(z|x) = N(M (x − μ), Σ),
+        Σ = (I + WᵀW/σ²)⁻¹,  M = Σ Wᵀ/σ².
+
+    Then every importance weight p(x, z)/q(z|x) = p(x) exactly, whatever z: log p̂_K(x) =
+    log p(x) for every K, up to float rounding."""
+    W, mu, sigma = truth["W"], truth["mu"], truth["sigma"]
+    d = W.shape[1]
+    post_cov = torch.linalg.inv(torch.eye(d) + W.T @ W / sigma ** 2)
+    M = post_cov @ W.T / sigma ** 2
+    tril = torch.linalg.cholesky(post_cov)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(d), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + mu, sigma).to_event(1), obs=x)
+
+    def exact_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal((x - mu) @ M.T, scale_tril=tril))
+
+    return model, exact_guide, M
+
+
+def test_the_guide_passed_is_the_guide_used(ppca_data):
+    """log_likelihood(model, guide, x, num_samples=K) with the exact posterior as guide is
+    the closed-form log p(x) for every K (constant weights), with the user's model or the
+    VAE's (the same density); the VAE's own guide, a shifted Gaussian, gives another value."""
+    vae, truth, x = ppca_data
+    model, exact_guide, _ = ppca_pyro_program(truth)
+    exact = truth["marginal"].log_prob(x).double()
+    for K in (1, 3, 1000):
+        for m in (model, vae.model):
+            pyro.set_rng_seed(K)
+            est, se = log_likelihood(m, exact_guide, x, num_samples=K, return_stderr=True)
+            assert torch.allclose(est, exact, atol=1e-4, rtol=0), (K, est - exact)
+            if K > 1:
+                assert (se < 1e-4).all()  # the weights are constant
+        assert torch.allclose(elbo(model, exact_guide, x, num_samples=K), exact, atol=1e-4, rtol=0)
+        assert torch.allclose(iwae_bound(model, exact_guide, x, K=K), exact, atol=1e-4, rtol=0)
+    # the VAE's own guide q ≠ p(z|x): ELBO = log p(x) − KL(q ‖ p(z|x)), the KL > 0.1 nats
+    pyro.set_rng_seed(0)
+    own, own_se = elbo(vae, x, num_samples=20000, chunk_size=5000, return_stderr=True)
+    assert ((exact - own) > 0.1 + 4 * own_se).all(), (exact - own, own_se)
+    assert ((own - closed_form_elbo(vae, truth, x)).abs() <= 4 * own_se).all()
+    # with one sample, the VAE's guide gives log w of a random z: not log p(x)
+    pyro.set_rng_seed(1)
+    assert ((log_likelihood(vae, x, num_samples=1) - exact).abs() > 1e-3).all()
+    # the shortcut is (vae.model, vae.guide), draw for draw
+    pyro.set_rng_seed(2)
+    a = log_likelihood(vae, x, num_samples=50)
+    pyro.set_rng_seed(2)
+    assert torch.equal(a, log_likelihood(vae.model, vae.guide, x, num_samples=50))
+    # a second guide next to a VAE object is refused, never silently dropped
+    with pytest.raises(TypeError, match="another guide"):
+        log_likelihood(vae, exact_guide, x)
+    with pytest.raises(TypeError, match="must be the guide"):
+        log_likelihood(model, x)
+
+
+def test_plain_functions_work_for_log_likelihood_iwae_bound_and_elbo(ppca_data):
+    """A model and a guide that are plain functions, the guide's parameters in Pyro's
+    param store (``pyro.param``, as SVI would leave them), checked against the closed
+    forms: ELBO within 4 SE of its formula, L_1 < L_5 < log p(x), log p̂ within 4 SE."""
+    vae, truth, x = ppca_data
+    model, _, M = ppca_pyro_program(truth)
+    d = M.shape[0]
+    mu = truth["mu"]
+
+    def guide(x):
+        shift = pyro.param("ppca_guide_shift", torch.zeros(d))
+        log_var = pyro.param("ppca_guide_log_var", torch.zeros(d))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal((x - mu) @ M.T + shift, (0.5 * log_var).exp()).to_event(1))
+
+    pyro.clear_param_store()
+    # the values a fit would have left: those of the VAE's encoder, so closed_form_elbo applies
+    _, enc_log_var = vae.posterior.encoder(x[:1])
+    pyro.param("ppca_guide_shift", torch.full((d,), 0.3))
+    pyro.param("ppca_guide_log_var", enc_log_var[0].clone())
+    try:
+        exact = truth["marginal"].log_prob(x).double()
+        elbo_exact = closed_form_elbo(vae, truth, x)
+        pyro.set_rng_seed(0)
+        L1, se1 = elbo(model, guide, x, num_samples=20000, chunk_size=5000, return_stderr=True)
+        assert ((L1 - elbo_exact).abs() <= 4 * se1).all(), (L1 - elbo_exact, se1)
+        pyro.set_rng_seed(1)
+        L5, se5 = iwae_bound(model, guide, x, K=5, num_samples=20000, chunk_size=5000, return_stderr=True)
+        assert ((L5 - L1) > 3 * (se1 + se5)).all() and ((exact - L5) > -3 * se5).all()
+        pyro.set_rng_seed(2)
+        est, se = log_likelihood(model, guide, x, num_samples=20000, chunk_size=5000, return_stderr=True)
+        assert ((est - exact).abs() <= 4 * se + se ** 2).all() and (se < 0.02).all()
+        # the guide's parameters came from the param store: at their initial values the ELBO differs
+        pyro.clear_param_store()
+        assert ((L1 - elbo(model, guide, x, num_samples=2000)) > 1.0).all()
+    finally:
+        pyro.clear_param_store()
+
+
 # ---- scale, chunks, bad input -----------------------------------------------------------
 def test_evaluation_is_at_scale_one_and_restores_the_model(ppca_data):
     vae, _, x = ppca_data

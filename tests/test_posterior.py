@@ -5,6 +5,7 @@ import json
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
@@ -141,3 +142,68 @@ def test_cli_posterior_writes_figure_and_khat(tmp_path, capsys):
     assert (run / "posterior_17.png").stat().st_size > 10_000
     assert main(["posterior", str(run), "--index", "100000", "--no-progress"]) == 2
     assert "--index 100000 is out of range" in capsys.readouterr().err
+
+
+# ---- a Pyro model callable and a user's own guide ---------------------------------------
+def linear_gaussian_model(x):
+    """The same model as a user writes it: a plain function, its latent site named "w"."""
+    with pyro.plate("data", x.shape[0]):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(w @ W.T, SIGMA).to_event(1), obs=x)
+
+
+def exact_guide(x):
+    """A user's own guide: the exact posterior q(z|x) = N(Σ Wᵀ x/σ², Σ)."""
+    _, cov, _ = exact()
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.MultivariateNormal(x @ (cov @ W.T / SIGMA ** 2).T, covariance_matrix=cov))
+
+
+def assert_matches_the_closed_form(z, ess):
+    """Mean within 4 sd/√ESS, covariance within 4 √(2/ESS) sd_i sd_j of the exact posterior."""
+    mean, cov, _ = exact()
+    sd = cov.diagonal().sqrt()
+    assert ((z.mean(0) - mean).abs() < 4 * sd / math.sqrt(ess)).all(), (z.mean(0), mean)
+    assert ((torch.cov(z.T) - cov).abs() < 4 * math.sqrt(2 / ess) * sd[:, None] * sd[None, :]).all()
+
+
+def test_nuts_takes_a_plain_model_callable_and_compare_takes_a_users_guide():
+    _, _, log_px = exact()
+    vae = linear_gaussian_vae()
+    vae.train()
+    pyro.set_rng_seed(3)
+    idata = P.nuts_posterior(vae.model, X, num_samples=300, warmup_steps=200, num_chains=2, jit_compile=True)
+    diag = P.nuts_diagnostics(idata)
+    assert diag["num_draws"] == 600 and diag["max_rhat"] < 1.05 and diag["min_ess_bulk"] > 100
+    assert_matches_the_closed_form(P.nuts_draws(idata).float(), diag["min_ess_bulk"])
+    # the module behind the bound method is back as it was: train mode, parameters trainable
+    assert vae.training and all(p.requires_grad for p in vae.parameters())
+    # the user's exact guide: w = p(x, z)/q(z|x) = p(x) for every z, so ELBO = log p(x) exactly
+    good = P.compare_to_nuts(vae.model, exact_guide, X, idata, num_samples=1000)
+    assert good["elbo"] == pytest.approx(log_px, abs=1e-4) and good["log_px_q"] == pytest.approx(log_px, abs=1e-4)
+    assert good["log_px"] == pytest.approx(log_px, abs=4 * good["log_px_stderr"] + 1e-3)
+    lw = P.importance_log_weights(vae.model, exact_guide, X, num_samples=100)
+    assert lw.shape == (1, 100) and torch.allclose(lw, torch.full_like(lw, log_px), atol=1e-4)
+    # while the VAE's own guide (its zero "encoder": q = N(0, I)) is far from p(z|x)
+    own = P.compare_to_nuts(vae, X, idata, num_samples=1000)
+    assert own["kl_q_p"] > 1.0 and own["elbo"] < log_px - 1.0
+    # the guide draws are the user's guide's: N(mean, Σ) from 4000 independent draws
+    pyro.set_rng_seed(4)
+    assert_matches_the_closed_form(P.guide_draws(vae.model, exact_guide, X, num_samples=4000).float(), 4000)
+
+
+def test_nuts_takes_a_model_function_of_ones_own():
+    pyro.set_rng_seed(5)
+    idata = P.nuts_posterior(linear_gaussian_model, X[0], num_samples=300, warmup_steps=200, num_chains=2,
+                              jit_compile=True)
+    assert list(idata.posterior.data_vars) == ["w"] and idata.posterior["w"].shape == (2, 300, 2)
+    diag = P.nuts_diagnostics(idata)
+    assert diag["max_rhat"] < 1.05 and diag["min_ess_bulk"] > 100
+    assert_matches_the_closed_form(P.nuts_draws(idata).float(), diag["min_ess_bulk"])
+    _, _, log_px = exact()
+    with P.fixed_model(linear_gaussian_model):  # log p(x, z) at z = 0: log N(x; 0, σ² I)
+        lj = P.log_joint(linear_gaussian_model, X, torch.zeros(1, 2))
+    expected = dist.Normal(0.0, SIGMA).log_prob(X[0]).sum() + dist.Normal(0.0, 1.0).log_prob(torch.zeros(2)).sum()
+    assert lj.item() == pytest.approx(expected.item(), abs=1e-5)
+    with pytest.raises(TypeError, match="must be the guide"):
+        P.compare_to_nuts(linear_gaussian_model, X, idata)
