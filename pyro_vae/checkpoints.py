@@ -314,9 +314,11 @@ def _builder_keywords(kind):
     """The keywords the builder of model ``kind`` takes (None: any, or unknown here)."""
     import inspect
 
-    from .models import MODEL_BUILDERS
-
-    builder = MODEL_BUILDERS.get(kind)
+    try:
+        from .models import MODEL_BUILDERS
+    except ImportError:  # no registry to check against: the builder will say
+        return None
+    builder = MODEL_BUILDERS.get(kind) if isinstance(kind, str) else None
     if builder is None:
         raise KeyError(kind)
     try:
@@ -355,7 +357,7 @@ def check_run(run, path=RUN_JSON):
         from .models import MODEL_BUILDERS
 
         raise CheckpointError(f"{where}: model.model {kind!r} is not a known model kind; choose from "
-                              f"{', '.join(sorted(MODEL_BUILDERS))}") from None
+                              f"{', '.join(sorted(map(str, MODEL_BUILDERS)))}") from None
     if known is not None:
         unknown = sorted(set(model) - known - {"model"})
         if unknown:

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from pyro_vae import checkpoints
-from pyro_vae.checkpoints import (CHECKPOINT, LOCK, RUN_JSON, CheckpointError, Checkpointer, RunLock, RunLockedError,
-                                  atomic_write)
+from pyro_vae.checkpoints import CHECKPOINT, RUN_JSON, CheckpointError, Checkpointer, atomic_write
 from pyro_vae.cli import main
+
+LOCK = ".pyro-vae.lock"  # the lock file inside a run folder (checkpoints.LOCK)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--z-dim", "4", "--binarize", "dynamic", "--no-progress"]
@@ -92,11 +93,16 @@ def holder(folder):
 
 
 # ---- the run folder's lock -----------------------------------------------------------------
+def test_the_lock_file_name():
+    assert checkpoints.LOCK == LOCK
+
+
 def test_a_second_writer_is_refused_naming_the_holders_pid(tmp_path):
     proc = holder(tmp_path / "run")
     try:
-        with pytest.raises(RunLockedError, match=rf"being written by another pyro-vae process \(PID {proc.pid}\)"):
-            RunLock(tmp_path / "run").acquire()
+        with pytest.raises(checkpoints.RunLockedError,
+                           match=rf"being written by another pyro-vae process \(PID {proc.pid}\)"):
+            checkpoints.RunLock(tmp_path / "run").acquire()
     finally:
         stop(proc)
 
@@ -106,7 +112,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "run" / LOCK).read_text().strip() == str(proc.pid)  # left behind by kill -9
-    lock = RunLock(tmp_path / "run").acquire()
+    lock = checkpoints.RunLock(tmp_path / "run").acquire()
     assert (tmp_path / "run" / LOCK).read_text().strip() == str(os.getpid())
     lock.release()
     assert not (tmp_path / "run" / LOCK).exists()
@@ -114,11 +120,11 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_a_failed_start_removes_the_folder_it_created(tmp_path):
     with pytest.raises(ZeroDivisionError):
-        with RunLock(tmp_path / "new" / "run"):
+        with checkpoints.RunLock(tmp_path / "new" / "run"):
             1 / 0
     assert not (tmp_path / "new" / "run").exists()
     (tmp_path / "kept").mkdir()
-    with RunLock(tmp_path / "kept"):
+    with checkpoints.RunLock(tmp_path / "kept"):
         pass
     assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
 
@@ -126,7 +132,7 @@ def test_a_failed_start_removes_the_folder_it_created(tmp_path):
 def test_a_lock_on_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="is a file, not a folder"):
-        RunLock(tmp_path / "file").acquire()
+        checkpoints.RunLock(tmp_path / "file").acquire()
 
 
 def test_two_trainings_into_one_fresh_out_one_is_refused(tmp_path, capsys):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.data import DataError, load_dataset, read_amat, read_idx
+from pyro_vae import data
+from pyro_vae.data import DataError, load_dataset, read_amat
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,28 +39,20 @@ def test_a_long_line_followed_by_a_short_one_is_refused_with_the_line(tmp_path):
         read_amat(tmp_path / "x.amat")
 
 
-def test_a_trailing_blank_line_is_ignored(tmp_path):
+def test_a_trailing_blank_line_is_ignored_and_other_valid_layouts_read(tmp_path):
     rows, text = good_lines(3)
+    expected = torch.tensor(rows, dtype=torch.float32)
     for tail in ("\n", "\n\n", "   \n", "\r\n"):
         (tmp_path / "x.amat").write_text(text + tail)
-        x = read_amat(tmp_path / "x.amat")
-        assert torch.equal(x, torch.tensor(rows, dtype=torch.float32)), repr(tail)
-
-
-def test_windows_line_ends_and_a_missing_last_newline_are_read(tmp_path):
-    rows, text = good_lines(4, seed=1)
+        assert torch.equal(read_amat(tmp_path / "x.amat"), expected), repr(tail)
+    # Windows line ends, no newline after the last line, a double space: the general
+    # path reads what the fast path for the usual layout reads
+    (tmp_path / "usual.amat").write_text(text)
     (tmp_path / "crlf.amat").write_bytes(text.replace("\n", "\r\n").encode())
     (tmp_path / "nolast.amat").write_text(text[:-1])
-    for name in ("crlf.amat", "nolast.amat"):
-        assert torch.equal(read_amat(tmp_path / name), torch.tensor(rows, dtype=torch.float32)), name
-
-
-def test_the_usual_layout_reads_the_same_values_as_the_general_path(tmp_path):
-    rows, text = good_lines(5, seed=2)
-    (tmp_path / "fast.amat").write_text(text)
-    (tmp_path / "slow.amat").write_text(text.replace(" ", "  ", 1))  # one double space: not the usual layout
-    fast, slow = read_amat(tmp_path / "fast.amat"), read_amat(tmp_path / "slow.amat")
-    assert torch.equal(fast, slow) and torch.equal(fast, torch.tensor(rows, dtype=torch.float32))
+    (tmp_path / "spaces.amat").write_text(text.replace(" ", "  ", 1))
+    for name in ("usual.amat", "crlf.amat", "nolast.amat", "spaces.amat"):
+        assert torch.equal(read_amat(tmp_path / name), expected), name
 
 
 def test_a_blank_line_between_images_is_refused_with_its_number(tmp_path):
@@ -120,13 +113,6 @@ def mnist10k_root(tmp_path, images=None, labels=None):
     return tmp_path
 
 
-def test_good_idx_files_read_back(tmp_path):
-    root = mnist10k_root(tmp_path)
-    train, valid = load_dataset("mnist10k", "train", root), load_dataset("mnist10k", "valid", root)
-    assert train.x.shape == (500, 784) and valid.x.shape == (2000, 784)
-    assert 0 <= float(train.x.min()) and float(train.x.max()) <= 1
-
-
 def test_an_idx_file_with_a_bad_magic_number_is_named(tmp_path):
     labels = idx_bytes(np.zeros(2500), magic=b"\x08\x00\x08\x01")
     root = mnist10k_root(tmp_path, labels=labels)
@@ -150,31 +136,32 @@ def test_a_truncated_idx_header_is_named(tmp_path, cut):
 
 def test_idx_data_shorter_or_longer_than_its_header_says_is_named(tmp_path):
     full = idx_bytes(np.zeros((2500, 28, 28)))
-    for data in (full[:-1], full + b"\x00"):
-        root = mnist10k_root(tmp_path, images=data)
+    for blob in (full[:-1], full + b"\x00"):
+        root = mnist10k_root(tmp_path, images=blob)
         with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: the IDX header gives shape "
                                             r"\(2500, 28, 28\) \(1960000 bytes of data\)"):
             load_dataset("mnist10k", "train", root)
 
 
-def test_a_file_that_is_not_gzip_is_named(tmp_path):
-    root = mnist10k_root(tmp_path)
-    (root / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is not a valid gzipped IDX file"):
-        load_dataset("mnist10k", "train", root)
-
-
-def test_read_idx_reads_other_element_types(tmp_path):
+def test_read_idx_reads_good_files_of_every_element_type(tmp_path):
     values = np.arange(6, dtype=">i4").reshape(2, 3)
     (tmp_path / "x.idx").write_bytes(b"\x00\x00\x0c\x02" + struct.pack(">2I", 2, 3) + values.tobytes())
-    assert read_idx(tmp_path / "x.idx").tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert data.read_idx(tmp_path / "x.idx").tolist() == [[0, 1, 2], [3, 4, 5]]
+    root = mnist10k_root(tmp_path)
+    train, valid = load_dataset("mnist10k", "train", root), load_dataset("mnist10k", "valid", root)
+    assert train.x.shape == (500, 784) and valid.x.shape == (2000, 784)
+    assert 0 <= float(train.x.min()) and float(train.x.max()) <= 1
+    # a file that is not gzip at all is named too
+    (root / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is not a valid gzipped IDX file"):
+        data.read_idx(root / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz", ndim=3)
 
 
 def test_the_real_mnist_test_files_read_as_before(shared_data):
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
     path = shared_data / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz"
-    ours = read_idx(path, ndim=3)
+    ours = data.read_idx(path, ndim=3)
     with tempfile.NamedTemporaryFile(suffix=".idx") as f:  # torchvision reads an uncompressed file
         f.write(gzip.decompress(path.read_bytes()))
         f.flush()
@@ -187,15 +174,15 @@ def test_a_test_split_that_does_not_exist_is_refused(tmp_path, name):
     root = mnist10k_root(tmp_path)
     with pytest.raises(DataError, match=f"{name} has no test split.*use split 'valid'"):
         load_dataset(name, "test", root)
-
-
-def test_binarized_mnist_has_a_test_split_of_its_own(tmp_path):
-    root = tmp_path / "binarized_mnist"
-    root.mkdir()
+    assert data.splits(name) == ("train", "valid")
+    # binarized MNIST has a test file of its own, which split "test" reads
+    amat = tmp_path / "binarized_mnist"
+    amat.mkdir()
     for split, seed in (("train", 0), ("valid", 1), ("test", 2)):
-        (root / f"binarized_mnist_{split}.amat").write_text(good_lines(3, seed)[1])
+        (amat / f"binarized_mnist_{split}.amat").write_text(good_lines(3, seed)[1])
     test, valid = load_dataset("binarized-mnist", "test", tmp_path), load_dataset("binarized-mnist", "valid", tmp_path)
     assert test.name == "binarized-mnist/test" and not torch.equal(test.x, valid.x)
+    assert data.splits("binarized-mnist") == ("train", "valid", "test")
 
 
 def test_evaluate_split_test_on_digits_is_refused_and_writes_nothing(tmp_path, capsys):
