@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 # name: (options, files the example must write into OUT); "{data}" is the shared data folder
 EXAMPLES = {
     "vae": (["--dataset", "digits", "--epochs", "1", "--hidden", "32"], []),
+    "amortized_guide": (["--epochs", "1", "--hidden", "16", "--families", "diagonal", "full", "--eval-points", "10",
+                         "--nll-samples", "10"], ["amortized_guide.png"]),
     "cvae": (["--dataset", "digits", "--epochs", "1", "--z-dim", "2", "--hidden", "32", "--clf-epochs", "1",
               "--samples-per-class", "3", "--ll-samples", "10", "--ll-points", "40"], []),
     "fisher_ae": (["--dataset", "digits", "--outliers", "0", "--epochs", "1", "--hidden", "32", "--z-dim", "2",
