@@ -250,12 +250,12 @@ def _train(args, device, out, timeout):
         _resume_trainer(trainer, out / checkpoints.CHECKPOINT)
         if args.epochs <= trainer.epoch:
             missing = missing_figures(model, out)
-            if missing and trainer.epoch_step == 0 and distributed.is_main():
-                # a run killed after its last checkpoint, before its figures
-                model.eval()
-                write_figures(model, trainer.history.to_dict(), valid, out, only=missing)
-                print(f"--resume {out}: the run has already trained {trainer.epoch} epochs; wrote its "
-                      f"missing figures {', '.join(missing)}")
+            if missing and trainer.epoch_step == 0:  # killed after its last checkpoint, before its figures
+                if distributed.is_main():
+                    model.eval()
+                    write_figures(model, trainer.history.to_dict(), valid, out, only=missing)
+                    print(f"--resume {out}: the run has already trained {trainer.epoch} epochs; wrote its "
+                          f"missing figures {', '.join(missing)}")
                 return 0
             raise UsageError(f"--resume {out}: the run has already trained {trainer.epoch} epochs; "
                              f"pass --epochs N with N > {trainer.epoch} to train further")
