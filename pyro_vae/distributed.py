@@ -16,8 +16,8 @@ functions below when the process group holds more than one process):
    seed everywhere) and so sees the same global batch of B points; rank r keeps its
    contiguous slice of b_r ≈ B/W points (:func:`shard`): a distributed sampler
    whose global batches are exactly those of a single-process run.
-3. **The ELBO stays scaled to the whole data set.** The model's data plate still has
-   ``size = N`` (``num_data`` is the full training set), so rank r's loss is the
+3. **The ELBO stays scaled to the whole data set.** Model and guide are still called
+   with ``num_data = N`` (the full training set), so rank r's loss is the
    minibatch estimate (N / b_r) Σ_{n∈shard r} ℓ_n of the full-data loss, divided by N
    as always: ℓ̄_r = (1/b_r) Σ_{n∈shard r} ℓ_n.
 4. **Gradient averaging** (:func:`all_reduce_gradients`). After ``backward`` each
