@@ -24,6 +24,7 @@ allocations.
 import argparse
 import copy
 import functools
+import json
 import math
 import statistics
 import time
@@ -231,6 +232,7 @@ def main(argv=None):
     p.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro contender")
     p.add_argument("--no-levers", action="store_true", help="skip the Trainer's speed options")
     p.add_argument("--no-traced", action="store_true", help="skip the traced-step prototype")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every round's s/step per contender")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the package's distributions without Pyro, and Pyro's traces without an ELBO "
                         "class: where the Trainer's remaining time over the hand-written loop goes")
@@ -307,6 +309,8 @@ def main(argv=None):
     paired = {k: statistics.median(a / b for a, b in zip(v, per_step["hand-written PyTorch"]))
               for k, v in per_step.items()}
     spread = {k: _quartiles([a / b for a, b in zip(v, per_step["hand-written PyTorch"])]) for k, v in per_step.items()}
+    vs_trainer = {k: statistics.median(a / b for a, b in zip(v, per_step["pyro_vae Trainer"]))
+                  for k, v in per_step.items()}
     np_name = "NumPyro SVI, jit"
     vs_numpyro = ({k: statistics.median(a / b for a, b in zip(v, per_step[np_name])) for k, v in per_step.items()}
                   if np_name in per_step else None)
@@ -314,21 +318,26 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads, {args.epochs} epochs per contender in {rounds} alternating rounds "
           f"of {args.round_steps} steps; s/epoch = median s/step × {steps_per_epoch} steps")
     print("paired: median over rounds of each round's time ratio to the hand-written loop [quartiles]; "
-          "/NumPyro: the same against NumPyro; warm-up: round 0's time beyond its steps at the median rate")
-    print(f"{'contender':32s} {'s/epoch':>8s} {'paired':>7s} {'[quartiles]':>13s} {'/NumPyro':>8s} "
+          "/Trainer, /NumPyro: the same against the plain Trainer, NumPyro; "
+          "warm-up: round 0's time beyond its steps at the median rate")
+    print(f"{'contender':32s} {'s/epoch':>8s} {'paired':>7s} {'[quartiles]':>13s} {'/Trainer':>8s} {'/NumPyro':>8s} "
           f"{'warm-up s':>9s} {'-ELBO, last epoch':>18s}")
     for name in contenders:
         med = statistics.median(times[name])
         extra = warmup[name] - args.round_steps * statistics.median(per_step[name])
         q1, q3 = spread[name]
         vs = f"{vs_numpyro[name]:8.3f}" if vs_numpyro else f"{'-':>8s}"
-        print(f"{name:32s} {med:8.3f} {paired[name]:7.3f} [{q1:5.3f},{q3:5.3f}] {vs} {extra:9.2f} "
+        print(f"{name:32s} {med:8.3f} {paired[name]:7.3f} [{q1:5.3f},{q3:5.3f}] {vs_trainer[name]:8.3f} {vs} {extra:9.2f} "
               f"{losses[name]:18.2f}")
     ratio = paired["pyro_vae Trainer"]
     print(f"ratio pyro_vae / hand-written (median of the {rounds} rounds' ratios): {ratio:.3f}")
     if vs_numpyro:
         fastest = min((k for k in contenders if k.startswith("pyro_vae Trainer")), key=lambda k: vs_numpyro[k])
         print(f"fastest Trainer setting: {fastest}, {vs_numpyro[fastest]:.3f}× NumPyro (paired median)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seconds_per_step": per_step, "warmup_round_seconds": warmup, "round_steps": args.round_steps,
+                       "threads": torch.get_num_threads()}, f, indent=1)
     return ratio
 
 
