@@ -127,10 +127,11 @@ class AmortizedGuide(AutoGuide):
                 continue
             fn = site["fn"]
             batch = tuple(fn.batch_shape)
-            if -frame.dim > len(batch) or batch[frame.dim] != B or math.prod(batch) != B:
+            if len(batch) != -frame.dim or batch[frame.dim] != B or math.prod(batch) != B:
                 raise ValueError(f"AmortizedGuide: the site {name!r} has batch shape {batch}; the guide encodes one "
                                  f"value per element of the plate {frame.name!r} (size {B}, dim {frame.dim}), so "
-                                 "its batch shape must be the plate's alone (nested plates are not supported)")
+                                 f"its batch shape must be the plate's alone, {(B,) + (1,) * (-frame.dim - 1)} "
+                                 "(nested plates are not supported)")
             scale = float(site["scale"]) if not torch.is_tensor(site["scale"]) or site["scale"].numel() == 1 else None
             expected = 1.0 if kwargs.get("num_data") is None else kwargs["num_data"] / B
             if scale is None or not math.isclose(scale, expected, rel_tol=1e-6):
@@ -178,6 +179,12 @@ class AmortizedGuide(AutoGuide):
                              "name the data plate with plate=")
         return common.pop()
 
+    def _features(self, *args, **kwargs):
+        """h = inputs(*args), ``(B, k)``, with B moved to the data plate's dim:
+        ``(B, 1, …, 1, k)`` for a plate at dim −j, so the family's batch shape is the site's."""
+        h = self.inputs(*args, **kwargs)
+        return h.reshape(h.shape[:1] + (1,) * (-self.plate_dim - 1) + h.shape[1:])
+
     def setup(self, *args, **kwargs):
         """Run the model once to find its sites and build the encoder (done by the first
         call; call it before making a torch optimizer over :meth:`parameters`)."""
@@ -192,7 +199,7 @@ class AmortizedGuide(AutoGuide):
         :returns: ``{site name: value}``.
         """
         self.setup(*args, **kwargs)
-        h = self.inputs(*args, **kwargs)
+        h = self._features(*args, **kwargs)
         B = h.shape[0]
         num_data = kwargs.get("num_data")
         posterior = self.posterior  # a pyro.module statement
@@ -229,9 +236,9 @@ class AmortizedGuide(AutoGuide):
 
     def encode(self, *args, **kwargs):
         """q_φ(u | h): the family's distribution over the joint unconstrained latents,
-        batch shape ``(B,)``, event shape ``(T,)``."""
+        batch shape the data plate's (``(B,)`` for a plate at dim −1), event shape ``(T,)``."""
         self.setup(*args, **kwargs)
-        return self.posterior(self.inputs(*args, **kwargs))
+        return self.posterior(self._features(*args, **kwargs))
 
 
 class ModelGuide(torch.nn.Module):

@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
@@ -374,9 +375,12 @@ def posterior_means(model, *args, batch_size=1000, num_samples=1000, max_plate_n
     ``(N, U)``, U the total number of latent units.
 
     The mean comes from the guide site's distribution (``fn.mean``, e.g. μ(x) of a
-    Gaussian guide); where a distribution has no closed-form mean (a normalizing flow)
-    it is the average of ``num_samples`` draws, whose Monte Carlo noise adds about
-    E[Var_q(z_u)] / num_samples to each unit's variance across data points.
+    Gaussian guide); where a distribution has no closed-form mean (a normalizing flow),
+    or the site is a ``Delta`` that a joint auxiliary draw feeds (Pyro's pattern in
+    ``AutoContinuous`` guides and :class:`~pyro_vae.amortized.AmortizedGuide`: its
+    ``mean`` is the one value drawn), it is the average of ``num_samples`` draws, whose
+    Monte Carlo noise adds about E[Var_q(z_u)] / num_samples to each unit's variance
+    across data points. Auxiliary sites are not latent units of the model and are skipped.
 
     Two call forms (:func:`model_and_guide`): ``posterior_means(model, guide, x, *args, ...)`` with
     Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
@@ -397,10 +401,14 @@ def posterior_means(model, *args, batch_size=1000, num_samples=1000, max_plate_n
             xb, ab = x[start:stop], _batch_args(args, n, start, stop)
             trace = prune_subsample_sites(poutine.trace(guide).get_trace(xb, *ab))
             means, sampled = [], None
+            auxiliary = any(site["type"] == "sample" and site["infer"].get("is_auxiliary")
+                            for site in trace.nodes.values())
             for name, site in trace.nodes.items():
-                if site["type"] != "sample" or site["is_observed"]:
+                if site["type"] != "sample" or site["is_observed"] or site["infer"].get("is_auxiliary"):
                     continue
                 try:
+                    if auxiliary and isinstance(site["fn"], dist.Delta):
+                        raise NotImplementedError  # a draw, not a mean
                     mean = site["fn"].mean
                 except NotImplementedError:
                     if sampled is None:

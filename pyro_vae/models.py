@@ -18,6 +18,7 @@ the data is kept on the model between calls.
 import contextlib
 import itertools
 import math
+import operator
 
 import pyro
 import pyro.distributions as dist
@@ -59,11 +60,17 @@ def check_batch(x, x_dim, what="x"):
 
 
 def _check_num_data(num_data, batch_size):
+    """``num_data``: None, or an integer N ≥ B (a Python, NumPy or 0-d tensor integer); returns N."""
     if num_data is None:
-        return
-    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < batch_size:
+        return None
+    try:
+        n = None if isinstance(num_data, bool) else operator.index(num_data)
+    except TypeError:
+        n = None
+    if n is None or n < batch_size:
         raise ValueError(f"num_data must be an integer N at least the batch size {batch_size} (the size of the "
                          f"data set the batch stands for), got {num_data!r}")
+    return n
 
 
 class VAE(PyroModule):
@@ -123,7 +130,7 @@ class VAE(PyroModule):
         :param int num_data: N ≥ B, the size of the data set the batch stands for, or
             None (the batch is the data: scale 1).
         """
-        _check_num_data(num_data, batch_size)
+        num_data = _check_num_data(num_data, batch_size)
         with pyro.plate("data", batch_size, dim=-1, device=device) as indices:
             if num_data is None or num_data == batch_size:
                 yield indices
@@ -524,8 +531,11 @@ class ConditionalVAE(VAE):
         check_batch(x, self.x_dim)
         posterior = self.posterior
         h = self.condition(c, x)
+        xh = torch.cat([x, h], dim=-1)
+        site_infer = getattr(posterior, "site_infer", None)
         with self.plate(x.shape[0], num_data, device=x.device):
-            return pyro.sample("z", posterior(torch.cat([x, h], dim=-1)))
+            infer = site_infer(xh, scale=(num_data or x.shape[0]) / x.shape[0]) if site_infer else None
+            return pyro.sample("z", posterior(xh), infer=infer)
 
     def prepare_data(self, data):
         """The data set in the form the Trainer passes to ``model(x, c)`` with

@@ -155,8 +155,6 @@ class Trainer:
         pyro.set_rng_seed(seed + self.rank)
         self.generator = torch.Generator().manual_seed(seed)
         self.vae = vae.to(self.device)
-        if self.world_size > 1:
-            dp.broadcast_module(self.vae)
         self.train_data = train.to(self.device)
         self.valid_data = valid.to(self.device) if valid is not None else None
         _check(vae, train)
@@ -168,7 +166,10 @@ class Trainer:
         self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
+        # a lazily built guide makes its parameters first, so that rank 0's are the ones broadcast
         _setup_guide(self.vae, self.train_data, batch_size, with_labels, self.num_data, self._pass_num_data)
+        if self.world_size > 1:
+            dp.broadcast_module(self.vae)
         self.fused, self.compiled = bool(fused), bool(compile)
         if self.compiled:
             _compile_networks(self.vae)
@@ -451,11 +452,12 @@ def _set_fused(optimizer, fused):
 def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
     """Let a lazily built guide (an autoguide such as :class:`~pyro_vae.amortized.AmortizedGuide`)
     make its parameters from the first batch, before the optimizer is made; the global
-    random generators are left as they were."""
+    random generators (CPU, and the data's GPU) are left as they were."""
     setup = getattr(vae.guide, "setup", None)
     if setup is None:
         return
-    with torch.random.fork_rng(devices=[]), private_param_store(), torch.no_grad():
+    devices = [data.x.device] if data.x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), private_param_store(), torch.no_grad():
         first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
         setup(*first, **({"num_data": num_data} if pass_num_data else {}))
 

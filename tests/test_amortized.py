@@ -140,24 +140,63 @@ def test_a_model_that_ignores_num_data_is_refused():
 
 
 def test_combines_with_an_autoguide_for_a_global_latent():
-    def model(x):
-        shift = pyro.sample("shift", dist.Normal(torch.zeros(D), 1.0).to_event(1))  # global
-        with pyro.plate("data", x.shape[0]):
+    S0 = 0.2  # a prior strong enough that the N/B scale moves the posterior mean
+    def model(x, num_data=None):
+        shift = pyro.sample("shift", dist.Normal(torch.zeros(D), S0).to_event(1))  # global: scale 1
+        B = x.shape[0]
+        with pyro.plate("data", B), poutine.scale(scale=(num_data or B) / B):
             z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
             pyro.sample("x", dist.Normal(z @ W.T + shift, SIGMA).to_event(1), obs=x)
 
     guide = AutoGuideList(model, create_plates=lambda x, **kw: pyro.plate("data", x.shape[0]))
     guide.append(AutoNormal(poutine.block(model, expose=["shift"])))
     guide.append(AmortizedGuide(poutine.block(model, hide=["shift"]), family="full", hidden_dims=()))
-    x = ppca_data(100)
+    x = ppca_data(20)
     elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.998}), elbo)
-    for i in range(1000):
-        svi.step(x[:50] if i % 2 else x[50:])  # minibatches: the list's plate follows the batch
-    # p(shift | x) = N(m, P⁻¹), P = I + n Σ⁻¹, m = P⁻¹ Σ⁻¹ Σ_n x_n, Σ = W Wᵀ + σ² I (z marginalized)
+    for i in range(1500):
+        svi.step(x[:10] if i % 2 else x[10:], num_data=20)  # minibatches of 10 standing for 20 points
+    # p(shift | x) = N(m, P⁻¹), P = I / s0² + n Σ⁻¹, m = P⁻¹ Σ⁻¹ Σ_n x_n, Σ = W Wᵀ + σ² I (z marginalized);
+    # unscaled minibatches (n = 10 in effect) would give another mean, m_10, as far from m as checked below
     inv = torch.linalg.inv(W @ W.T + SIGMA ** 2 * torch.eye(D))
-    m = torch.linalg.solve(torch.eye(D) + len(x) * inv, inv @ x.sum(0))
-    assert torch.allclose(pyro.param("AutoGuideList.0.locs.shift"), m, atol=0.15)
+
+    def mean(n):
+        return torch.linalg.solve(torch.eye(D) / S0 ** 2 + n * inv, inv @ x.sum(0) * n / len(x))
+
+    loc = pyro.param("AutoGuideList.0.locs.shift").detach()
+    assert (mean(20) - mean(10)).abs().max() > 0.15
+    assert torch.allclose(loc, mean(20), atol=0.04), (loc, mean(20), mean(10))
+
+
+def test_posterior_means_and_active_units_count_the_models_latent_units():
+    from pyro_vae.evaluation import active_units, posterior_means
+
+    x = ppca_data(50)
+    guide = AmortizedGuide(ppca, family="full", hidden_dims=())
+    train(guide, x, steps=300)
+    pyro.set_rng_seed(0)
+    a = posterior_means(ppca, guide, x, num_samples=4000)
+    pyro.set_rng_seed(1)
+    b = posterior_means(ppca, guide, x, num_samples=4000)
+    assert a.shape == (50, 3)  # z1 (2) and z2 (1): not the auxiliary draw, not the Deltas' one draw
+    # E_q[z] from 4000 draws: Monte Carlo error sd ≈ posterior sd (< 0.3) / √4000 < 0.005
+    assert torch.allclose(a, b, atol=0.03)
+    assert active_units(ppca, guide, x) <= 3
+
+
+def test_a_data_plate_at_dim_minus_two_gets_draws_of_the_sites_shape():
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, 2), 1.0).to_event(1))  # batch (B, 1)
+            with pyro.plate("features", D, dim=-1):
+                pyro.sample("x", dist.Normal(z.sum(-1) * W[:, 0], SIGMA), obs=x)
+
+    guide = AmortizedGuide(model, hidden_dims=(8,))
+    x = ppca_data(7)
+    with pyro.validation_enabled(True):
+        tr = poutine.trace(guide).get_trace(x)
+        assert tr.nodes["z"]["value"].shape == (7, 1, 2)
+        assert math.isfinite(Trace_ELBO(max_plate_nesting=2).loss(model, guide, x))
 
 
 @pytest.mark.parametrize("model, message", [

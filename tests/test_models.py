@@ -135,3 +135,16 @@ def test_batch_larger_than_num_data_is_refused():
     vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,))
     with pytest.raises(ValueError, match="num_data must be an integer N at least the batch size 10"):
         vae.model(binary_batch(10), num_data=5)
+
+
+def test_num_data_may_be_any_integer_type():
+    import numpy as np
+
+    vae = build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,))
+    x = binary_batch(10)
+    for n in (40, np.int64(40), torch.tensor(40)):
+        tr = poutine.trace(vae.model).get_trace(x, num_data=n)
+        assert tr.nodes["x"]["scale"] == pytest.approx(4.0)
+    for bad in (3.5, "40", True):
+        with pytest.raises(ValueError, match="num_data must be an integer"):
+            vae.model(x, num_data=bad)

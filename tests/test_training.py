@@ -166,3 +166,22 @@ def test_decaying_baseline_persists_across_epochs():
     trainer.run(1, progress=False)
     assert not torch.equal(first, trainer.param_state["params"][keys[0]])
     assert not any("baseline" in k for k in pyro.get_param_store().keys())
+
+
+def test_a_lazily_built_guide_exists_before_rank_zeros_weights_are_broadcast(monkeypatch):
+    """Under torchrun every rank must start from rank 0's weights: an AmortizedGuide makes
+    its encoder from the first batch, so it must be made before the broadcast."""
+    from pyro_vae import AmortizedGuide, ModelGuide
+    from pyro_vae import distributed as dp
+
+    train, _ = digits()
+    vae = small_vae()
+    guide = AmortizedGuide(vae.model, hidden_dims=(8,))
+    broadcast = []
+    monkeypatch.setattr(dp, "rank", lambda: 0)
+    monkeypatch.setattr(dp, "world_size", lambda: 2)
+    monkeypatch.setattr(dp, "broadcast_module", lambda module: broadcast.append(
+        {name for name, _ in module.named_parameters()}))
+    Trainer(ModelGuide(vae.model, guide), train, batch_size=64, distributed=True)
+    (names,) = broadcast
+    assert any(name.startswith("guide_module.posterior.") for name in names), names
