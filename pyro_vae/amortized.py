@@ -271,6 +271,26 @@ class ModelGuide(torch.nn.Module):
             if setup is not None:
                 setup(*example)
 
+    def check_parameters(self, *args, **kwargs):
+        """Raise a ValueError naming the parameters that model or guide register
+        (``pyro.param``, ``pyro.module``) but that are not among :meth:`parameters`, so
+        that a torch optimizer over them would silently leave them as they are."""
+        own = {id(p) for p in self.parameters()}
+        with poutine.trace(param_only=True) as capture, torch.no_grad():
+            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+            poutine.replay(self.model, trace=guide_trace)(*args, **kwargs)
+        missing = []
+        for name, site in capture.trace.nodes.items():
+            value = site["value"]
+            unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if id(unconstrained) not in own:
+                missing.append(name)
+        if missing:
+            raise ValueError(f"the model or guide registers parameters that are not in the modules ModelGuide holds: "
+                             f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; fit steps only those "
+                             "modules' parameters, so write the model as a PyroModule (or a method of one) that "
+                             "owns its networks and parameters, or train it with pyro.infer.SVI")
+
     @property
     def model(self):
         return self._pair[0]

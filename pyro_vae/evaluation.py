@@ -266,7 +266,18 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
                 c = min(chunk, S - done)
                 if c not in objectives:
                     objectives[c] = IWAE_ELBO(c, max_plate_nesting=max_plate_nesting)
-                log_w, _, _ = objectives[c].log_weights(pair.model, pair.guide, xb, *ab)
+                try:
+                    log_w, _, _ = objectives[c].log_weights(pair.model, pair.guide, xb, *ab)
+                except (RuntimeError, ValueError) as e:
+                    if isinstance(e, ValueError) and not any(k in str(e) for k in ("Shape mismatch", "broadcastable")):
+                        raise
+                    first = " ".join(str(e).strip().splitlines()[:2])
+                    raise ValueError(
+                        f"importance sampling runs model and guide on {stop - start} data points at a time "
+                        f"(batch_size={batch_size}) with the samples in a vectorized particle plate at dim "
+                        f"{-(max_plate_nesting + 1)}: the model and guide must broadcast over that leading sample "
+                        "dimension, and a guide made for a fixed number of points (an autoguide) needs batch_size "
+                        f"equal to it; the error was: {first}") from e
                 lw = log_w.double()
                 lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))

@@ -31,6 +31,8 @@ class Bernoulli(nn.Module):
         return torch.sigmoid(theta)
 
     def check(self, x):
+        if torch.isnan(x).any():
+            raise ValueError(f"the data hold {int(torch.isnan(x).sum())} NaN values")
         if not torch.all((x == 0) | (x == 1)):
             bad = x[(x != 0) & (x != 1)]
             raise ValueError(

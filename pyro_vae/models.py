@@ -105,6 +105,8 @@ class VAE(PyroModule):
     def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal", x_dim=None,
                  guide_kwargs=None, name=None):
         super().__init__(name=unique_name(type(self).__name__.lower()) if name is None else name)
+        #: a copy (``copy.deepcopy``, unpickling) of a model named automatically gets a new name
+        self._auto_name = name is None
         self.z_dim = int(z_dim)
         self.x_dim = int(x_dim) if x_dim is not None else getattr(decoder, "x_dim", None)
         self.decoder = decoder
@@ -120,6 +122,14 @@ class VAE(PyroModule):
         #: set by :func:`build_vae`: what is needed to build the same model again.
         self.config = None
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def __setstate__(self, state):
+        """A copy of an automatically named model gets a name of its own, so that it does
+        not train the original's parameters through the param store; a model given a
+        ``name`` keeps it (the same name shares parameters in the store, as in Pyro)."""
+        super().__setstate__(state)
+        if self.__dict__.get("_auto_name"):
+            self._pyro_name = unique_name(type(self).__name__.lower())
 
     # ---- the Pyro program ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -146,9 +156,18 @@ class VAE(PyroModule):
         loc = self._zero.new_zeros(tuple(batch_shape) + (self.z_dim,))
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
+    def _check_x(self, x):
+        """``x`` must be ``(batch, D)`` with B ≥ 1, of the parameters' floating dtype."""
+        check_batch(x, self.x_dim)
+        if x.shape[0] == 0:
+            raise ValueError(f"x holds no data points: shape {tuple(x.shape)}")
+        if x.dtype != self._zero.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {self._zero.dtype}: pass "
+                            f"x.to({self._zero.dtype}) (or convert the model, e.g. vae.double())")
+
     def _batch_size(self, x, batch_size):
         if x is not None:
-            check_batch(x, self.x_dim)
+            self._check_x(x)
             return x.shape[0]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"without data x, pass batch_size, a positive integer (got {batch_size!r})")
@@ -189,6 +208,7 @@ class VAE(PyroModule):
     # ---- inference and generation --------------------------------------------------------
     def encode(self, x):
         """q(z|x): the guide's distribution for a batch ``x`` (``batch_shape == (batch,)``)."""
+        self._check_x(x)
         return self.posterior(x)
 
     def decode(self, z, mean=True):
@@ -516,7 +536,7 @@ class ConditionalVAE(VAE):
         :param int num_data: N, if the batch stands for a data set of N points (scale N/B).
         """
         if x is not None:
-            check_batch(x, self.x_dim)
+            self._check_x(x)
         h = self.condition(c, x)
         mask = self.condition.target_mask(c)
         with self.plate(h.shape[0], num_data, device=h.device):
@@ -528,7 +548,7 @@ class ConditionalVAE(VAE):
         """q(z | x, c) = guide_family([x, h(c)])."""
         if x is None:
             raise ValueError("the guide q(z|x,c) needs the data x, a tensor of shape (batch, x_dim)")
-        check_batch(x, self.x_dim)
+        self._check_x(x)
         posterior = self.posterior
         h = self.condition(c, x)
         xh = torch.cat([x, h], dim=-1)
@@ -545,6 +565,7 @@ class ConditionalVAE(VAE):
     # ---- inference and generation --------------------------------------------------------
     def encode(self, x, c):
         """q(z|x,c) for a batch."""
+        self._check_x(x)
         return self.posterior(torch.cat([x, self.condition(c, x)], dim=-1))
 
     def decode(self, z, c, x=None, mean=True):

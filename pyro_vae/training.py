@@ -154,6 +154,10 @@ class Trainer:
         self.rank, self.world_size = (dp.rank(), dp.world_size()) if distributed else (0, 1)
         pyro.set_rng_seed(seed + self.rank)
         self.generator = torch.Generator().manual_seed(seed)
+        for what, data in (("train", train), ("valid", valid)):
+            if data is not None and not (hasattr(data, "batches") and hasattr(data, "x")):
+                raise TypeError(f"{what} must be an ImageData (e.g. pyro_vae.ImageData(x, image_shape=(1, H, W)) "
+                                f"for a tensor x of shape (N, H*W)), got {type(data).__name__}")
         self.vae = vae.to(self.device)
         self.train_data = train.to(self.device)
         self.valid_data = valid.to(self.device) if valid is not None else None
@@ -454,12 +458,17 @@ def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
     make its parameters from the first batch, before the optimizer is made; the global
     random generators (CPU, and the data's GPU) are left as they were."""
     setup = getattr(vae.guide, "setup", None)
-    if setup is None:
+    check = getattr(vae, "check_parameters", None)  # a ModelGuide: are all parameters its modules'?
+    if setup is None and check is None:
         return
     devices = [data.x.device] if data.x.is_cuda else []
     with torch.random.fork_rng(devices=devices), private_param_store(), torch.no_grad():
         first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
-        setup(*first, **({"num_data": num_data} if pass_num_data else {}))
+        kwargs = {"num_data": num_data} if pass_num_data else {}
+        if setup is not None:
+            setup(*first, **kwargs)
+        if check is not None:
+            check(*first, **kwargs)
 
 
 def _takes_num_data(fn):
@@ -477,7 +486,8 @@ def _check_baseline(vae, n, batch_size):
     if getattr(getattr(vae, "posterior", None), "baseline", None) is None:
         return
     if n % batch_size:
-        raise ValueError(f"the decaying-average baseline keeps one average per position in the batch, so every "
+        raise ValueError(f"the decaying-average baseline (also part of baseline='neural') keeps one average per "
+                         f"position in the batch, so every "
                          f"batch must have the same size, but {n} training points make a last batch of "
                          f"{n % batch_size} with batch_size={batch_size}; choose a batch size that divides {n}")
 

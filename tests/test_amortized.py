@@ -219,3 +219,29 @@ def test_clear_errors(model, message):
     fn = {"discrete": discrete, "no plate": no_plate, "nested": nested}[model]
     with pytest.raises(ValueError, match=message):
         AmortizedGuide(fn)(torch.zeros(4, 3))
+
+
+def test_fit_refuses_a_model_whose_parameters_it_would_not_train():
+    decoder = torch.nn.Linear(3, D)
+
+    def model(x):  # a plain function registering a network and a parameter of its own
+        pyro.module("user_decoder", decoder)
+        bias = pyro.param("bias", torch.zeros(D))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z) + bias, SIGMA).to_event(1), obs=x)
+
+    data = ImageData(ppca_data(50), None, (1, 1, D), name="ppca")
+    with pytest.raises(ValueError, match="user_decoder.*bias|bias.*user_decoder"):
+        fit(ModelGuide(model, AmortizedGuide(model, hidden_dims=())), data, epochs=1, progress=False)
+
+
+def test_log_likelihood_names_the_batch_size_when_a_guide_is_made_for_fixed_points():
+    from pyro_vae import log_likelihood
+
+    x = ppca_data(30)
+    guide = AutoNormal(ppca)  # one posterior per point: 30 rows
+    guide(x)
+    with pytest.raises(ValueError, match="batch_size"):
+        log_likelihood(ppca, guide, x, num_samples=10, batch_size=20)
+    assert log_likelihood(ppca, guide, x, num_samples=10, batch_size=30).shape == (30,)

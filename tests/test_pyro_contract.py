@@ -224,3 +224,37 @@ def test_a_global_latent_sits_outside_the_data_plate_at_scale_one():
     model_tr = poutine.trace(poutine.replay(vae.model, trace=tr)).get_trace(x, num_data=100)
     assert model_tr.nodes["bias"]["cond_indep_stack"] == () and model_tr.nodes["bias"]["scale"] == 1.0
     assert model_tr.nodes["z"]["scale"] == 10.0 and model_tr.nodes["x"]["scale"] == 10.0
+
+
+def test_a_copy_of_a_model_trains_its_own_parameters(digits):
+    import copy
+
+    x = digits.x[:128]
+    torch.manual_seed(0)
+    original = small_vae()
+    SVI(original.model, original.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO()).step(x)
+    for clone in (copy.deepcopy(original), __import__("pickle").loads(__import__("pickle").dumps(original))):
+        assert clone._pyro_name != original._pyro_name
+        before = [p.detach().clone() for p in clone.parameters()]
+        svi = SVI(clone.model, clone.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        for _ in range(3):
+            svi.step(x)
+        assert all(not torch.equal(a, b) for a, b in zip(before, clone.parameters()))
+    named = small_vae(name="mine")
+    assert copy.deepcopy(named)._pyro_name == "mine"  # an explicit name is kept, as Pyro shares by name
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.zeros(3, 64, dtype=torch.float64), "dtype torch.float64 but the model's parameters are torch.float32"),
+    (torch.zeros(0, 64), "no data points"),
+])
+def test_dtype_and_empty_batches_are_refused(x, message):
+    vae = small_vae()
+    for fn in (vae.model, vae.guide, vae.encode):
+        with pytest.raises((ValueError, TypeError), match=message):
+            fn(x)
+
+
+def test_fit_names_the_data_type_it_needs(digits):
+    with pytest.raises(TypeError, match="must be an ImageData"):
+        fit(small_vae(), digits.x, epochs=1, progress=False)
