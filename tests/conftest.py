@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pyro
@@ -48,3 +49,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run folder trained one epoch on digits (once per test module)."""
+    from run_helpers import TINY
+    from pyro_vae.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of :func:`finished_run` that a test may change."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy

@@ -5,7 +5,6 @@ one-line error (exit 2), a format version and ordinary file modes."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,41 +17,15 @@ import torch
 from pyro_vae import checkpoints
 from pyro_vae.checkpoints import CHECKPOINT, RUN_JSON, CheckpointError, Checkpointer, atomic_write
 from pyro_vae.cli import main
+from run_helpers import TINY, fails, snapshot
 
 LOCK = ".pyro-vae.lock"  # the lock file inside a run folder (checkpoints.LOCK)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--hidden", "16", "--z-dim", "4", "--binarize", "dynamic", "--no-progress"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
-def fails(argv, capsys, *says):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
-    for s in says:
-        assert s in err, (s, err)
-    return err
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--epochs", "1", "--out", str(out), *TINY]) == 0
-    return out
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 def env():

@@ -5,7 +5,6 @@ written by ``pyro-vae plot RUN`` or ``train --resume``."""
 
 import datetime
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,40 +16,14 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.cli import build_parser, main
+from run_helpers import TINY, fails, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--hidden", "16", "--z-dim", "4", "--binarize", "dynamic", "--no-progress"]
 FIGURES = ["loss_curves.png", "reconstructions.png", "samples.png"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fails(argv, capsys, *says):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    for s in says:
-        assert s in err, (s, err)
-    return err
-
-
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--epochs", "1", "--out", str(out), *TINY]) == 0
-    return out
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(finished_run, copy)
-    return copy
 
 
 # ---- options -------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ The traced-step prototype of ``benchmarks/train_speed.py`` is held to the same l
 gradients.
 """
 
-import io
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pyro.infer import Trace_ELBO
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.cli import build_parser
 from pyro_vae.training import Trainer
+from run_helpers import round_trip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,13 +80,6 @@ def test_same_steps_as_the_plain_trainer(kw):
             t.step(xb)
     for (name, p), q in zip(plain.vae.named_parameters(), fast.vae.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def round_trip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 class Stop(Exception):

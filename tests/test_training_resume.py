@@ -3,7 +3,6 @@ bit-identical to the run never stopped; NaN losses stop a run at that step with 
 last good checkpoint on disk; gradient clipping bounds the step.
 """
 
-import io
 import json
 import os
 import random
@@ -20,6 +19,7 @@ from pyro_vae import build_vae, load_dataset
 from pyro_vae.checkpoints import Checkpointer, load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.training import NonFiniteLossError, Trainer
+from run_helpers import round_trip
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64) digits training images, batch 64
@@ -42,14 +42,6 @@ def make_trainer(init_seed, **kw):
     torch.manual_seed(init_seed)
     vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
     return Trainer(vae, train, valid, batch_size=64, lr=3e-3, seed=0, **kw)
-
-
-def round_trip(state):
-    """What a checkpoint gives back: through torch.save and a weights_only load."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def params(module):
