@@ -463,6 +463,7 @@ def active_units(model, *args, threshold=1e-2, batch_size=1000, return_variances
 
 
 def _mean_se(values):
+    """The mean of ``values`` and its standard error s/√n (NaN for a single value), as floats."""
     values = values.double()
     n = values.numel()
     se = (values.std() / math.sqrt(n)).item() if n > 1 else float("nan")
@@ -747,11 +748,6 @@ def dead_zone_share(draws, codes, quantile=0.99):
     return float((nearest_distances(draws, codes) > t).double().mean()), t
 
 
-def _mean_and_se(values):
-    values = values.double()
-    return float(values.mean()), float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-
-
 @torch.no_grad()
 def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, standardize="auto", seed=0,
                      batch_size=1000, codes="sample"):
@@ -812,7 +808,7 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
             images = x if z is None else torch.cat([model.decode(z[i:i + batch_size].to(device)).cpu().clamp(0, 1)
                                                      for i in range(0, z.shape[0], batch_size)])
             probs = classifier_probs(classifier, images)
-            report[key], report[key + "_se"] = _mean_and_se(probs.max(-1).values)
+            report[key], report[key + "_se"] = _mean_se(probs.max(-1).values)
             return probs
 
         probs = judge("confidence", frame.to_latent(u))

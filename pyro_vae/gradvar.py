@@ -52,7 +52,7 @@ from .guides import DiagonalNormal, NonReparameterizedNormal
 from .models import VAE
 from .objectives import make_objective
 from .plots import plot_elbo_curves, plot_gradient_variance
-from .training import Trainer, _loss_fn, evaluate_loss, private_param_store
+from .training import Trainer, loss_function, evaluate_loss, private_param_store
 
 #: a = ½ log 2π, the constant of log N(x; φ, 1) = −a − ½(x − φ)².
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -146,7 +146,7 @@ def toy_guide(phi, reparameterized=True, prior="flat"):
 def _backward(objective, model, guide, *args):
     """Gradients of the objective's loss into ``.grad`` (``differentiable_loss`` where the
     objective has it, else its own ``loss_and_grads``, e.g. ``TraceGraph_ELBO``)."""
-    loss_fn, differentiable = _loss_fn(objective)
+    loss_fn, differentiable = loss_function(objective)
     if differentiable:
         loss_fn(model, guide, *args).backward()
     else:

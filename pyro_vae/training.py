@@ -56,7 +56,7 @@ class History:
         return asdict(self)
 
 
-def _loss_fn(objective):
+def loss_function(objective):
     """``f(model, guide, x) -> loss`` that leaves gradients to be computed by the caller
     (``differentiable_loss``), or, for objectives that only offer ``loss_and_grads``
     (e.g. ``TraceGraph_ELBO``), a function that computes them itself."""
@@ -177,7 +177,7 @@ class Trainer:
         self.fused, self.compiled = bool(fused), bool(compile)
         if self.compiled:
             _compile_networks(self.vae)
-        self.loss_fn, self.differentiable = _loss_fn(self.objective)
+        self.loss_fn, self.differentiable = loss_function(self.objective)
         try:
             opt_cls = OPTIMIZERS[optimizer]
         except KeyError:
