@@ -198,12 +198,18 @@ class VAE(PyroModule):
         """
         if x is None:
             raise ValueError("the guide q(z|x) needs the data x, a tensor of shape (batch, x_dim)")
-        batch_size = self._batch_size(x, None)
+        self._check_x(x)
+        return self._sample_z(x, num_data)
+
+    def _sample_z(self, inputs, num_data):
+        """``z ~ posterior(inputs)`` in the data plate of the batch ``inputs`` (``(B, k)``),
+        with the ``infer`` options of the family's ``site_infer(inputs, scale)`` if it has one."""
         posterior = self.posterior  # a pyro.module statement
         site_infer = getattr(posterior, "site_infer", None)
-        with self.plate(batch_size, num_data, device=x.device):
-            infer = site_infer(x, scale=(num_data or batch_size) / batch_size) if site_infer else None
-            return pyro.sample("z", posterior(x), infer=infer)
+        batch_size = inputs.shape[0]
+        with self.plate(batch_size, num_data, device=inputs.device):
+            infer = site_infer(inputs, scale=(num_data or batch_size) / batch_size) if site_infer else None
+            return pyro.sample("z", posterior(inputs), infer=infer)
 
     # ---- inference and generation --------------------------------------------------------
     def encode(self, x):
@@ -549,13 +555,7 @@ class ConditionalVAE(VAE):
         if x is None:
             raise ValueError("the guide q(z|x,c) needs the data x, a tensor of shape (batch, x_dim)")
         self._check_x(x)
-        posterior = self.posterior
-        h = self.condition(c, x)
-        xh = torch.cat([x, h], dim=-1)
-        site_infer = getattr(posterior, "site_infer", None)
-        with self.plate(x.shape[0], num_data, device=x.device):
-            infer = site_infer(xh, scale=(num_data or x.shape[0]) / x.shape[0]) if site_infer else None
-            return pyro.sample("z", posterior(xh), infer=infer)
+        return self._sample_z(torch.cat([x, self.condition(c, x)], dim=-1), num_data)
 
     def prepare_data(self, data):
         """The data set in the form the Trainer passes to ``model(x, c)`` with
