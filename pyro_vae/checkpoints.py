@@ -592,6 +592,8 @@ class Checkpointer:
             save_checkpoint(self.path, state)
             run = dict(self.run, format=RUN_FORMAT, history=state["history"], epoch=trainer.epoch,
                        step=trainer.step_count)
+            if "best" in state:  # the epoch whose weights load_run(..., weights="best") loads
+                run["best"] = dict(epoch=state["best"]["epoch"], valid_loss=state["best"]["valid_loss"])
             try:
                 save_json(self.run_dir / RUN_JSON, run)
             except OSError as e:

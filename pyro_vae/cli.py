@@ -24,11 +24,11 @@ from . import distributed  # data-parallel training under torchrun
 from .data import DATASETS, DataError, check_split, load_dataset
 from .evaluation import DigitClassifier, classifier_accuracy, likelihood_report, train_classifier
 from .models import build_model
-from .runs import load_run
+from .runs import WEIGHTS, load_run
 from .objectives import OBJECTIVES, ALIASES
 from .plots import plot_losses, save_reconstructions, save_samples
 from .plots import save_class_samples, save_completions  # conditional VAE
-from .training import NonFiniteLossError, Trainer
+from .training import LR_SCHEDULES, NonFiniteLossError, Trainer
 from . import gradvar  # score function vs reparameterization
 
 
@@ -143,6 +143,20 @@ def add_train_arguments(p):
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--device", default="cpu", help="cpu or cuda")
     o.add_argument("--clip-norm", type=float, default=None, help="clip the gradient norm to this value")
+    o.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="learning rate per epoch: constant, or cosine/exponential from --lr to --lr-final "
+                        "over --schedule-epochs (default: constant)")
+    o.add_argument("--lr-final", type=float, default=None, help="learning rate at the schedule's end (default: lr/10)")
+    o.add_argument("--schedule-epochs", type=int, default=None, metavar="T",
+                   help="epochs over which the schedule reaches --lr-final (default: --epochs)")
+    o.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
+                   help="raise the KL term's weight β linearly from 0 to 1 over this many epochs (default: 0, off)")
+    o.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights with this decay, "
+                        "e.g. 0.999 (default: off)")
+    o.add_argument("--no-keep-best", dest="keep_best", action="store_false",
+                   help="do not keep the weights of the best validation epoch (kept by default; "
+                        "evaluate uses them)")
     o.add_argument("--fused", action="store_true",
                    help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)")
     o.add_argument("--compile", action="store_true",
@@ -184,6 +198,17 @@ def _validate_train_args(args):
         raise UsageError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     if args.clip_norm is not None and not args.clip_norm > 0:
         raise UsageError(f"--clip-norm must be a positive number, got {args.clip_norm}")
+    if getattr(args, "lr_final", None) is not None and not (args.lr_final > 0 and math.isfinite(args.lr_final)):
+        raise UsageError(f"--lr-final must be a positive number, got {args.lr_final}")
+    if getattr(args, "schedule_epochs", None) is not None and args.schedule_epochs < 1:
+        raise UsageError(f"--schedule-epochs must be a positive integer, got {args.schedule_epochs}")
+    if not (getattr(args, "kl_warmup", 0.0) >= 0 and math.isfinite(args.kl_warmup)):
+        raise UsageError(f"--kl-warmup must be a number of epochs ≥ 0, got {args.kl_warmup}")
+    if getattr(args, "ema", None) is not None and not 0 < args.ema < 1:
+        raise UsageError(f"--ema must be a decay in (0, 1), e.g. 0.999, got {args.ema}")
+    if getattr(args, "kl_warmup", 0.0) and ALIASES.get(args.objective, args.objective) not in ("elbo", "meanfield",
+                                                                                                "tracegraph"):
+        raise UsageError(f"--kl-warmup scales the KL term of an ELBO; --objective {args.objective} has none")
 
 
 def model_config(args, image_shape, binary):
@@ -236,9 +261,13 @@ def _train(args, device, out, timeout):
     conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c)
     if conditional:
         train, valid = model.prepare_data(train), model.prepare_data(valid)
+    if args.lr_schedule != "constant" and args.schedule_epochs is None:
+        args.schedule_epochs = args.epochs  # stored resolved: a resume with more epochs keeps the schedule
     trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
-                      with_labels=conditional, fused=args.fused, compile=args.compile)
+                      with_labels=conditional, fused=args.fused, compile=args.compile,
+                      lr_schedule=args.lr_schedule, schedule_epochs=args.schedule_epochs, lr_final=args.lr_final,
+                      kl_warmup=args.kl_warmup, ema_decay=args.ema, keep_best=args.keep_best)
     run = dict(model=config, data=dict(dataset=args.dataset, binarize=args.binarize, seed=args.seed),
                train=dict(objective=args.objective, particles=args.particles, lr=args.lr,
                           batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, device=args.device,
@@ -378,7 +407,7 @@ def _check_stored_options(stored, path):
         flag = action.option_strings[-1] if action.option_strings else key
         if value is None and action.default is None:
             continue
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse._StoreConstAction):  # store_true, store_false
             ok, what = isinstance(value, bool), "true or false"
         else:
             kind = action.type or str
@@ -462,6 +491,9 @@ def add_evaluate_arguments(p):
     p.add_argument("--iwae-k", type=int, nargs="+", default=None, metavar="K",
                    help="K of the IWAE bounds L_K to report, each dividing -K (default: 5, 50 and the run's own K)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N data points")
+    p.add_argument("--weights", default="best", choices=WEIGHTS,
+                   help="best: the best validation epoch's, if the run kept them; last: the latest (the moving "
+                        "average, if the run kept one); raw: the latest trained weights (default: best)")
     p.add_argument("--batch-size", type=int, default=100, help="data points per batch (default: 100)")
     p.add_argument("--chunk-size", type=int, default=100,
                    help="samples per chunk; memory grows as batch × chunk × x_dim (default: 100)")
@@ -488,7 +520,7 @@ def cmd_evaluate(args):
                 raise UsageError(f"--iwae-k {k}: each K must be a positive divisor of -K {K} (L_K is "
                                  f"estimated from the -K samples split into groups of K)")
     _check_device(args.device)
-    model, run = load_run(args.run_dir, args.device)
+    model, run = load_run(args.run_dir, args.device, weights=args.weights)
     check_split(run.get("data", {}).get("dataset", "digits"), args.split)  # digits, mnist10k: no test split
     ks = args.iwae_k
     if ks is None:
@@ -510,7 +542,8 @@ def cmd_evaluate(args):
     pyro.set_rng_seed(args.seed)
     report = likelihood_report(model, data.x, *extra, num_samples=K, ks=ks, batch_size=args.batch_size,
                                chunk_size=args.chunk_size, progress=not args.no_progress)
-    result = dict(run_dir=str(args.run_dir), dataset=data_cfg.get("dataset"), split=args.split, **report)
+    result = dict(run_dir=str(args.run_dir), dataset=data_cfg.get("dataset"), split=args.split,
+                  weights=args.weights, **report)
     print(f"{data.name}: {report['n']} data points, K={K} importance samples, {report['seconds']:.1f} s; "
           "nats per data point, ± standard error over the data points")
     print(f"  {'-ELBO':16s}{report['neg_elbo']:9.3f} ± {report['neg_elbo_stderr']:.3f}")

@@ -13,7 +13,29 @@ from . import checkpoints
 from .models import build_model
 
 
-def load_run(run_dir, device="cpu"):
+WEIGHTS = ("best", "last", "raw")
+
+
+def run_weights(state, weights="best"):
+    """The model weights a trainer state (a ``checkpoint.pt``) holds, by ``weights``:
+
+    - ``"best"``: those of the best validation epoch when the run kept them
+      (``keep_best``), else ``"last"``;
+    - ``"last"``: the latest weights to evaluate: the moving average when the run kept
+      one (``ema_decay``), else ``"raw"``;
+    - ``"raw"``: the latest trained weights, as the optimizer left them.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "best" and isinstance(state.get("best"), dict):
+        return state["best"]["model"]
+    if weights != "raw" and isinstance(state.get("ema"), dict):
+        prefix = "module."
+        return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    return state["model"]
+
+
+def load_run(run_dir, device="cpu", weights="best"):
     """Rebuild the model of a run folder and load its weights.
 
     The model is built from the settings ``run.json`` stores (:func:`~pyro_vae.models.build_model`),
@@ -23,15 +45,19 @@ def load_run(run_dir, device="cpu"):
 
     :param run_dir: the run folder.
     :param device: where to put the model.
+    :param str weights: which weights (:func:`run_weights`): ``"best"`` (default: the best
+        validation epoch's, if the run kept them), ``"last"`` or ``"raw"``.
     :returns: ``(model, run)``, the model in eval mode and ``run`` the parsed ``run.json``.
     :raises pyro_vae.checkpoints.CheckpointError: if the folder holds no run, or its files
         do not match each other.
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     run_dir = Path(run_dir)
     run = checkpoints.load_json(run_dir / checkpoints.RUN_JSON)
     config = run["model"]
     model = build_model(config)
     state = checkpoints.load_checkpoint(run_dir / checkpoints.CHECKPOINT, map_location="cpu")
     checkpoints.check_config(state.get("config"), getattr(model, "config", None), what=f"run.json of {run_dir}")
-    checkpoints.load_state_dict(model, state["model"], what=f"{config.get('model', 'vae')} of {run_dir}")
+    checkpoints.load_state_dict(model, run_weights(state, weights), what=f"{config.get('model', 'vae')} of {run_dir}")
     return model.to(device).eval(), run

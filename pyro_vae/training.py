@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import pyro
 import torch
 from pyro import poutine
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import distributed as dp
@@ -34,6 +35,40 @@ from .checkpoints import CheckpointError, check_config, load_state_dict
 from .objectives import make_objective, objective_label
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
+def scheduled_lr(lr, schedule, epoch, schedule_epochs=None, lr_final=None):
+    """The learning rate of epoch ``epoch`` (0-based) under a schedule that goes from
+    ``lr`` at epoch 0 to ``lr_final`` at epoch T = ``schedule_epochs`` and stays there:
+
+    - ``"constant"``: lr;
+    - ``"cosine"``: lr_f + (lr − lr_f)(1 + cos(π t/T))/2, t = min(epoch, T);
+    - ``"exponential"``: lr (lr_f/lr)^(t/T).
+
+    :param float lr_final: lr_f (default lr/10).
+    """
+    if schedule == "constant":
+        return lr
+    lr_final = lr / 10 if lr_final is None else lr_final
+    t = min(epoch, schedule_epochs) / schedule_epochs
+    if schedule == "cosine":
+        return lr_final + (lr - lr_final) * (1 + math.cos(math.pi * t)) / 2
+    return lr * (lr_final / lr) ** t
+
+
+class ScaleLatent(poutine.messenger.Messenger):
+    """Multiply the log-density of every unobserved sample site by β (KL warm-up):
+    applied to both model and guide, the ELBO becomes
+    E_q[log p(x|z)] + β E_q[log p(z) − log q(z|x)] = E_q[log p(x|z)] − β KL(q‖p)."""
+
+    def __init__(self, beta):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.beta * msg["scale"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -135,17 +170,47 @@ class Trainer:
         after training. Same values up to float rounding. Off by default: for the MLP on
         CPU it is slower than eager and adds tens of seconds of compilation.
         See ``docs/speed.md`` for what each option costs and buys.
+    :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
+        the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
+    :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``
+        (needed for a schedule other than constant; :func:`fit` passes its ``epochs``).
+    :param float lr_final: the learning rate at epoch T and after (default lr/10).
+    :param float kl_warmup: KL warm-up over this many epochs (0: off): step s
+        (1-based) optimizes E_q[log p(x|z)] − β_s KL(q‖p) with β_s = min(1, s/W), W the
+        warm-up's steps, by scaling every latent site of model and guide by β_s
+        (:class:`ScaleLatent`). The train loss reported meanwhile is that objective;
+        validation is always the plain one. ELBO objectives only (the IWAE bound needs
+        one scale for every site).
+    :param float ema_decay: keep an exponential moving average of the weights,
+        θ̄ ← d θ̄ + (1 − d) θ after each step (``torch.optim.swa_utils.AveragedModel``),
+        and validate (and keep as best) the averaged model, :attr:`eval_model`; None: off.
+    :param bool keep_best: keep the weights of :attr:`eval_model` at the epoch of lowest
+        validation loss in :attr:`best` (saved in the checkpoint; :func:`fit` loads them
+        into the model at the end).
     """
 
     def __init__(self, vae, train, valid=None, objective="elbo", num_particles=1, optimizer="adam",
                  lr=1e-3, batch_size=128, seed=0, device="cpu", clip_norm=None, with_labels=False,
-                 valid_batch_size=1000, distributed=None, fused=False, compile=False):
+                 valid_batch_size=1000, distributed=None, fused=False, compile=False,
+                 lr_schedule="constant", schedule_epochs=None, lr_final=None, kl_warmup=0.0, ema_decay=None,
+                 keep_best=False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be positive (or None for no clipping), got {clip_norm}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        if lr_schedule != "constant" and not (isinstance(schedule_epochs, int) and schedule_epochs >= 1):
+            raise ValueError(f"lr_schedule={lr_schedule!r} needs schedule_epochs, a positive number of epochs "
+                             f"over which lr goes to lr_final, got {schedule_epochs!r}")
+        if lr_final is not None and not (0 < lr_final and math.isfinite(lr_final)):
+            raise ValueError(f"lr_final must be a positive number, got {lr_final}")
+        if not (kl_warmup >= 0 and math.isfinite(kl_warmup)):
+            raise ValueError(f"kl_warmup must be a number of epochs ≥ 0, got {kl_warmup}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1) (or None for no averaging), got {ema_decay}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for, but no CUDA GPU is available")
@@ -170,11 +235,18 @@ class Trainer:
         self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
+        if kl_warmup and self.label != "-ELBO":
+            raise ValueError(f"kl_warmup scales the KL term of an ELBO, and the objective is {self.label}; "
+                             f"use it with elbo, meanfield or tracegraph")
         # a lazily built guide makes its parameters first, so that rank 0's are the ones broadcast
         _setup_guide(self.vae, self.train_data, batch_size, with_labels, self.num_data, self._pass_num_data)
         if self.world_size > 1:
             dp.broadcast_module(self.vae)
         self.fused, self.compiled = bool(fused), bool(compile)
+        #: the exponential moving average of the weights (``AveragedModel``), or None
+        self.averaged = None
+        if ema_decay is not None:  # copied before the networks are compiled
+            self.averaged = AveragedModel(self.vae, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         if self.compiled:
             _compile_networks(self.vae)
         self.loss_fn, self.differentiable = loss_function(self.objective)
@@ -183,6 +255,12 @@ class Trainer:
         except KeyError:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}") from None
         self.optimizer = opt_cls(self.vae.parameters(), lr=lr, **({"fused": True} if self.fused else {}))
+        self.lr, self.lr_schedule, self.schedule_epochs, self.lr_final = lr, lr_schedule, schedule_epochs, lr_final
+        self.warmup_steps = kl_warmup * math.ceil(len(train) / batch_size)
+        self.keep_best = bool(keep_best)
+        #: with ``keep_best``: ``{"epoch", "valid_loss", "model"}`` of the best validation
+        #: epoch so far (``model``: the state dict of :attr:`eval_model` then), or None
+        self.best = None
         self._params = [p for p in self.vae.parameters() if p.requires_grad]
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
         self.valid_batch_size = valid_batch_size
@@ -201,6 +279,16 @@ class Trainer:
         # the batch shapes (and devices) this process has stepped on with Pyro's
         # validation; not saved: a resumed run validates its first step again
         self._validated = set()
+
+    @property
+    def eval_model(self):
+        """The model that is validated: the weights' moving average with ``ema_decay``,
+        else the trained model itself."""
+        return self.averaged.module if self.averaged is not None else self.vae
+
+    def kl_weight(self):
+        """β of the next step under KL warm-up (1 when off or over)."""
+        return min(1.0, (self.step_count + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
     def step(self, *batch, share=1.0):
         """One SVI step on a minibatch; returns −ELBO in nats per data point.
@@ -233,10 +321,14 @@ class Trainer:
 
     def _loss(self, batch):
         """The objective's loss of the batch, which stands for the N training points."""
+        model, guide = self.vae.model, self.vae.guide
+        beta = self.kl_weight()
+        if beta < 1:
+            model, guide = ScaleLatent(beta)(model), ScaleLatent(beta)(guide)
         if self._pass_num_data:
-            return self.loss_fn(self.vae.model, self.vae.guide, *batch, num_data=self.num_data)
+            return self.loss_fn(model, guide, *batch, num_data=self.num_data)
         scale = self.num_data / batch[0].shape[0]
-        return self.loss_fn(poutine.scale(self.vae.model, scale), poutine.scale(self.vae.guide, scale), *batch)
+        return self.loss_fn(poutine.scale(model, scale), poutine.scale(guide, scale), *batch)
 
     def _step(self, batch, share):
         n = self.num_data
@@ -260,6 +352,8 @@ class Trainer:
             if not torch.isfinite(norm):  # clipping a NaN gradient would still step to NaN
                 raise NonFiniteLossError(f"the gradient norm is {norm.item()} at {self._where()}")
         self.optimizer.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.vae)
         self.step_count += 1
         return value
 
@@ -302,6 +396,8 @@ class Trainer:
             :meth:`~pyro_vae.checkpoints.Checkpointer.on_step`).
         """
         self.vae.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled_lr(self.lr, self.lr_schedule, self.epoch, self.schedule_epochs, self.lr_final)
         self._epoch_start = self.generator.get_state()
         if self.epoch_step == 0:
             self._epoch_loss, self._epoch_seconds = 0.0, 0.0
@@ -324,11 +420,19 @@ class Trainer:
         return loss
 
     def validate(self):
-        self.vae.eval()
-        loss = evaluate_loss(self.vae, self.valid_data, self.objective, self.valid_batch_size,
+        """The objective's loss on the validation data, of :attr:`eval_model`."""
+        model = self.eval_model
+        model.eval()
+        loss = evaluate_loss(model, self.valid_data, self.objective, self.valid_batch_size,
                              with_labels=self.with_labels)
-        self.vae.train()
+        model.train()
         return loss
+
+    def _update_best(self):
+        loss = self.history.valid_loss[-1]
+        if self.best is None or loss < self.best["valid_loss"]:
+            weights = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
+            self.best = {"epoch": self.epoch, "valid_loss": loss, "model": weights}
 
     def run(self, epochs, progress=True, callback=None, step_callback=None):
         """Train ``epochs`` more epochs (the first one may be the rest of an epoch begun
@@ -351,6 +455,8 @@ class Trainer:
             self.history.epoch_seconds.append(self._epoch_seconds)
             if self.valid_data is not None and self.rank == 0:
                 self.history.valid_loss.append(self.validate())
+                if self.keep_best:
+                    self._update_best()
             bar.set_postfix(train=f"{train_loss:.2f}",
                             valid=f"{self.history.valid_loss[-1]:.2f}" if self.history.valid_loss else "-")
             if callback is not None:
@@ -386,6 +492,8 @@ class Trainer:
             "rng": rngs,
             "world_size": self.world_size,
             "history": self.history.to_dict(),
+            **({"ema": self.averaged.state_dict()} if self.averaged is not None else {}),
+            **({"best": self.best} if self.best is not None else {}),
         }
 
     def load_state_dict(self, state):
@@ -414,6 +522,12 @@ class Trainer:
         self._epoch_loss, self._epoch_seconds = state["epoch_loss"], state["epoch_seconds"]
         self.generator.set_state(state["generator"])
         self.history = History(**{"objective": self.label, **state["history"]})
+        if self.averaged is not None:
+            if "ema" not in state:
+                raise CheckpointError("the checkpoint holds no moving average of the weights; resume it "
+                                      "without ema_decay")
+            load_state_dict(self.averaged, state["ema"], what="moving average of the weights")
+        self.best = state.get("best") if self.keep_best else None
         rng.set_state(state["rng"][self.rank], self.device)
 
     def check_finite(self):
@@ -523,7 +637,9 @@ def fit(vae, train, valid=None, epochs=10, progress=True, callback=None, **kwarg
     """Train ``vae`` with SVI and return its :class:`History`.
 
     Keyword arguments are those of :class:`Trainer` (objective, num_particles, lr,
-    batch_size, seed, device, ...).
+    batch_size, seed, device, lr_schedule, kl_warmup, ema_decay, keep_best, ...). At the
+    end ``vae`` holds the weights to evaluate: those of the best validation epoch with
+    ``keep_best=True``, else the moving average with ``ema_decay``, else the last step's.
 
     Example::
 
@@ -532,4 +648,12 @@ def fit(vae, train, valid=None, epochs=10, progress=True, callback=None, **kwarg
         vae = build_vae(train.image_shape, z_dim=8, hidden_dims=(128,))
         history = fit(vae, train, valid, epochs=20, objective="meanfield")
     """
-    return Trainer(vae, train, valid, **kwargs).run(epochs, progress=progress, callback=callback)
+    if kwargs.get("lr_schedule", "constant") != "constant":
+        kwargs.setdefault("schedule_epochs", epochs)
+    trainer = Trainer(vae, train, valid, **kwargs)
+    history = trainer.run(epochs, progress=progress, callback=callback)
+    if trainer.best is not None:
+        vae.load_state_dict(trainer.best["model"])
+    elif trainer.averaged is not None:
+        vae.load_state_dict(trainer.averaged.module.state_dict())
+    return history
