@@ -27,6 +27,24 @@ def fails(argv, capsys, *says):
     return err
 
 
+def digits_data():
+    """The digits training (dynamically binarized) and validation (static) sets."""
+    from pyro_vae import load_dataset
+    return (load_dataset("digits", "train", binarize="dynamic"),
+            load_dataset("digits", "valid", binarize="static"))
+
+
+def make_trainer(init_seed=0, **kw):
+    """A small VAE's trainer on the digits (z_dim 4, 16 hidden units, batch 64: 24 steps an
+    epoch), its weights initialized from ``init_seed``."""
+    from pyro_vae import build_vae
+    from pyro_vae.training import Trainer
+    train, valid = digits_data()
+    torch.manual_seed(init_seed)
+    vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
+    return Trainer(vae, train, valid, batch_size=64, lr=3e-3, seed=0, **kw)
+
+
 def round_trip(state):
     """What a checkpoint gives back: through torch.save and a weights_only load."""
     buf = io.BytesIO()

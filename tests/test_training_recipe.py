@@ -9,27 +9,16 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_vae import build_vae, load_dataset
+from pyro_vae import build_vae
 from pyro_vae.checkpoints import CheckpointError, load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.runs import load_run, run_weights
 from pyro_vae.training import Trainer, evaluate_loss, fit, scheduled_lr
-from run_helpers import round_trip
+from run_helpers import digits_data as data, make_trainer, round_trip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64)
 
-
-def data():
-    return (load_dataset("digits", "train", binarize="dynamic"),
-            load_dataset("digits", "valid", binarize="static"))
-
-
-def make_trainer(init_seed=0, **kw):
-    train, valid = data()
-    torch.manual_seed(init_seed)
-    vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
-    return Trainer(vae, train, valid, batch_size=64, lr=3e-3, seed=0, **kw)
 
 
 def params(module):

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import build_vae, load_dataset
 from pyro_vae.checkpoints import Checkpointer, load_checkpoint
 from pyro_vae.cli import main
-from pyro_vae.training import NonFiniteLossError, Trainer
-from run_helpers import round_trip
+from pyro_vae.training import NonFiniteLossError
+from run_helpers import make_trainer, round_trip
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64) digits training images, batch 64
@@ -31,17 +30,6 @@ class Stop(Exception):
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def data():
-    return (load_dataset("digits", "train", binarize="dynamic"),
-            load_dataset("digits", "valid", binarize="static"))
-
-
-def make_trainer(init_seed, **kw):
-    train, valid = data()
-    torch.manual_seed(init_seed)
-    vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
-    return Trainer(vae, train, valid, batch_size=64, lr=3e-3, seed=0, **kw)
 
 
 def params(module):
