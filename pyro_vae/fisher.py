@@ -1,101 +1,18 @@
-r"""The Fisher autoencoder objective: the VAE's model and guide, fitted by the
-Fisher divergence of the joints instead of the KL divergence.
+r"""The Fisher autoencoder objective (Elkhalil et al., AISTATS 2021): the VAE's model and
+guide fitted by the Fisher divergence of the joints p_θ(x, z) and q_φ(x, z) = p_d(x) q_φ(z|x)
+instead of the KL divergence.
 
-Elkhalil, Hasan, Ding, Farsiu & Tarokh, "Fisher Auto-Encoders", AISTATS 2021 (PMLR 130:
-352–360) fit the model's joint p_θ(x, z) = p(z) p_θ(x|z) to the "encoder joint"
-q_φ(x, z) = p_d(x) q_φ(z|x) by minimizing the Fisher divergence between them,
+With the scores a = ∂_z log q_φ(z|x), b = ∂_z log p_θ(x, z), u = ∂_x log q_φ(z|x) and
+v = ∂_x log p_θ(x|z), Hyvärinen's integration by parts gives the tractable loss per data
+point x_b (½F = E_{p_d}[J(x)] + C, C ≥ 0 independent of θ and φ, so J can be negative):
 
-    F(q_φ, p_θ) = E_{q_φ(x,z)} ‖∇_{(x,z)} log q_φ(x, z) − ∇_{(x,z)} log p_θ(x, z)‖²,
+    J(x_b) = E_{q_φ(z|x_b)} [ ½‖a − b‖² + ½‖v‖² + Δ_x log p_θ(x_b, z) + ½‖u‖² ].
 
-a sum of a z-part and an x-part (‖·‖² over the stacked vector (x, z) splits). The paper's
-equations are numbered here as best I know them: the Fisher divergence of the joints is
-its Eq. (4)–(5) and the tractable objective after integration by parts its Theorem 1 /
-Eq. (7)–(8); I could not check these numbers against the paper offline, so read them as
-"the definition" and "the tractable form" rather than as exact references. The derivation
-below is self-contained and is what :class:`FisherDivergence` computes; the tests check it
-against closed forms on probabilistic PCA.
-
-Derivation, term by term (½F, the convention of Hyvärinen 2005)
----------------------------------------------------------------
-
-Write the scores (all partial derivatives: ∂_z at fixed x, ∂_x at fixed z)
-
-    a(x, z) = ∂_z log q_φ(z|x),           b(x, z) = ∂_z log p_θ(x, z) = ∂_z log p(z) + ∂_z log p_θ(x|z),
-    u(x, z) = ∂_x log q_φ(z|x),           v(x, z) = ∂_x log p_θ(x, z) = ∂_x log p_θ(x|z),
-    s_d(x)  = ∇_x log p_d(x)  (the data's own score: unknown).
-
-Since log q_φ(x, z) = log p_d(x) + log q_φ(z|x), the two parts of ½F are
-
-    (Z)  ½ E_q ‖a − b‖²                                  (the posterior's score matched to q's),
-    (X)  ½ E_q ‖s_d + u − v‖².
-
-(Z) is computable as it stands. (X) holds the unknown s_d; expand it,
-
-    (X) = ½ E‖s_d‖² + E[s_d · (u − v)] + ½ E‖u − v‖².
-
-The first term does not depend on (θ, φ): it is the constant C that Hyvärinen's trick
-drops. The cross term is integrated by parts in x at fixed z (Hyvärinen 2005, Theorem 1),
-using p_d ∇_x log p_d = ∇_x p_d and assuming p_d(x) q_φ(z|x) (u − v) → 0 at the boundary:
-
-    E[s_d · (u − v)] = ∫∫ q_φ(z|x) ∇_x p_d(x) · (u − v) dx dz
-                     = −∫∫ p_d(x) ∇_x · [q_φ(z|x) (u − v)] dx dz
-                     = −E_q[ Δ_x log q_φ(z|x) − Δ_x log p_θ(x, z) + u · (u − v) ],
-
-with Δ_x = Σ_i ∂²/∂x_i² the Laplacian (the trace of the Hessian in x). Collecting terms, the
-u·v cross products cancel and
-
-    (X) = C + E_q[ ½‖v‖² + Δ_x log p_θ(x, z) − ½‖u‖² − Δ_x log q_φ(z|x) ].
-
-The last two terms need the encoder's second derivatives in x. They are removed exactly by
-the identity, for every x and φ,
-
-    E_{q_φ(z|x)}[ Δ_x log q_φ(z|x) + ‖∂_x log q_φ(z|x)‖² ] = ∫ Δ_x q_φ(z|x) dz = Δ_x 1 = 0,
-
-so −½‖u‖² − Δ_x log q has the same conditional expectation as +½‖u‖², and (as the identity
-holds for all φ, the expectations and their gradients agree). Hence the objective
-:class:`FisherDivergence` estimates, per data point x_b, is
-
-    J(x_b) = E_{q_φ(z|x_b)} [ ½‖a − b‖²                       (Z: latent score match)
-                              + ½‖v‖² + Δ_x log p_θ(x_b, z)    (X: Hyvärinen's score of the decoder)
-                              + ½‖u‖² ]                         (X: the encoder's sensitivity to x)
-
-and ½F(q_φ, p_θ) = E_{p_d}[J(x)] + C with C = ½E_{p_d}‖∇_x log p_d‖² ≥ 0, so the loss can be
-negative; its minimum −C is reached where q_φ(x, z) = p_θ(x, z). The last term is a
-contractive-autoencoder-like penalty on ∂_x of the encoder; the paper's form may write it
-before the identity above (with the encoder's Laplacian); both have the same expectation.
-
-What is exact and what is estimated
------------------------------------
-
-- a, b, u, v are exact: first derivatives by ``torch.autograd.grad(..., create_graph=True)``
-  of the traces' log-densities, so the loss can be differentiated again for training.
-- Δ_x log p_θ(x, z): for a factorised Normal likelihood p_θ(x|z) = Π_i N(x_i; μ_i(z), s_i)
-  (:class:`~pyro_vae.likelihoods.Gaussian`) the Hessian in x is diagonal and constant,
-  ∂²/∂x_i² log N(x_i; μ_i, s_i) = −1/s_i², so Δ_x log p_θ = −Σ_i 1/s_i² exactly
-  (``laplacian="exact"``, the default where it applies). Otherwise (``laplacian="hutchinson"``)
-  it is Hutchinson's unbiased estimator Δ ≈ (1/P) Σ_p ε_pᵀ (∇_x ∇_xᵀ log p) ε_p with
-  Rademacher probes ε_p, one Hessian-vector product each.
-- The expectation over q_φ(z|x) is a Monte Carlo average over ``num_particles``
-  reparameterized draws z = μ_φ(x) + σ_φ(x) ⊙ ε, so the gradient in φ is pathwise.
-- The expectation over p_d is the minibatch: the loss is s Σ_b Ĵ(x_b), s = N/B the data
-  plate's scale, like the package's ELBO losses.
-
-How it is computed from the Pyro program
-----------------------------------------
-
-1. The guide is traced once at the data (detached) to draw z = μ_φ(x) + σ_φ(x) ε.
-2. A zero shift δ (requiring grad) is added to every latent value, and the guide and the
-   model are replayed at (x', z + δ), x' a copy of x that requires grad. Then ∂/∂δ is the
-   partial score in z at fixed x and ∂/∂x' the partial score in x at fixed z, while the
-   loss still depends on φ through z (step 1) and through q_φ(z|x') (step 2).
-3. log q = Σ guide-site log-densities, log p = Σ model-site log-densities (each summed over
-   its event dimensions, one number per data point), from ``trace.compute_log_prob()``:
-   the sites' *unscaled* log-densities (masked), since the plate's scale N/B must multiply
-   the loss once, not the scores inside the squares.
-
-Wenliang (2022, "On the failure of variational score matching for VAE models") reports that
-this objective can fit far worse models than the ELBO; the README section "Fisher autoencoder" has what we
-measured.
+The scores are exact (``torch.autograd.grad`` with ``create_graph=True`` of the traces'
+unscaled log-densities); Δ_x log p_θ is exact for a Gaussian likelihood (−Σ_i 1/s_i²) and
+Hutchinson's estimator otherwise; the expectation over q is a Monte Carlo average over
+reparameterized draws, that over p_d the minibatch, scaled by the data plate's N/B. The
+derivation, term by term, is in ``docs/fisher.md``.
 """
 
 import pyro.distributions as dist
