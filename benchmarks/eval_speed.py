@@ -1,6 +1,6 @@
 """Time of the importance-sampled log-likelihood against the bare decoder matrix products.
 
-``pyro_vae.evaluation.log_likelihood`` with K = 5000 samples per image (the standard
+``pyro_vae.eval.log_likelihood`` with K = 5000 samples per image (the standard
 NLL evaluation of a VAE) on n images of static binarized MNIST, against a lower bound
 on any implementation: the same n × K latent rows pushed through the same decoder
 ``nn.Linear`` layers as bare ``torch.addmm`` calls (no activation, no likelihood, no
@@ -22,7 +22,7 @@ import time
 import torch
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.eval import log_likelihood
 
 
 def linear_layers(decoder):

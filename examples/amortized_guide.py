@@ -23,7 +23,7 @@ from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
 from pyro_vae import AmortizedGuide, MLPDecoder, MLPEncoder, ModelGuide, fit, load_dataset, log_likelihood
-from pyro_vae.evaluation import elbo
+from pyro_vae.eval import elbo
 
 
 class TwoLayerVAE(PyroModule):

@@ -29,7 +29,8 @@ import torch
 
 from pyro_vae import build_vae, evaluate_loss, fit, load_dataset
 from pyro_vae.data import with_quadrant_masks
-from pyro_vae.evaluation import classifier_accuracy, log_likelihood, train_classifier
+from pyro_vae.eval import classifier_accuracy, log_likelihood, train_classifier
+from pyro_vae.eval.common import MeanStderr
 from pyro_vae.models import build_cvae, build_cvae_quadrant
 from pyro_vae.plots import save_class_samples, save_completions
 
@@ -38,10 +39,6 @@ def load(args):
     train = load_dataset(args.dataset, "train", args.data, binarize="dynamic")  # x ~ Bernoulli(grey) per batch
     valid = load_dataset(args.dataset, "valid", args.data, binarize="dynamic")  # one fixed (static) draw
     return train, valid
-
-
-def mean_se(values):
-    return float(values.mean()), float(values.std() / len(values) ** 0.5)
 
 
 def class_task(args, out):
@@ -85,10 +82,10 @@ def class_task(args, out):
     print("  per class: " + " ".join(f"{k}:{a:.2f}" for k, a in enumerate(per_class)))
     print(f"held-out -ELBO   CVAE {evaluate_loss(cvae, valid, with_labels=True):.2f}   "
           f"VAE {evaluate_loss(vae, valid):.2f} nats")
-    print(f"log p(x|c), CVAE (IS, K={args.ll_samples}, {n} images): %.2f ± %.2f nats" % mean_se(ll_c))
-    print(f"log p(x),   VAE  (IS, K={args.ll_samples}, {n} images): %.2f ± %.2f nats" % mean_se(ll))
+    print(f"log p(x|c), CVAE (IS, K={args.ll_samples}, {n} images): %.2f ± %.2f nats" % MeanStderr(ll_c).floats())
+    print(f"log p(x),   VAE  (IS, K={args.ll_samples}, {n} images): %.2f ± %.2f nats" % MeanStderr(ll).floats())
     print("gain log p(x|c) − log p(x) (paired):               %.2f ± %.2f nats "
-          "(log p(c|x) − log p(c) ≤ log 10 = 2.30 for an exact model)" % mean_se(gain))
+          "(log p(c|x) − log p(c) ≤ log 10 = 2.30 for an exact model)" % MeanStderr(gain).floats())
 
 
 def quadrant_task(args, out):
@@ -113,7 +110,7 @@ def quadrant_task(args, out):
         data = with_quadrant_masks(valid, k)
         neg_elbo = evaluate_loss(model, data, num_particles=10, with_labels=True)
         nll = -log_likelihood(model, data.x[:n], data.y[:n], num_samples=args.ll_samples)
-        print(f"{k:15d} | {neg_elbo:34.2f} | %.2f ± %.2f" % mean_se(nll))
+        print(f"{k:15d} | {neg_elbo:34.2f} | %.2f ± %.2f" % MeanStderr(nll).floats())
 
 
 def main(args):

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from pyro_vae import build_vae, load_dataset  # noqa: E402
 from pyro_vae.data import ImageData  # noqa: E402
-from pyro_vae.evaluation import classifier_confidence, log_likelihood, train_classifier  # noqa: E402
+from pyro_vae.eval import classifier_confidence, log_likelihood, train_classifier  # noqa: E402
 from pyro_vae.plots import plot_image_grids  # noqa: E402
 from pyro_vae.training import Trainer  # noqa: E402
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae import posterior as P
-from pyro_vae.evaluation import importance_sampling
+from pyro_vae.eval import posterior as P
+from pyro_vae.eval import importance_sampling
 from pyro_vae.guides import GUIDES
 from pyro_vae.training import Trainer
 

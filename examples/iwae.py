@@ -10,7 +10,7 @@ which tightens towards log p(x) as K grows. This script trains the 784-400-50 ML
 guide) with K = 1, 5 and 50 (``objective="iwae"``, K = ``num_particles``), keeps for
 each the epoch with the best validation bound, and reports on validation images
 −ELBO, −L_5, −L_50, the NLL −log p̂(x) with 5000 importance samples
-(:func:`pyro_vae.evaluation.likelihood_report`), and the active units.
+(:func:`pyro_vae.eval.likelihood_report`), and the active units.
 
     python examples/iwae.py --data ../shared/data --epochs 12 --eval-limit 1000 --threads 1
     python examples/iwae.py --data ../shared/data --epochs 1 --train-limit 5000 \\
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from pyro_vae import build_vae, load_dataset  # noqa: E402
 from pyro_vae.checkpoints import save_checkpoint, save_json  # noqa: E402
-from pyro_vae.evaluation import likelihood_report  # noqa: E402
+from pyro_vae.eval import likelihood_report  # noqa: E402
 from pyro_vae.training import Trainer  # noqa: E402
 
 

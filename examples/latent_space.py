@@ -24,8 +24,9 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import evaluation, plots
+from pyro_vae import plots
 from pyro_vae.data import DataError, load_dataset
+from pyro_vae.eval import classifier_accuracy, dead_zone_report, dead_zone_table, latent_codes, train_classifier
 from pyro_vae.models import build_autoencoder, build_vae
 from pyro_vae.training import Trainer
 
@@ -72,15 +73,14 @@ def main(args):
 
     # 2. an independent judge: a small CNN trained on the real labelled images
     t0 = time.perf_counter()
-    clf = evaluation.train_classifier(load_dataset(args.dataset, "train", root), epochs=clf_epochs,
-                                      seed=args.seed)
+    clf = train_classifier(load_dataset(args.dataset, "train", root), epochs=clf_epochs, seed=args.seed)
     print(f"classifier: {time.perf_counter() - t0:.0f} s, test accuracy "
-          f"{evaluation.classifier_accuracy(clf, test.x, test.y):.3f}")
+          f"{classifier_accuracy(clf, test.x, test.y):.3f}")
 
     # 3. dead zones, as numbers
-    reports = {name: evaluation.dead_zone_report(m, test.x, clf, n_draws=args.draws, seed=args.seed)
+    reports = {name: dead_zone_report(m, test.x, clf, n_draws=args.draws, seed=args.seed)
                for name, m in models.items()}
-    table = evaluation.dead_zone_table(list(reports.values()), list(reports))
+    table = dead_zone_table(list(reports.values()), list(reports))
     print(f"\n{len(test)} test images of {args.dataset}, {args.draws} draws u ~ N(0, I) per model")
     print(table)
 
@@ -90,7 +90,7 @@ def main(args):
         seed=args.seed) for name, m in models.items()]
     written = [plots.plot_latent_maps(panels, out / "latent_maps.png")]
     manifolds = {f"{name}: decoded at Gaussian quantiles": plots.decode_manifold(
-        m, args.grid, evaluation.latent_codes(m, test.x)) for name, m in models.items()}
+        m, args.grid, latent_codes(m, test.x)) for name, m in models.items()}
     written.append(plots.plot_image_grids(manifolds, shape, out / "manifolds.png", nrow=args.grid))
     torch.manual_seed(args.seed)
     samples = {f"{name}: decoded z ~ N(0, I) (model.sample)": m.sample(64) for name, m in models.items()}

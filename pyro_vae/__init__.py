@@ -2,7 +2,7 @@
 
 from .amortized import AmortizedGuide, ModelGuide
 from .data import ImageData, load_dataset
-from .evaluation import log_likelihood
+from .eval import log_likelihood
 from .models import VAE, build_model, build_vae
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .objectives import make_objective

@@ -19,10 +19,11 @@ from pathlib import Path
 import pyro
 import torch
 
-from . import checkpoints, evaluation, plots
+from . import checkpoints, plots
+from . import eval as evaluation  # likelihood, classifier, latent space (not posterior: ArviZ)
 from . import distributed  # data-parallel training under torchrun
 from .data import DATASETS, DataError, check_split, load_dataset
-from .evaluation import DigitClassifier, classifier_accuracy, likelihood_report, train_classifier
+from .eval import DigitClassifier, classifier_accuracy, likelihood_report, train_classifier
 from .models import build_model
 from .runs import WEIGHTS, load_run
 from .objectives import OBJECTIVES, ALIASES
@@ -809,7 +810,7 @@ def add_posterior_arguments(p):
 
 
 def cmd_posterior(args):
-    from . import posterior  # here, not at the top: ArviZ takes seconds to import
+    from .eval import posterior  # here, not at the top: ArviZ takes seconds to import
 
     for name in ("num_samples", "warmup", "chains", "is_samples"):
         if getattr(args, name) < (0 if name == "warmup" else 1):

@@ -305,7 +305,7 @@ class Autoencoder(VAE):
 
     with no KL term and no noise, and the :class:`~pyro_vae.training.Trainer` trains it
     like any VAE. Nothing asks the codes to fill N(0, I), yet :meth:`sample` decodes
-    z ~ N(0, I): the comparison that :mod:`pyro_vae.evaluation` measures.
+    z ~ N(0, I): the comparison that :mod:`pyro_vae.eval` measures.
 
     :param nn.Module encoder: ``x -> (code,)``, one head of size ``z_dim``.
     :param nn.Module decoder: ``z -> θ``, as for the VAE.

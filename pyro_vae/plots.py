@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .data import quadrant_mask  # noqa: E402
-from .evaluation import (LatentFrame, dead_zone_threshold, latent_codes, latent_frame,  # noqa: E402
-                         nearest_distances)
+from .eval.latent import (LatentFrame, dead_zone_threshold, latent_codes, latent_frame,  # noqa: E402
+                          nearest_distances)
 
 
 def make_grid(*args, **kwargs):
@@ -163,14 +163,14 @@ def project_2d(codes, *others):
 def latent_map_panel(model, x, labels=None, title=None, standardize="auto", draws=None, quantile=0.99,
                      codes="sample", seed=0):
     """What :func:`plot_latent_maps` draws for one model: the codes E_q[z|x] of test
-    images ``x`` in the model's :class:`~pyro_vae.evaluation.LatentFrame` (z-scored for
+    images ``x`` in the model's :class:`~pyro_vae.eval.latent.LatentFrame` (z-scored for
     an autoencoder, as is for a VAE), and optionally ``draws`` u ~ N(0, I) in that frame
-    with a flag for those in a dead zone (:func:`~pyro_vae.evaluation.dead_zone_share`),
-    judged against ``codes`` as in :func:`~pyro_vae.evaluation.dead_zone_report`
+    with a flag for those in a dead zone (:func:`~pyro_vae.eval.latent.dead_zone_share`),
+    judged against ``codes`` as in :func:`~pyro_vae.eval.latent.dead_zone_report`
     (``"sample"``: one z ~ q(z|x) per image; ``"mean"``: the encoder means shown).
 
     :param int draws: number of prior draws to show (None: none); the same draws as
-        :func:`~pyro_vae.evaluation.dead_zone_report` with the same ``seed``.
+        :func:`~pyro_vae.eval.latent.dead_zone_report` with the same ``seed``.
     """
     codes = latent_codes(model, x)
     frame = latent_frame(model, codes, standardize)
@@ -263,13 +263,13 @@ def decode_manifold(model, n=15, codes=None, standardize="auto", lo=0.05, hi=0.9
     """Decode the latent plane at Gaussian quantiles: E[x | z] for z on
     :func:`gaussian_quantile_grid` mapped into the latent space.
 
-    The grid lives in the model's frame (:class:`~pyro_vae.evaluation.LatentFrame`, fitted
+    The grid lives in the model's frame (:class:`~pyro_vae.eval.latent.LatentFrame`, fitted
     on ``codes`` for an autoencoder; the identity without ``codes``), so quantiles of
     N(0, 1) reach as far as the codes do. For d > 2 latent dimensions the plane is
     spanned by the first two principal axes of the framed ``codes`` (by the first two
     latent axes without ``codes``), through the origin.
 
-    :param codes: test codes ``(N, d)`` (:func:`~pyro_vae.evaluation.latent_codes`) or None.
+    :param codes: test codes ``(N, d)`` (:func:`~pyro_vae.eval.latent.latent_codes`) or None.
     :returns: ``(n*n, x_dim)`` images, row-major.
     """
     d = model.z_dim

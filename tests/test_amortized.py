@@ -169,7 +169,7 @@ def test_combines_with_an_autoguide_for_a_global_latent():
 
 
 def test_posterior_means_and_active_units_count_the_models_latent_units():
-    from pyro_vae.evaluation import active_units, posterior_means
+    from pyro_vae.eval import active_units, posterior_means
 
     x = ppca_data(50)
     guide = AmortizedGuide(ppca, family="full", hidden_dims=())

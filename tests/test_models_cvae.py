@@ -126,9 +126,9 @@ class _ExactPosterior(torch.nn.Module):
 def test_importance_sampled_log_p_x_given_c_matches_the_closed_form():
     """A linear-Gaussian CVAE, z ~ N(0, 1), x | z, c ~ N(w z + W_c e_c + b, σ² I), has
     p(x|c) = N(W_c e_c + b, w wᵀ + σ² I). With the exact posterior as guide every
-    importance weight equals p(x|c), so evaluation.log_likelihood(model, x, c) must give
+    importance weight equals p(x|c), so pyro_vae.eval.log_likelihood(model, x, c) must give
     the closed form to float precision; a wrong c (or c dropped) would not."""
-    from pyro_vae.evaluation import log_likelihood
+    from pyro_vae.eval import log_likelihood
     from pyro_vae.likelihoods import Gaussian
 
     torch.manual_seed(0)

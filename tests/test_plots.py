@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.cli import main
-from pyro_vae.evaluation import LatentFrame, latent_codes
+from pyro_vae.eval.latent import LatentFrame, latent_codes
 from pyro_vae.models import build_autoencoder, build_vae
 
 SHAPE = (1, 8, 8)

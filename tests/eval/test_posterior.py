@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae import posterior as P
+from pyro_vae.eval import posterior as P
 from pyro_vae.cli import main
 from pyro_vae.guides import FullCovarianceNormal
 from pyro_vae.likelihoods import Gaussian
@@ -80,7 +80,7 @@ def test_nuts_matches_the_closed_form_posterior(nuts):
 def test_nuts_refuses_a_batch():
     with pytest.raises(ValueError, match="one data point at a time"):
         P.nuts_posterior(linear_gaussian_vae(), X.expand(2, 3))
-    with pytest.raises(ValueError, match="num_chains must be an integer"):
+    with pytest.raises(ValueError, match="num_chains must be a positive integer"):
         P.nuts_posterior(linear_gaussian_vae(), X, num_chains=0)
 
 

@@ -20,8 +20,8 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.cli import main
-from pyro_vae.evaluation import (active_units, elbo, importance_sampling, iwae_bound, likelihood_report,
-                                 log_likelihood)
+from pyro_vae.eval.likelihood import (active_units, elbo, importance_sampling, iwae_bound, likelihood_report,
+                                      log_likelihood)
 from pyro_vae.likelihoods import Bernoulli, Gaussian
 from pyro_vae.models import VAE
 from pyro_vae.objectives import IWAE_ELBO

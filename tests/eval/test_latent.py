@@ -1,4 +1,4 @@
-"""The independent classifier and the latent-space measures of pyro_vae.evaluation.
+"""The latent-space measures of pyro_vae.eval.latent.
 
 The dead-zone measure is checked on synthetic codes whose answer is known:
 
@@ -17,13 +17,9 @@ import math
 import pytest
 import torch
 
-from pyro_vae.data import ImageData, load_dataset
-from pyro_vae.evaluation import (
-    DigitClassifier,
+from pyro_vae.eval.classifier import classifier_confidence
+from pyro_vae.eval.latent import (
     LatentFrame,
-    classifier_accuracy,
-    classifier_confidence,
-    classifier_probs,
     dead_zone_report,
     dead_zone_share,
     dead_zone_table,
@@ -31,7 +27,6 @@ from pyro_vae.evaluation import (
     latent_codes,
     latent_frame,
     nearest_distances,
-    train_classifier,
 )
 from pyro_vae.models import build_autoencoder, build_vae
 
@@ -40,59 +35,6 @@ Q = 0.99
 
 def _sd(m, n, q=Q):
     return math.sqrt(q * (1 - q) * (1 / m + 1 / n))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", "train"), load_dataset("digits", "valid")
-
-
-@pytest.fixture(scope="module")
-def digits_classifier(digits):
-    train, _ = digits
-    return train_classifier(train, epochs=30, seed=0)
-
-
-# ---- classifier ------------------------------------------------------------------------
-def test_classifier_is_accurate_on_digits(digits, digits_classifier):
-    _, valid = digits
-    assert classifier_accuracy(digits_classifier, valid.x, valid.y) >= 0.95
-
-
-def test_classifier_is_accurate_on_mnist10k(shared_data):
-    train = load_dataset("mnist10k", "train", shared_data)
-    valid = load_dataset("mnist10k", "valid", shared_data)
-    clf = train_classifier(train, epochs=3, seed=0)
-    assert clf(valid.x[:5]).shape == (5, 10)
-    assert classifier_accuracy(clf, valid.x, valid.y) >= 0.95
-
-
-def test_confidence_is_the_mean_max_softmax(digits, digits_classifier):
-    _, valid = digits
-    x = valid.x[:50]
-    with torch.no_grad():
-        expected = digits_classifier(x).softmax(-1).max(-1).values.mean().item()
-    conf = classifier_confidence(digits_classifier, x)
-    assert conf == pytest.approx(expected, abs=1e-6)
-    assert 0.1 <= conf <= 1.0
-    probs = classifier_probs(digits_classifier, x)
-    assert torch.allclose(probs.sum(-1), torch.ones(50), atol=1e-5)
-    # real digits look like digits to it, uniform noise much less so
-    noise = torch.rand(200, 64, generator=torch.Generator().manual_seed(0))
-    assert classifier_confidence(digits_classifier, valid.x) > 0.9
-    assert classifier_confidence(digits_classifier, noise) < classifier_confidence(digits_classifier, valid.x) - 0.1
-
-
-def test_classifier_bad_input_is_named(digits, digits_classifier):
-    train, valid = digits
-    with pytest.raises(ValueError, match="no labels"):
-        train_classifier(ImageData(x=train.x[:10], image_shape=train.image_shape))
-    with pytest.raises(ValueError, match=r"shape \(N, 64\)"):
-        classifier_confidence(digits_classifier, torch.rand(3, 784))
-    with pytest.raises(ValueError, match="one label per image"):
-        classifier_accuracy(digits_classifier, valid.x[:5], valid.y[:4])
-    with pytest.raises(ValueError, match="at least 4×4"):
-        DigitClassifier((1, 2, 2))
 
 
 # ---- nearest neighbours and the frame ----------------------------------------------------
@@ -224,13 +166,3 @@ def test_raw_share_of_a_standardized_vae_is_against_its_sampled_unstandardized_c
     assert share != means_share  # the test tells the sampled codes from the means
     assert r["share_raw_se"] == pytest.approx(math.sqrt(share * (1 - share) / 400))
     assert f"(raw z ~ N(0, I): {share:.3f} ± {r['share_raw_se']:.3f})" in dead_zone_table([r], ["vae"])
-
-
-def test_predicted_class_entropy_closed_forms():
-    from pyro_vae.evaluation import predicted_class_entropy
-
-    eye = torch.eye(10)
-    assert predicted_class_entropy(eye.repeat(3, 1)) == pytest.approx(math.log(10))  # all classes equally
-    assert predicted_class_entropy(eye[[4] * 30]) == pytest.approx(0.0)  # one class for all
-    half = torch.cat([eye[[1] * 5], eye[[7] * 5]])
-    assert predicted_class_entropy(half) == pytest.approx(math.log(2))

@@ -25,7 +25,7 @@ q(z|x) is then compared with it (:func:`compare_to_nuts`):
 :func:`khat_share` gives the share of data points with k̂ < 0.7; :func:`amortization_gap`
 measures what the encoder loses against the same family fitted to each point alone.
 
-Call forms (:func:`~pyro_vae.evaluation.model_and_guide`): the functions that use a guide
+Call forms (:func:`~pyro_vae.eval.likelihood.model_and_guide`): the functions that use a guide
 take Pyro callables, ``compare_to_nuts(model, guide, x, idata)``, ``khat_share(model, guide,
 x)``, …, as :class:`pyro.infer.Importance` does (the guide passed is the guide used), and
 those that need only the model take ``nuts_posterior(model, x)``, ``log_joint(model, x, z)``
@@ -50,9 +50,10 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluation import elbo as _elbo
-from .evaluation import model_and_guide
-from .objectives import IWAE_ELBO
+from ..objectives import IWAE_ELBO
+from . import likelihood
+from .common import check_int
+from .likelihood import batch_args, model_and_guide, split_args
 
 #: k̂ below this: the importance-sampling estimate is reliable (PSIS).
 KHAT_THRESHOLD = 0.7
@@ -64,7 +65,7 @@ def fixed_model(model, guide=None):
     optionally its ``guide``) is evaluated as a fixed density p(x, z): the modules behind
     it in eval mode, their parameters without gradients (NUTS differentiates with respect
     to z only), a VAE object in a private param store; all restored afterwards
-    (:meth:`~pyro_vae.evaluation.ModelAndGuide.evaluating`)."""
+    (:meth:`~pyro_vae.eval.likelihood.ModelAndGuide.evaluating`)."""
     rest = () if guide is None else (guide,)
     pair, _ = model_and_guide("fixed_model", model, rest, need_guide=guide is not None)
     return pair.evaluating(grad=True, freeze=True)
@@ -72,7 +73,7 @@ def fixed_model(model, guide=None):
 
 def _one_point(pair, x, args):
     """x as a batch of one, ``(1, x_dim)``, and args likewise, on the evaluation device
-    (:meth:`~pyro_vae.evaluation.ModelAndGuide.prepare`)."""
+    (:meth:`~pyro_vae.eval.likelihood.ModelAndGuide.prepare`)."""
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a tensor, one data point of shape (x_dim,) or (1, x_dim), got {type(x).__name__}")
     if x.dim() == 1:
@@ -98,16 +99,6 @@ def _single_latent_site(trace, what):
     return names[0]
 
 
-def _x_and_args(fn, rest, after="x"):
-    if not rest:
-        raise TypeError(f"{fn}: the data point x is missing")
-    if after == "x":
-        return rest[0], tuple(rest[1:])
-    if len(rest) < 2:
-        raise TypeError(f"{fn}: x and then the NUTS draws (idata) are needed")
-    return rest[0], rest[1], tuple(rest[2:])
-
-
 # ---- NUTS --------------------------------------------------------------------------------
 def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chains=2, seed=0,
                    target_accept_prob=0.8, max_tree_depth=8, jit_compile=False, progress=False):
@@ -125,7 +116,7 @@ def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chain
     ``seed + c``, started at a uniform draw in (−2, 2)^d), so no process pool is needed.
 
     :param model: a Pyro model callable, or a VAE-like object (see
-        :func:`~pyro_vae.evaluation.model_and_guide`).
+        :func:`~pyro_vae.eval.likelihood.model_and_guide`).
     :param x: one data point, ``(x_dim,)`` or ``(1, x_dim)``.
     :param args: further model arguments for that point (e.g. its label c).
     :param int num_chains: C ≥ 2 for R-hat.
@@ -136,10 +127,9 @@ def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chain
         and ``sample_stats.diverging``.
     """
     pair, _ = model_and_guide("nuts_posterior", model, (x,) + args, need_guide=False)
-    for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
-                             ("num_chains", num_chains, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    check_int("num_samples", num_samples)
+    check_int("warmup_steps", warmup_steps, low=0)
+    check_int("num_chains", num_chains)
     x, args = _one_point(pair, x, args)
     draws, diverging = {}, []
     with pair.evaluating(grad=True, freeze=True), torch.random.fork_rng(devices=[]):
@@ -223,7 +213,7 @@ def guide_distribution(model, *args):
     ``guide_distribution(model, guide, x, *args)`` with Pyro callables, or
     ``guide_distribution(vae, x, *args)`` for ``vae.guide``."""
     pair, rest = model_and_guide("guide_distribution", model, args)
-    x, args = _x_and_args("guide_distribution", rest)
+    x, args = split_args("guide_distribution", rest)
     x, args = _one_point(pair, x, args)
     trace = poutine.trace(pair.guide).get_trace(x, *args)
     return trace.nodes[_single_latent_site(trace, "guide")]["fn"]
@@ -238,7 +228,7 @@ def importance_log_weights(model, *args, num_samples=1000, chunk_size=1000):
     passed is the guide used), or ``importance_log_weights(vae, x, *args)`` for
     ``(vae.model, vae.guide)``."""
     pair, rest = model_and_guide("importance_log_weights", model, args)
-    x, args = _x_and_args("importance_log_weights", rest)
+    x, args = split_args("importance_log_weights", rest)
     if torch.is_tensor(x) and x.dim() == 1:
         x = x.unsqueeze(0)
     x, args = pair.prepare(x, args)
@@ -276,12 +266,12 @@ def khat_share(model, *args, num_samples=1000, batch_size=100, threshold=KHAT_TH
 
     :returns: ``(share, khat)`` with ``khat`` a ``(N,)`` float64 tensor."""
     pair, rest = model_and_guide("khat_share", model, args)
-    x, args = _x_and_args("khat_share", rest)
+    x, args = split_args("khat_share", rest)
     n = x.shape[0]
     out = []
     for start in tqdm(range(0, n, batch_size), desc="Pareto k̂", disable=not progress, leave=False):
         stop = min(n, start + batch_size)
-        sub = tuple(a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a for a in args)
+        sub = batch_args(args, n, start, stop)
         out.append(pareto_khat(importance_log_weights(pair, x[start:stop], *sub, num_samples=num_samples)))
     khat = torch.cat(out)
     return float((khat < threshold).double().mean()), khat
@@ -306,7 +296,7 @@ def log_evidence(model, *args, num_samples=5000, widen=1.5):
     :returns: ``(log_px, stderr, khat)``, the estimate, its delta-method standard error
         and the k̂ of the mixture's weights."""
     pair, rest = model_and_guide("log_evidence", model, args)
-    x, idata, args = _x_and_args("log_evidence", rest, after="idata")
+    x, idata, args = split_args("log_evidence", rest, ("x", "idata"))
     x1, args1 = _one_point(pair, x, args)
     zn = nuts_draws(idata)
     m = zn.mean(0)
@@ -348,7 +338,7 @@ def compare_to_nuts(model, *args, num_samples=5000):
         - the NUTS diagnostics (:func:`nuts_diagnostics`).
     """
     pair, rest = model_and_guide("compare_to_nuts", model, args)
-    x, idata, args = _x_and_args("compare_to_nuts", rest, after="idata")
+    x, idata, args = split_args("compare_to_nuts", rest, ("x", "idata"))
     x1, args1 = _one_point(pair, x, args)
     log_w = importance_log_weights(pair, x1, *args1, num_samples=num_samples)[0]
     lse = torch.logsumexp(log_w, 0)
@@ -377,7 +367,7 @@ def guide_draws(model, *args, num_samples=1000):
     ``guide_draws(model, guide, x, *args)`` with Pyro callables, or ``guide_draws(vae, x,
     *args)`` for ``vae.guide``."""
     pair, rest = model_and_guide("guide_draws", model, args)
-    x, args = _x_and_args("guide_draws", rest)
+    x, args = split_args("guide_draws", rest)
     x1, args1 = _one_point(pair, x, args)
     with pair.evaluating(grad=True, freeze=True), torch.no_grad():
         q = guide_distribution(pair, x1, *args1)
@@ -496,7 +486,7 @@ def amortization_gap(model, x, *args, steps=300, lr=0.02, num_particles=8, num_e
                          "(model.posterior.encoder)")
     if x.dim() != 2:
         raise ValueError(f"x must be a batch (N, x_dim), got shape {tuple(x.shape)}")
-    amortized, amortized_se = _elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
+    amortized, amortized_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
     captured = []
     handle = family.encoder.register_forward_hook(lambda m, i, o: captured.append(tuple(t.detach() for t in o)))
     try:
@@ -515,7 +505,7 @@ def amortization_gap(model, x, *args, steps=300, lr=0.02, num_particles=8, num_e
                 loss = objective.differentiable_loss(model.model, model.guide, x, *args)
                 loss.backward()
                 optimizer.step()
-        local, local_se = _elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
+        local, local_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
     return dict(elbo_amortized=amortized, elbo_local=local, gap=local - amortized,
                 gap_stderr=(amortized_se ** 2 + local_se ** 2).sqrt())
 
