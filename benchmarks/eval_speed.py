@@ -80,7 +80,7 @@ def main(argv=None):
     x = valid.x[: args.limit].to(device)
     n = x.shape[0]
     if args.run:
-        from pyro_vae.cli import load_run
+        from pyro_vae import load_run
 
         vae, _ = load_run(args.run, device)
     else:

@@ -37,7 +37,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.training import Trainer
+from pyro_vae.train.trainer import Trainer
 
 LOG_2PI = math.log(2 * math.pi)
 

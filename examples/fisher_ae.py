@@ -29,7 +29,7 @@ from pyro_vae import build_vae, load_dataset  # noqa: E402
 from pyro_vae.data import ImageData  # noqa: E402
 from pyro_vae.eval import classifier_confidence, log_likelihood, train_classifier  # noqa: E402
 from pyro_vae.plots import plot_image_grids  # noqa: E402
-from pyro_vae.training import Trainer  # noqa: E402
+from pyro_vae.train.trainer import Trainer  # noqa: E402
 
 OBJECTIVES = ("elbo", "fisher")
 

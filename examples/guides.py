@@ -30,7 +30,7 @@ from pyro_vae import build_vae, load_dataset
 from pyro_vae.eval import posterior as P
 from pyro_vae.eval import importance_sampling
 from pyro_vae.guides import GUIDES
-from pyro_vae.training import Trainer
+from pyro_vae.train.trainer import Trainer
 
 
 class LowRankNormal(nn.Module):

@@ -28,7 +28,7 @@ from pyro_vae import plots
 from pyro_vae.data import DataError, load_dataset
 from pyro_vae.eval import classifier_accuracy, dead_zone_report, dead_zone_table, latent_codes, train_classifier
 from pyro_vae.models import build_autoencoder, build_vae
-from pyro_vae.training import Trainer
+from pyro_vae.train.trainer import Trainer
 
 #: Per data set: epochs, hidden layer size, batch size, classifier epochs.
 DEFAULTS = {"mnist10k": (40, 400, 128, 5), "digits": (150, 128, 64, 40)}

@@ -243,7 +243,7 @@ class AmortizedGuide(AutoGuide):
 
 class ModelGuide(torch.nn.Module):
     """A model and a guide as one module, for :func:`pyro_vae.fit` and the
-    :class:`~pyro_vae.training.Trainer`, which step the parameters of
+    :class:`~pyro_vae.train.trainer.Trainer`, which step the parameters of
     ``ModelGuide.parameters()`` with a torch optimizer.
 
     :param model: a Pyro model: a :class:`torch.nn.Module` (e.g. a ``PyroModule``), a
@@ -251,7 +251,7 @@ class ModelGuide(torch.nn.Module):
     :param guide: a guide module, e.g. :class:`AmortizedGuide`.
     :param example: the arguments of one call (e.g. ``(x_batch,)``); if given, a lazily
         built guide (an autoguide) is set up with them now, so that its parameters exist
-        before an optimizer is made. The :class:`~pyro_vae.training.Trainer` does this
+        before an optimizer is made. The :class:`~pyro_vae.train.trainer.Trainer` does this
         itself with its first batch.
 
     Example::

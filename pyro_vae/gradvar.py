@@ -47,12 +47,12 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from torch.distributions import constraints
 from tqdm.auto import tqdm
 
-from .checkpoints import save_json
+from .train.checkpoints import save_json
 from .guides import DiagonalNormal, NonReparameterizedNormal
 from .models import VAE
 from .objectives import make_objective
 from .plots import plot_elbo_curves, plot_gradient_variance
-from .training import Trainer, loss_function, evaluate_loss, private_param_store
+from .train import Trainer, evaluate_loss, loss_function
 
 #: a = ½ log 2π, the constant of log N(x; φ, 1) = −a − ½(x − φ)².
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -412,7 +412,7 @@ def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=2
     rows, reference = [], None
     for route in tqdm(routes, desc="gradient variance", disable=not progress, leave=False):
         variant = vae_variant(vae, route)
-        with private_param_store():
+        with pyro.get_param_store().scope():
             if variant.posterior.baseline is not None:
                 if data is None:
                     raise ValueError(f"route {route!r} has a baseline to settle: pass data")
@@ -436,7 +436,7 @@ def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=2
 
 def train_curve(vae, train, valid, objective="elbo", steps=1000, batch_size=100, lr=1e-3, eval_every=50,
                 seed=0, progress=True):
-    """Train ``vae`` for ``steps`` SVI steps (:meth:`~pyro_vae.training.Trainer.step`, Adam)
+    """Train ``vae`` for ``steps`` SVI steps (:meth:`~pyro_vae.train.trainer.Trainer.step`, Adam)
     and record the −ELBO curve.
 
     Batches of equal size are drawn (the last, smaller one of each pass is dropped), all
@@ -454,7 +454,7 @@ def train_curve(vae, train, valid, objective="elbo", steps=1000, batch_size=100,
         curve["valid"].append(evaluate_loss(vae, valid, "elbo"))
 
     bar = tqdm(total=steps, desc=f"train ({objective})", disable=not progress, leave=False)
-    with private_param_store():
+    with pyro.get_param_store().scope():
         validate()
         while trainer.step_count < steps:
             for xb, _ in train.batches(batch_size, shuffle=True, generator=trainer.generator, drop_last=True):

@@ -93,7 +93,7 @@ class DiagonalNormal(nn.Module):
         - ``"decaying"``: b_n is a running average of c_n, b ← β b + (1 − β) c after each
           step (``use_decaying_avg_baseline``). Pyro keeps one average per position in the
           batch, so every batch must have the same size (the
-          :class:`~pyro_vae.training.Trainer` checks this before its first step).
+          :class:`~pyro_vae.train.trainer.Trainer` checks this before its first step).
         - ``"neural"``: the decaying average plus s · ``baseline_net(x_n)``, a network of the
           input fitted to what the average leaves by Pyro's baseline loss Σ_n (c_n − b_n)²
           (the NVIL recipe, Mnih & Gregor 2014).

@@ -1,6 +1,6 @@
 """Run by tests/test_training_distributed.py under ``torchrun --nproc_per_node 2``:
 
-1. three data-parallel SGD steps through the :class:`~pyro_vae.training.Trainer` API,
+1. three data-parallel SGD steps through the :class:`~pyro_vae.train.trainer.Trainer` API,
    from a *different* initialisation on each rank (the broadcast must make them one),
    on global batches of 63 points (shards of 32 and 31: unequal shares); each rank saves
    its initial parameters and, after every step, the gradients it stepped with, the
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from pyro_vae import build_vae, cli, load_dataset
-from pyro_vae.distributed import init_from_env, rank
-from pyro_vae.training import Trainer
+from pyro_vae.train.distributed import init_from_env, rank
+from pyro_vae.train.trainer import Trainer
 
 SEED, BATCH, LR, STEPS = 5, 63, 0.05, 3
 

@@ -16,9 +16,17 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
+def exit_code(argv):
+    """``pyro-vae argv``'s exit status: what ``main`` returns, or the status argparse exits with."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def fails(argv, capsys, *says):
     """Run the command; it must exit 2 with one line on stderr (no traceback) holding each of ``says``."""
-    code = main(argv)
+    code = exit_code(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
@@ -38,7 +46,7 @@ def make_trainer(init_seed=0, **kw):
     """A small VAE's trainer on the digits (z_dim 4, 16 hidden units, batch 64: 24 steps an
     epoch), its weights initialized from ``init_seed``."""
     from pyro_vae import build_vae
-    from pyro_vae.training import Trainer
+    from pyro_vae.train.trainer import Trainer
     train, valid = digits_data()
     torch.manual_seed(init_seed)
     vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae import rng
-from pyro_vae.checkpoints import (CheckpointError, Checkpointer, atomic_write, check_config, load_checkpoint,
+from pyro_vae.train import rng
+from pyro_vae.train.checkpoints import (CheckpointError, Checkpointer, atomic_write, check_config, load_checkpoint,
                                   load_state_dict, save_checkpoint)
-from pyro_vae.cli import load_run, main
-from pyro_vae.training import Trainer
+from pyro_vae import load_run
+from pyro_vae.cli import main
+from run_helpers import exit_code
+from pyro_vae.train.trainer import Trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,9 +59,9 @@ def test_the_cli_refuses_a_malicious_checkpoint_in_a_run_folder(tmp_path, capsys
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["payload"] = Evil(marker)
     torch.save(state, out / "checkpoint.pt")
-    assert main(["sample", str(out), "--out", str(tmp_path / "s.png")]) == 2
+    assert exit_code(["sample", str(out), "--out", str(tmp_path / "s.png")]) == 2
     assert "refusing to load" in capsys.readouterr().err
-    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    assert exit_code(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
     assert "refusing to load" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "s.png").exists()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import checkpoints
-from pyro_vae.checkpoints import CHECKPOINT, RUN_JSON, CheckpointError, Checkpointer, atomic_write
+from pyro_vae.train import checkpoints
+from pyro_vae.train.checkpoints import CHECKPOINT, RUN_JSON, CheckpointError, Checkpointer, atomic_write
 from pyro_vae.cli import main
 from run_helpers import TINY, fails, snapshot
 
@@ -54,7 +54,7 @@ def stop(proc):
     proc.communicate()
 
 
-HOLD = ("import sys, time; from pyro_vae.checkpoints import RunLock; RunLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys, time; from pyro_vae.train.checkpoints import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(120)")
 
 
@@ -301,15 +301,20 @@ def test_a_malformed_run_json_is_a_one_line_error(run_copy, capsys, edit, says):
 
 
 @pytest.mark.parametrize("edit, says", [
-    (setting(["options", "batch_size"], "abc"), "options.batch_size (--batch-size) must be an integer, got \"abc\""),
-    (setting(["options", "hidden"], 16), "options.hidden (--hidden) must be a list of integers, got 16"),
+    (setting(["options", "batch_size"], "abc"), "options.batch_size (--batch-size) must be a positive integer, "
+                                                "got \"abc\""),
+    (setting(["options", "hidden"], 16), "options.hidden (--hidden) must be a list of positive integers, got 16"),
+    (setting(["options", "epochs"], 0), "options.epochs (--epochs) must be a positive integer, got 0"),
+    (setting(["options", "ema"], 1.5), "options.ema (--ema) must be a decay in (0, 1), e.g. 0.999, got 1.5"),
+    (setting(["options", "batch_size"], 2.5), "options.batch_size (--batch-size) must be a positive integer, "
+                                              "got 2.5"),
     (setting(["options", "objective"], 3), "options.objective (--objective) must be a string"),
     (setting(["options", "network"], "rnn"), "options.network (--network) must be one of mlp, conv"),
     (setting(["options", "no_progress"], "yes"), "options.no_progress (--no-progress) must be true or false"),
     (setting(["options", "colour"], 1), "options.colour is not an option of pyro-vae train"),
     (setting(["options"], [1]), "options must be an object"),
     (setting(["epoch"], -1), "epoch must be an integer ≥ 0"),
-], ids=["batch-size-str", "hidden-int", "objective-int", "network-choice", "flag", "unknown", "options-list",
+], ids=["batch-size-str", "hidden-int", "epochs-zero", "ema-above-one", "batch-size-float", "objective-int", "network-choice", "flag", "unknown", "options-list",
         "epoch"])
 def test_a_malformed_run_json_is_a_one_line_error_on_resume(run_copy, capsys, edit, says):
     edit_run(run_copy, edit)

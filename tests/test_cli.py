@@ -5,7 +5,9 @@ import sys
 import torch
 from PIL import Image
 
-from pyro_vae.cli import load_run, main
+from pyro_vae import load_run
+from pyro_vae.cli import main
+from run_helpers import exit_code
 
 
 def test_train_writes_a_run_folder_and_sample_reads_it(tmp_path):
@@ -35,15 +37,15 @@ def test_errors_are_clear_and_nothing_is_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     before = (out / "checkpoint.pt").read_bytes()
-    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    assert exit_code(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == before
-    assert main(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "none"),
+    assert exit_code(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "none"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "binarized_mnist_train.amat" in capsys.readouterr().err
-    assert main(["train", "--likelihood", "bernoulli", "--out", str(tmp_path / "y")]) == 2
+    assert exit_code(["train", "--likelihood", "bernoulli", "--out", str(tmp_path / "y")]) == 2
     assert "binarize" in capsys.readouterr().err
-    assert main(["train", "--batch-size", "0", "--out", str(tmp_path / "z")]) == 2
+    assert exit_code(["train", "--batch-size", "0", "--out", str(tmp_path / "z")]) == 2
     assert "--batch-size" in capsys.readouterr().err
 
 

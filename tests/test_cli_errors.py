@@ -10,7 +10,8 @@ import torch
 from pyro_vae import build_vae
 from pyro_vae.cli import main
 from pyro_vae.data import DataError, ImageData, check_labels, load_dataset
-from pyro_vae.training import Trainer
+from pyro_vae.train.trainer import Trainer
+from run_helpers import fails
 
 TINY = ["--hidden", "16", "--z-dim", "4", "--no-progress"]
 GOOD_LINE = "0 1 " * 391 + "0 1\n"
@@ -30,15 +31,6 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     assert main(["train", "--epochs", "1", "--binarize", "dynamic", "--out", str(out), *TINY]) == 0
     return out, snapshot(out)
-
-
-def fails(argv, capsys, *says):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    for s in says:
-        assert s in err, (s, err)
-    return err
 
 
 # ---- invalid options ---------------------------------------------------------------------
@@ -105,7 +97,7 @@ def test_resume_continues_with_more_epochs_and_the_same_options_given_again(fini
     assert main(["train", "--resume", str(copy), "--epochs", "2", "--lr", "0.001", "--hidden", "16",
                  "--no-progress"]) == 0
     assert "resuming after step 12 (epoch 2, batch 0)" in capsys.readouterr().out
-    from pyro_vae.checkpoints import load_checkpoint
+    from pyro_vae.train.checkpoints import load_checkpoint
 
     assert load_checkpoint(copy / "checkpoint.pt")["epoch"] == 2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import distributed
+from pyro_vae.train import distributed
 from pyro_vae.cli import build_parser, main
 from run_helpers import TINY, fails, snapshot
 
@@ -28,18 +28,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- options -------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, says", [
-    (["--hidden", "0"], "--hidden sizes must be positive integers, got 0"),
-    (["--hidden", "-4"], "--hidden sizes must be positive integers, got -4"),
-    (["--hidden", "16", "0"], "--hidden sizes must be positive integers, got 16 0"),
-    (["--scale", "nan"], "--scale must be a positive number, got nan"),
-    (["--scale", "inf"], "--scale must be a positive number, got inf"),
-    (["--scale", "-1"], "--scale must be a positive number, got -1"),
-    (["--scale", "0"], "--scale must be a positive number, got 0"),
+    (["--hidden", "0"], "argument --hidden: must be a positive integer, got 0"),
+    (["--hidden", "-4"], "argument --hidden: must be a positive integer, got -4"),
+    (["--hidden", "16", "0"], "argument --hidden: must be a positive integer, got 0"),
+    (["--scale", "nan"], "argument --scale: must be a positive number, got nan"),
+    (["--scale", "inf"], "argument --scale: must be a positive number, got inf"),
+    (["--scale", "-1"], "argument --scale: must be a positive number, got -1"),
+    (["--scale", "0"], "argument --scale: must be a positive number, got 0"),
     (["--device", "foo"], "--device 'foo' is not a device"),
     (["--device", "mps"], "--device mps: pyro-vae runs on cpu or cuda (cuda:N), not on mps"),
     (["--device", "meta"], "--device meta: pyro-vae runs on cpu or cuda (cuda:N), not on meta"),
-    (["--ddp-timeout", "0"], "--ddp-timeout must be a positive number of seconds, got 0"),
-    (["--ddp-timeout", "nan"], "--ddp-timeout must be a positive number of seconds"),
+    (["--ddp-timeout", "0"], "argument --ddp-timeout: must be a positive number, got 0"),
+    (["--ddp-timeout", "nan"], "argument --ddp-timeout: must be a positive number, got nan"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_bad_option_is_refused_before_anything_is_created(tmp_path, capsys, option, says):
     out = tmp_path / "run"

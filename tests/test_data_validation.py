@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
+from run_helpers import exit_code
 from pyro_vae import data
 from pyro_vae.data import DataError, load_dataset, read_amat
 
@@ -86,7 +87,7 @@ def test_the_cli_names_the_line_of_a_bad_amat_and_writes_nothing(tmp_path, capsy
     (root / "binarized_mnist_train.amat").write_text(line(rows[0]) + line(list(rows[1]) + [0]) + line(rows[2][1:]))
     (root / "binarized_mnist_valid.amat").write_text(text)
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "data"), "--out", str(out),
+    code = exit_code(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "data"), "--out", str(out),
                  "--hidden", "16", "--z-dim", "4", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "binarized_mnist_train.amat: line 2 has 785 values" in err, err
@@ -190,7 +191,7 @@ def test_evaluate_split_test_on_digits_is_refused_and_writes_nothing(tmp_path, c
     assert main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "4", "--binarize", "dynamic",
                  "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
-    code = main(["evaluate", str(out), "--split", "test", "-K", "10", "--no-progress"])
+    code = exit_code(["evaluate", str(out), "--split", "test", "-K", "10", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "digits has no test split" in err and "--split valid" in err, err
     assert not (out / "eval_test.json").exists()

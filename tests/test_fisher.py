@@ -1,4 +1,4 @@
-"""The Fisher autoencoder objective (pyro_vae.fisher) against closed forms.
+"""The Fisher autoencoder objective (pyro_vae.objectives.fisher) against closed forms.
 
 Probabilistic PCA with a linear Gaussian encoder makes every score analytic:
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pyro_vae import build_vae, make_objective
-from pyro_vae.cli import main
-from pyro_vae.fisher import FisherDivergence
+from run_helpers import exit_code
+from pyro_vae.objectives.fisher import FisherDivergence
 from pyro_vae.likelihoods import Gaussian
 from pyro_vae.models import VAE, build_autoencoder
 
@@ -316,13 +316,13 @@ def test_bad_settings_and_guides_are_refused():
 # ---- item 3: training from Python and the command line --------------------------------------
 def test_cli_trains_with_the_fisher_objective_and_refuses_bernoulli(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "digits", "--objective", "fisher", "--epochs", "1", "--hidden", "32",
+    code = exit_code(["train", "--dataset", "digits", "--objective", "fisher", "--epochs", "1", "--hidden", "32",
                  "--z-dim", "4", "--batch-size", "256", "--no-progress", "--out", str(out)])
     assert code == 0
     assert (out / "checkpoint.pt").is_file() and (out / "samples.png").is_file()
     history = __import__("json").loads((out / "run.json").read_text())
     assert history["train"]["objective"] == "fisher"
-    code = main(["train", "--dataset", "digits", "--objective", "fisher", "--binarize", "static", "--epochs", "1",
+    code = exit_code(["train", "--dataset", "digits", "--objective", "fisher", "--binarize", "static", "--epochs", "1",
                  "--hidden", "32", "--z-dim", "4", "--no-progress", "--out", str(tmp_path / "bern")])
     assert code == 2
     assert "discrete" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae import build_vae, make_objective
-from pyro_vae.cli import main
+from run_helpers import exit_code
 from pyro_vae.data import ImageData, load_dataset
 from pyro_vae.gradvar import (
     TOY_ROUTES,
@@ -29,7 +29,6 @@ from pyro_vae.gradvar import (
 )
 from pyro_vae.guides import DiagonalNormal, NonReparameterizedNormal
 from pyro_vae.networks import MLPEncoder
-from pyro_vae.training import private_param_store
 
 K = 4.5  # standard errors allowed
 ROUTES = tuple(TOY_ROUTES)
@@ -250,7 +249,7 @@ def test_baselines_lower_the_variance_and_keep_the_mean(tiny_data):
     assert rows["score+decaying"]["mean_var"] < 0.7 * rows["score"]["mean_var"]
     g_rep = _gradient_estimates(vae, x, "elbo", 20)
     variant = vae_variant(vae, "score+decaying")
-    with private_param_store():
+    with pyro.get_param_store().scope():
         objective = make_objective("tracegraph", 2000)
         for _ in range(20):  # settle the average of every (particle, point) slot on this batch
             objective.loss_and_grads(variant.model, variant.guide, x)
@@ -264,7 +263,7 @@ def test_baselines_lower_the_variance_and_keep_the_mean(tiny_data):
 # ---- the command line -------------------------------------------------------------------
 def test_cli_gradvar_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "gv"
-    code = main(["gradvar", "--out", str(out), "--dataset", "digits", "--phis", "0", "1", "--sizes", "10", "100",
+    code = exit_code(["gradvar", "--out", str(out), "--dataset", "digits", "--phis", "0", "1", "--sizes", "10", "100",
                  "--repeats", "20", "--train-size", "100", "--valid-size", "50", "--z-dim", "2", "--hidden", "8",
                  "--steps", "4", "--eval-every", "2", "--batch-size", "20", "--grad-repeats", "3",
                  "--settle-steps", "2", "--no-progress"])
@@ -278,9 +277,9 @@ def test_cli_gradvar_writes_tables_and_figures(tmp_path, capsys):
 
 
 def test_cli_gradvar_bad_input(tmp_path, capsys):
-    assert main(["gradvar", "--part", "toy", "--out", str(tmp_path / "a"), "--repeats", "2"]) == 2
-    assert "at least 4" in capsys.readouterr().err
-    assert main(["gradvar", "--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10",
+    assert exit_code(["gradvar", "--part", "toy", "--out", str(tmp_path / "a"), "--repeats", "2"]) == 2
+    assert "argument --repeats: must be an integer ≥ 4, got 2" in capsys.readouterr().err
+    assert exit_code(["gradvar", "--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10",
                  "--batch-size", "100"]) == 2
     assert "smaller than --batch-size" in capsys.readouterr().err
 

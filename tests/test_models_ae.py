@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import checkpoints
-from pyro_vae.cli import load_run, main
+from pyro_vae.train import checkpoints
+from pyro_vae import load_run
+from pyro_vae.cli import main
 from pyro_vae.data import load_dataset
 from pyro_vae.guides import PointMass
 from pyro_vae.models import MODEL_BUILDERS, Autoencoder, build_autoencoder, build_model, build_vae
 from pyro_vae.objectives import make_objective
-from pyro_vae.training import Trainer, evaluate_loss
+from pyro_vae.train.trainer import Trainer, evaluate_loss
 
 SHAPE = (1, 8, 8)
 

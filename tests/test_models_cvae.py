@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import cli
+from pyro_vae import cli, load_run
 from pyro_vae.data import DataError, ImageData, load_dataset, one_hot, quadrant_mask, with_quadrant_masks
 from pyro_vae.models import (ConditionalVAE, LabelCondition, QuadrantCondition, build_cvae, build_cvae_quadrant,
                              build_model, build_vae)
 from pyro_vae.networks import MLPDecoder, MLPEncoder
 from pyro_vae.objectives import make_objective
-from pyro_vae.training import Trainer, evaluate_loss
+from pyro_vae.train.trainer import Trainer, evaluate_loss
 
 SHAPE = (1, 8, 8)
 D, K, Z, H = 64, 10, 4, 16
@@ -292,7 +292,7 @@ def test_cli_trains_and_reloads_conditional_runs(tmp_path, capsys):
                      "--binarize", "dynamic", "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["model"] == "cvae" and run["model"]["prior"] == "learned"
-    model, _ = cli.load_run(out)
+    model, _ = load_run(out)
     assert isinstance(model, ConditionalVAE) and model.prior_kind == "learned"
     assert model.sample(c=7, n=3).shape == (3, 64)
     assert cli.main(["sample", str(out), "-n", "20", "--out", str(tmp_path / "s.png")]) == 0
@@ -301,7 +301,7 @@ def test_cli_trains_and_reloads_conditional_runs(tmp_path, capsys):
     out = tmp_path / "quad"
     assert cli.main(["train", "--model", "cvae-quadrant", "--epochs", "1", "--no-progress", "--binarize", "dynamic",
                      "--out", str(out)]) == 0
-    model, run = cli.load_run(out)
+    model, run = load_run(out)
     assert model.prior_kind == "learned" and (out / "completions.png").is_file()  # the quadrant task's default
     assert build_model(run["model"]).condition.dim == 64
     assert cli.main(["train", "--model", "vae", "--prior", "learned", "--epochs", "1",

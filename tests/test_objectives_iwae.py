@@ -17,7 +17,7 @@ from pyro_vae import build_vae, fit, load_dataset
 from pyro_vae.guides import GUIDES, NonReparameterizedNormal
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.objectives import ALIASES, OBJECTIVES, IWAE_ELBO, make_objective
-from pyro_vae.training import Trainer, evaluate_loss
+from pyro_vae.train.trainer import Trainer, evaluate_loss
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -9,6 +9,7 @@ import torch
 
 from pyro_vae import plots
 from pyro_vae.cli import main
+from run_helpers import exit_code
 from pyro_vae.eval.latent import LatentFrame, latent_codes
 from pyro_vae.models import build_autoencoder, build_vae
 
@@ -149,7 +150,7 @@ def test_cli_plot_draws_everything_from_saved_runs(tmp_path, capsys):
 
 
 def test_cli_plot_bad_input_is_named(tmp_path, capsys):
-    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert exit_code(["plot", str(tmp_path / "nowhere")]) == 2
     assert "run.json" in capsys.readouterr().err
-    assert main(["plot", str(tmp_path), "--steps", "1"]) == 2
-    assert "--steps must be at least 2" in capsys.readouterr().err
+    assert exit_code(["plot", str(tmp_path), "--steps", "1"]) == 2
+    assert "argument --steps: must be an integer ≥ 2" in capsys.readouterr().err

@@ -15,7 +15,8 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 import pyro_vae
 from pyro_vae import build_vae, fit, load_dataset
-from pyro_vae.cli import load_run, main  # pyro_vae.cli.load_run is pyro_vae.load_run
+from pyro_vae import load_run
+from pyro_vae.cli import main
 
 
 @pytest.fixture(scope="module")

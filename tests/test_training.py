@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, evaluate_loss, fit, load_dataset
-from pyro_vae.training import NonFiniteLossError, Trainer
+from pyro_vae.train.trainer import NonFiniteLossError, Trainer
 
 
 def digits(binarize="dynamic"):
@@ -172,7 +172,7 @@ def test_a_lazily_built_guide_exists_before_rank_zeros_weights_are_broadcast(mon
     """Under torchrun every rank must start from rank 0's weights: an AmortizedGuide makes
     its encoder from the first batch, so it must be made before the broadcast."""
     from pyro_vae import AmortizedGuide, ModelGuide
-    from pyro_vae import distributed as dp
+    from pyro_vae.train import distributed as dp
 
     train, _ = digits()
     vae = small_vae()

@@ -25,11 +25,11 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.checkpoints import load_checkpoint
-from pyro_vae.distributed import shard
+from pyro_vae.train.checkpoints import load_checkpoint
+from pyro_vae.train.distributed import shard
 from pyro_vae.models import build_model
 from pyro_vae.objectives import make_objective
-from pyro_vae.training import Trainer, private_param_store
+from pyro_vae.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -102,7 +102,7 @@ def test_every_rank_steps_with_the_global_batch_gradient(ddp_run):
                     p.copy_(value)
             torch.set_rng_state(rng_states[r])
             vae.zero_grad()
-            with private_param_store():
+            with pyro.get_param_store().scope():
                 loss = elbo.differentiable_loss(vae.model, vae.guide, xr, num_data=len(train)) / len(train)
             loss.backward()
             rng_states[r] = torch.get_rng_state()

@@ -15,7 +15,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.cli import build_parser
-from pyro_vae.training import Trainer
+from pyro_vae.train.trainer import Trainer
 from run_helpers import round_trip
 
 REPO = Path(__file__).resolve().parents[1]

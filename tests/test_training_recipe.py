@@ -10,11 +10,11 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from pyro_vae import build_vae
-from pyro_vae.checkpoints import CheckpointError, load_checkpoint
+from pyro_vae.train.checkpoints import CheckpointError, load_checkpoint
 from pyro_vae.cli import main
-from pyro_vae.runs import load_run, run_weights
-from pyro_vae.training import Trainer, evaluate_loss, fit, scheduled_lr
-from run_helpers import digits_data as data, make_trainer, round_trip
+from pyro_vae.train.runs import load_run, run_weights
+from pyro_vae.train.trainer import Trainer, evaluate_loss, fit, scheduled_lr
+from run_helpers import digits_data as data, exit_code, make_trainer, round_trip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64)
@@ -210,13 +210,13 @@ def test_cli_recipe_run_stores_best_and_ema_and_evaluate_chooses_weights(tmp_pat
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--ema", "1.5"], "--ema must be a decay in (0, 1)"),
+    (["--ema", "1.5"], "argument --ema: must be a decay in (0, 1)"),
     (["--kl-warmup", "2", "--objective", "iwae", "--particles", "5"], "--kl-warmup scales the KL term"),
-    (["--lr-final", "-1"], "--lr-final must be a positive number"),
-    (["--schedule-epochs", "0"], "--schedule-epochs must be a positive integer"),
+    (["--lr-final", "-1"], "argument --lr-final: must be a positive number"),
+    (["--schedule-epochs", "0"], "argument --schedule-epochs: must be a positive integer"),
 ])
 def test_cli_refuses_bad_recipe_options_before_writing(tmp_path, capsys, flags, message):
     out = tmp_path / "r"
-    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"] + flags) == 2
+    assert exit_code(["train", "--epochs", "1", "--out", str(out), "--no-progress"] + flags) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.checkpoints import Checkpointer, load_checkpoint
+from pyro_vae.train.checkpoints import Checkpointer, load_checkpoint
 from pyro_vae.cli import main
-from pyro_vae.training import NonFiniteLossError
-from run_helpers import make_trainer, round_trip
+from pyro_vae.train.trainer import NonFiniteLossError
+from run_helpers import exit_code, make_trainer, round_trip
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64) digits training images, batch 64
@@ -211,7 +211,7 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
 
 def test_cli_divergent_run_stops_with_the_step_and_last_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--epochs", "2", "--hidden", "16", "--z-dim", "4", "--lr", "1e30", "--checkpoint-every", "1",
+    code = exit_code(["train", "--epochs", "2", "--hidden", "16", "--z-dim", "4", "--lr", "1e30", "--checkpoint-every", "1",
                  "--out", str(out), "--no-progress", "--binarize", "dynamic"])
     err = capsys.readouterr().err
     assert code == 2, err

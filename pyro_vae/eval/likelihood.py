@@ -25,7 +25,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..objectives import IWAE_ELBO
-from ..training import private_param_store
 from .common import MeanStderr, check_int
 
 
@@ -108,7 +107,7 @@ class ModelAndGuide:
             for p, _ in flags:
                 p.requires_grad_(False)
             with ExitStack() as stack:
-                stack.enter_context(private_param_store() if self.source is not None else nullcontext())
+                stack.enter_context(pyro.get_param_store().scope() if self.source is not None else nullcontext())
                 if not grad:
                     stack.enter_context(torch.no_grad())
                 yield self

@@ -20,6 +20,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.cli import main
+from run_helpers import exit_code
 from pyro_vae.eval.likelihood import (active_units, elbo, importance_sampling, iwae_bound, likelihood_report,
                                       log_likelihood)
 from pyro_vae.likelihoods import Bernoulli, Gaussian
@@ -443,12 +444,12 @@ def test_cli_evaluate_prints_and_writes_json(tiny_run, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["-K", "0"], "-K must be a positive"),
-    (["-K", "-5"], "-K must be a positive"),
+    (["-K", "0"], "argument -K/--num-samples: must be a positive integer, got 0"),
+    (["-K", "-5"], "argument -K/--num-samples: must be a positive integer, got -5"),
     (["-K", "100", "--iwae-k", "3"], "--iwae-k 3"),
-    (["--limit", "0"], "--limit must be a positive"),
-    (["--chunk-size", "0"], "--chunk-size must be a positive"),
+    (["--limit", "0"], "argument --limit: must be a positive integer, got 0"),
+    (["--chunk-size", "0"], "argument --chunk-size: must be a positive integer, got 0"),
 ])
 def test_cli_evaluate_rejects_bad_options(tiny_run, capsys, argv, message):
-    assert main(["evaluate", str(tiny_run), "--no-progress"] + argv) == 2
+    assert exit_code(["evaluate", str(tiny_run), "--no-progress"] + argv) == 2
     assert message in capsys.readouterr().err

@@ -12,6 +12,7 @@ from torch import nn
 
 from pyro_vae.eval import posterior as P
 from pyro_vae.cli import main
+from run_helpers import exit_code
 from pyro_vae.guides import FullCovarianceNormal
 from pyro_vae.likelihoods import Gaussian
 from pyro_vae.models import VAE
@@ -140,7 +141,7 @@ def test_cli_posterior_writes_figure_and_khat(tmp_path, capsys):
     result = json.loads((run / "posterior_17.json").read_text())
     assert math.isfinite(result["khat"]) and result["guide"] == "full" and result["num_draws"] == 120
     assert (run / "posterior_17.png").stat().st_size > 10_000
-    assert main(["posterior", str(run), "--index", "100000", "--no-progress"]) == 2
+    assert exit_code(["posterior", str(run), "--index", "100000", "--no-progress"]) == 2
     assert "--index 100000 is out of range" in capsys.readouterr().err
 
 

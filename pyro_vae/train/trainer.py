@@ -14,8 +14,8 @@ Losses are reported in nats per data point: the scaled minibatch loss divided by
 A trainer's whole state (model, optimizer, RNG states, epoch and position in the
 epoch, history) is :meth:`Trainer.state_dict`; :meth:`Trainer.load_state_dict`
 continues from it, mid-epoch too, step for step as if never stopped
-(:class:`~pyro_vae.checkpoints.Checkpointer` saves it to a run folder). Launched under
-torchrun, a trainer trains one model data-parallel (:mod:`pyro_vae.distributed`).
+(:class:`~pyro_vae.train.checkpoints.Checkpointer` saves it to a run folder). Launched under
+torchrun, a trainer trains one model data-parallel (:mod:`pyro_vae.train.distributed`).
 """
 
 import inspect
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
-from .objectives import make_objective, objective_label
+from ..objectives import make_objective, objective_label
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -100,16 +100,6 @@ def loss_function(objective):
     return objective.loss_and_grads, False
 
 
-def private_param_store(state=None):
-    """A context in which ``pyro.module``/``pyro.param`` register into a private param
-    store (fresh, or ``state`` from an earlier use, updated on exit), with Pyro's global
-    store restored afterwards: training one model never touches (or is touched by) the
-    parameters another model left in the global store under the same names, while
-    state that Pyro keeps in the store across steps (e.g. the decaying-average baselines
-    of ``TraceGraph_ELBO``) persists from epoch to epoch in the trainer's own state."""
-    return pyro.get_param_store().scope(state)
-
-
 @torch.no_grad()
 def evaluate_loss(vae, data, objective="elbo", batch_size=1000, num_particles=1, with_labels=False):
     """−ELBO (or the objective's loss) averaged over every point of ``data``, in nats
@@ -122,7 +112,7 @@ def evaluate_loss(vae, data, objective="elbo", batch_size=1000, num_particles=1,
     if isinstance(objective, str):
         objective = make_objective(objective, num_particles)
     total, count = 0.0, 0
-    with private_param_store():
+    with pyro.get_param_store().scope():
         for batch in _batches(data, batch_size, shuffle=False, with_labels=with_labels):
             total += float(objective.loss(vae.model, vae.guide, *batch))
             count += batch[0].shape[0]
@@ -155,7 +145,7 @@ class Trainer:
     :param float clip_norm: clip the gradient's global norm to this value (None: off).
     :param bool with_labels: pass the labels to model and guide (conditional models).
     :param bool distributed: train data-parallel over the processes of the
-        ``torch.distributed`` process group (:mod:`pyro_vae.distributed`); default: when
+        ``torch.distributed`` process group (:mod:`pyro_vae.train.distributed`); default: when
         a group of more than one process is initialized. Each rank then steps on its
         shard of every global batch of ``batch_size`` points, gradients are averaged,
         and Pyro's draws on rank r are seeded ``seed + r``.
@@ -265,7 +255,8 @@ class Trainer:
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
         self.valid_batch_size = valid_batch_size
         self.history = History(objective=self.label)
-        #: the trainer's private Pyro param store (see :func:`private_param_store`).
+        #: the trainer's own Pyro param store (``pyro.get_param_store().scope(param_state)``):
+        #: training one model never touches the parameters another left in the global store.
         self.param_state = {"params": {}, "constraints": {}}
         self.epoch = 0
         self.step_count = 0
@@ -273,7 +264,7 @@ class Trainer:
         #: :meth:`load_state_dict` of a mid-epoch checkpoint).
         self.epoch_step = 0
         self._epoch_loss, self._epoch_seconds, self._epoch_start = 0.0, 0.0, None
-        #: set by whoever saves checkpoints (:class:`~pyro_vae.checkpoints.Checkpointer`):
+        #: set by whoever saves checkpoints (:class:`~pyro_vae.train.checkpoints.Checkpointer`):
         #: named in the error that stops a run at a NaN or inf loss.
         self.last_checkpoint = None
         # the batch shapes (and devices) this process has stepped on with Pyro's
@@ -294,7 +285,7 @@ class Trainer:
         """One SVI step on a minibatch; returns −ELBO in nats per data point.
 
         :param float share: in data-parallel training, this rank's part b_r / B of the
-            global batch (see :func:`pyro_vae.distributed.all_reduce_gradients`).
+            global batch (see :func:`pyro_vae.train.distributed.all_reduce_gradients`).
         :raises NonFiniteLossError: if the loss is NaN or inf; no parameter is changed.
 
         Pyro's validation checks (``pyro.enable_validation``: site shapes, distribution
@@ -393,7 +384,7 @@ class Trainer:
         stepped on are skipped.
 
         :param step_callback: ``step_callback(trainer)`` after each step (e.g.
-            :meth:`~pyro_vae.checkpoints.Checkpointer.on_step`).
+            :meth:`~pyro_vae.train.checkpoints.Checkpointer.on_step`).
         """
         self.vae.train()
         for group in self.optimizer.param_groups:
@@ -401,7 +392,7 @@ class Trainer:
         self._epoch_start = self.generator.get_state()
         if self.epoch_step == 0:
             self._epoch_loss, self._epoch_seconds = 0.0, 0.0
-        with private_param_store(self.param_state):
+        with pyro.get_param_store().scope(self.param_state):
             batches = _batches(self.train_data, self.batch_size, True, self.generator, self.with_labels)
             t0 = time.perf_counter()
             for i, batch in enumerate(batches):
@@ -473,7 +464,7 @@ class Trainer:
         current epoch) with the running ``epoch_loss``/``epoch_seconds``, the batch
         ``generator`` state *at the start of the current epoch* (mid-epoch) or now (at an
         epoch boundary), ``rng``: the global generators' states of every rank
-        (:func:`pyro_vae.rng.get_state`), and ``history``.
+        (:func:`pyro_vae.train.rng.get_state`), and ``history``.
 
         In data-parallel training every rank must call it: the RNG states are gathered.
         """
@@ -576,7 +567,7 @@ def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
     if setup is None and check is None:
         return
     devices = [data.x.device] if data.x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), private_param_store(), torch.no_grad():
+    with torch.random.fork_rng(devices=devices), pyro.get_param_store().scope(), torch.no_grad():
         first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
         kwargs = {"num_data": num_data} if pass_num_data else {}
         if setup is not None:

@@ -11,7 +11,7 @@ from is where it was when the checkpoint was taken:
   :func:`pyro.set_rng_seed` seeds them too; user code may draw from them).
 
 The batch order has its own ``torch.Generator`` held by the
-:class:`~pyro_vae.training.Trainer`, saved with the trainer's state.
+:class:`~pyro_vae.train.trainer.Trainer`, saved with the trainer's state.
 
 States are returned as dicts of tensors, ints, floats and None only, so that
 ``torch.load(weights_only=True)`` reads them back without unpickling any object.

@@ -49,7 +49,7 @@ class FisherDivergence:
     equal to ½F(p_d q_φ, p_θ) − C summed over the batch, C = ½E‖∇ log p_d‖² a constant.
 
     It has the interface of Pyro's ELBOs (``loss``, ``differentiable_loss``,
-    ``loss_and_grads``), so :class:`pyro.infer.SVI` and :class:`~pyro_vae.training.Trainer`
+    ``loss_and_grads``), so :class:`pyro.infer.SVI` and :class:`~pyro_vae.train.trainer.Trainer`
     use it unchanged. Model and guide are called as ``model(x, *rest)``, ``guide(x, *rest)``
     with ``x`` a real tensor ``(batch, ...)`` whose first dimension is the data plate.
 

@@ -17,8 +17,8 @@ by the kernel with the process, so the next writer takes the folder over. Tempor
 files carry their writer's PID, and a writer removes only its own (or those of
 processes that no longer exist).
 
-:class:`Checkpointer` saves a :class:`~pyro_vae.training.Trainer`'s whole state
-(:meth:`~pyro_vae.training.Trainer.state_dict`: model, optimizer, every RNG state,
+:class:`Checkpointer` saves a :class:`~pyro_vae.train.trainer.Trainer`'s whole state
+(:meth:`~pyro_vae.train.trainer.Trainer.state_dict`: model, optimizer, every RNG state,
 epoch, step within the epoch, history) every N steps and at each epoch end, so that
 ``pyro-vae train --resume RUN_DIR`` continues, mid-epoch too, exactly where the run
 was (bit for bit on a CPU).
@@ -27,22 +27,21 @@ was (bit for bit on a CPU).
 import errno
 import fcntl
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ..config import (FORMAT, ConfigError, DataConfig, ModelConfig, RunRecord, TrainConfig, check_format,
+                      is_int, kind_of)
 from . import distributed as dp
 
 CHECKPOINT = "checkpoint.pt"
 RUN_JSON = "run.json"
 LOCK = ".pyro-vae.lock"
-#: The format of ``run.json`` this version writes (stored under ``"format"``); a run
-#: folder written in a newer format is refused rather than misread. Files without the
-#: key are format 0 (written before it existed) and read as such.
-RUN_FORMAT = 1
+#: The format of ``run.json`` this version writes (:data:`pyro_vae.config.FORMAT`).
+RUN_FORMAT = FORMAT
 
 
 class CheckpointError(RuntimeError):
@@ -243,79 +242,12 @@ def load_json(path):
 
 
 # ---- what run.json and checkpoint.pt must hold ----------------------------------------------
-def _kind(value):
-    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-                                         int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-_CHECKS = {
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "int": (_is_int, "an integer"),
-    "pos_int": (lambda v: _is_int(v) and v > 0, "a positive integer"),
-    "nonneg_int": (lambda v: _is_int(v) and v >= 0, "an integer ≥ 0"),
-    "number": (_is_number, "a finite number"),
-    "pos_number": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "pos_ints": (lambda v: isinstance(v, list) and all(_is_int(i) and i > 0 for i in v),
-                 "a list of positive integers"),
-    "shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(i) and i > 0 for i in v),
-              "a list of 3 positive integers (C, H, W)"),
-    "dict": (lambda v: isinstance(v, dict), "an object"),
-    "list": (lambda v: isinstance(v, list), "a list"),
-}
-
-#: ``run.json``: entries checked when present, as (check, may be null).
-RUN_SCHEMA = {
-    "format": ("nonneg_int", False), "model": ("dict", False), "data": ("dict", False), "train": ("dict", False),
-    "options": ("dict", False), "history": ("dict", False), "epoch": ("nonneg_int", False),
-    "step": ("nonneg_int", False), "num_data": ("pos_int", True), "world_size": ("pos_int", False),
-}
-MODEL_SCHEMA = {
-    "model": ("str", False), "image_shape": ("shape", False), "z_dim": ("pos_int", False),
-    "network": ("str", False), "hidden_dims": ("pos_ints", False), "likelihood": ("str", False),
-    "guide": ("str", False), "scale": ("pos_number", True), "prior": ("str", True),
-}
-DATA_SCHEMA = {"dataset": ("str", False), "binarize": ("str", True), "seed": ("int", False)}
-TRAIN_SCHEMA = {
-    "objective": ("str", False), "particles": ("pos_int", False), "lr": ("pos_number", False),
-    "batch_size": ("pos_int", False), "epochs": ("pos_int", False), "seed": ("int", False),
-    "device": ("str", False), "clip_norm": ("pos_number", True),
-}
-
-
-def _check_entries(obj, schema, where, prefix=""):
-    for key, (check, nullable) in schema.items():
-        if key not in obj:
-            continue
-        value = obj[key]
-        if value is None and nullable:
-            continue
-        ok, what = _CHECKS[check]
-        if not ok(value):
-            raise CheckpointError(f"{where}: {prefix}{key} must be {what}{' or null' if nullable else ''}, "
-                                  f"got {json.dumps(value) if _plain_json(value) else _kind(value)}")
-
-
-def _plain_json(value):
-    try:
-        return len(json.dumps(value)) <= 60
-    except (TypeError, ValueError):
-        return False
-
-
 def _builder_keywords(kind):
     """The keywords the builder of model ``kind`` takes (None: any, or unknown here)."""
     import inspect
 
     try:
-        from .models import MODEL_BUILDERS
+        from ..models import MODEL_BUILDERS
     except ImportError:  # no registry to check against: the builder will say
         return None
     builder = MODEL_BUILDERS.get(kind) if isinstance(kind, str) else None
@@ -333,28 +265,31 @@ def _builder_keywords(kind):
 def check_run(run, path=RUN_JSON):
     """Check what a ``run.json`` holds before anything is built from it: an object,
     in a format this version reads, with a ``model`` object whose settings have the
-    right types and are all known to the model's builder, and ``data``/``train``
-    entries of the right types.
+    right types (:class:`~pyro_vae.config.ModelConfig`) and are all known to the model's
+    builder, and ``data``/``train`` entries of the right types
+    (:class:`~pyro_vae.config.DataConfig`, :class:`~pyro_vae.config.TrainConfig`).
 
     :raises CheckpointError: one line naming the file and the entry.
     """
     where = str(path)
     if not isinstance(run, dict):
-        raise CheckpointError(f"{where} is not a run's record: it holds {_kind(run)}, not an object")
-    _check_entries(run, RUN_SCHEMA, where)
-    version = run.get("format", 0)
-    if version > RUN_FORMAT:
-        raise CheckpointError(f"{where} is in format {version}, written by a newer pyro-vae; this one reads "
-                              f"formats up to {RUN_FORMAT}")
-    if "model" not in run:
-        raise CheckpointError(f"{where} holds no model settings (no \"model\" entry)")
-    model = run["model"]
-    _check_entries(model, MODEL_SCHEMA, where, "model.")
+        raise CheckpointError(f"{where} is not a run's record: it holds {kind_of(run)}, not an object")
+    try:
+        RunRecord.check(run, where)
+        check_format(run, where)
+        if "model" not in run:
+            raise CheckpointError(f"{where} holds no model settings (no \"model\" entry)")
+        model = ModelConfig.check(run["model"], where, "model.")
+        for key, config in (("data", DataConfig), ("train", TrainConfig)):
+            if key in run:
+                config.check(run[key], where, f"{key}.")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     kind = model.get("model", "vae")
     try:
         known = _builder_keywords(kind)
     except KeyError:
-        from .models import MODEL_BUILDERS
+        from ..models import MODEL_BUILDERS
 
         raise CheckpointError(f"{where}: model.model {kind!r} is not a known model kind; choose from "
                               f"{', '.join(sorted(map(str, MODEL_BUILDERS)))}") from None
@@ -363,15 +298,11 @@ def check_run(run, path=RUN_JSON):
         if unknown:
             raise CheckpointError(f"{where}: unknown model setting{'s' * (len(unknown) > 1)} "
                                   f"{', '.join(unknown)} (a {kind} takes {', '.join(sorted(known))})")
-    for key, schema in (("data", DATA_SCHEMA), ("train", TRAIN_SCHEMA)):
-        if key in run:
-            _check_entries(run[key], schema, where, f"{key}.")
-    history = run.get("history", {})
-    for key, value in history.items():
+    for key, value in run.get("history", {}).items():
         if key == "objective" and isinstance(value, str):
             continue
         if not isinstance(value, list) or not all(v is None or isinstance(v, (int, float)) for v in value):
-            raise CheckpointError(f"{where}: history.{key} must be a list of numbers, got {_kind(value)}")
+            raise CheckpointError(f"{where}: history.{key} must be a list of numbers, got {kind_of(value)}")
     return run
 
 
@@ -416,7 +347,7 @@ def check_checkpoint(state, path=CHECKPOINT, require=("model",)):
 
     :raises CheckpointError: one line naming the file and what is wrong."""
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a pyro-vae checkpoint: it holds {_kind(state)}, not a dict")
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint: it holds {kind_of(state)}, not a dict")
     missing = [k for k in require if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a complete checkpoint: it lacks {', '.join(map(repr, missing))}")
@@ -432,7 +363,7 @@ def check_checkpoint(state, path=CHECKPOINT, require=("model",)):
     return state
 
 
-#: The entries of a trainer's state (:meth:`~pyro_vae.training.Trainer.state_dict`).
+#: The entries of a trainer's state (:meth:`~pyro_vae.train.trainer.Trainer.state_dict`).
 TRAINER_STATE = ("model", "optimizer", "epoch", "step", "epoch_step", "epoch_loss", "epoch_seconds", "generator",
                  "rng", "history")
 
@@ -449,11 +380,11 @@ def check_trainer_state(state, path=CHECKPOINT):
         return CheckpointError(f"{path}: {what}; the checkpoint is corrupt and cannot be resumed")
 
     for key in ("epoch", "step", "epoch_step"):
-        if not _is_int(state[key]) or state[key] < 0:
-            raise bad(f"{key} must be an integer ≥ 0, got {_kind(state[key])}")
+        if not is_int(state[key]) or state[key] < 0:
+            raise bad(f"{key} must be an integer ≥ 0, got {kind_of(state[key])}")
     for key in ("epoch_loss", "epoch_seconds"):
         if not isinstance(state[key], (int, float)) or isinstance(state[key], bool):
-            raise bad(f"{key} must be a number, got {_kind(state[key])}")
+            raise bad(f"{key} must be a number, got {kind_of(state[key])}")
     opt = state["optimizer"]
     if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(
             opt.get("param_groups"), list):
@@ -467,10 +398,10 @@ def check_trainer_state(state, path=CHECKPOINT):
     if not torch.is_tensor(gen) or gen.dtype != ref.dtype or gen.shape != ref.shape:
         raise bad("its batch generator state is not a torch generator state")
     if not isinstance(state["history"], dict):
-        raise bad(f"history must be a dict, got {_kind(state['history'])}")
+        raise bad(f"history must be a dict, got {kind_of(state['history'])}")
     rngs = state["rng"]
     if not isinstance(rngs, list) or not rngs:
-        raise bad(f"rng must be a list of RNG states, one per process, got {_kind(rngs)}")
+        raise bad(f"rng must be a list of RNG states, one per process, got {kind_of(rngs)}")
     torch_ref = torch.get_rng_state()
     for i, r in enumerate(rngs):
         where = f"rng[{i}]"
@@ -481,11 +412,11 @@ def check_trainer_state(state, path=CHECKPOINT):
             raise bad(f"{where}.torch is not a torch RNG state")
         py = r["python"]
         if (not isinstance(py, dict) or not torch.is_tensor(py.get("internal")) or py["internal"].numel() != 625
-                or not _is_int(py.get("version"))):
+                or not is_int(py.get("version"))):
             raise bad(f"{where}.python is not a Python RNG state")
         npy = r["numpy"]
         if (not isinstance(npy, dict) or npy.get("name") != "MT19937" or not torch.is_tensor(npy.get("keys"))
-                or npy["keys"].numel() != 624 or not _is_int(npy.get("pos")) or not 0 <= npy["pos"] <= 624):
+                or npy["keys"].numel() != 624 or not is_int(npy.get("pos")) or not 0 <= npy["pos"] <= 624):
             raise bad(f"{where}.numpy is not a NumPy RNG state")
         if "cuda" in r and not (torch.is_tensor(r["cuda"]) and r["cuda"].dtype == torch.uint8):
             raise bad(f"{where}.cuda is not a CUDA RNG state")
@@ -545,11 +476,11 @@ class Checkpointer:
         ckpt = Checkpointer("runs/x", every=100, run={"model": vae.config})
         trainer.run(epochs, callback=ckpt.on_epoch, step_callback=ckpt.on_step)
 
-    Each save writes ``checkpoint.pt`` (:meth:`~pyro_vae.training.Trainer.state_dict`,
+    Each save writes ``checkpoint.pt`` (:meth:`~pyro_vae.train.trainer.Trainer.state_dict`,
     tensors only) and then ``run.json`` (``run`` with the history, epoch and step), each
     atomically (:func:`atomic_write`): a kill at any moment leaves the previous pair or
     the new checkpoint, never a broken file. Parameters that hold NaN or inf are never
-    saved (:meth:`~pyro_vae.training.Trainer.check_finite` stops the run instead), so
+    saved (:meth:`~pyro_vae.train.trainer.Trainer.check_finite` stops the run instead), so
     the checkpoint on disk is always the last good one; its path is kept in the
     trainer's ``last_checkpoint`` for the error message of a run stopped by a NaN.
 

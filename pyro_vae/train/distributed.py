@@ -6,7 +6,7 @@ one process group (``gloo`` on CPUs, ``nccl`` on GPUs)::
 
     torchrun --nproc_per_node 2 -m pyro_vae.cli train --dataset binarized-mnist --data DATA --out runs/ddp
 
-What each of the W processes does (:class:`~pyro_vae.training.Trainer` calls the
+What each of the W processes does (:class:`~pyro_vae.train.trainer.Trainer` calls the
 functions below when the process group holds more than one process):
 
 1. **Same start.** Rank 0's parameters and buffers are broadcast to every rank

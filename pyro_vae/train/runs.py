@@ -1,4 +1,4 @@
-"""Run folders: what ``pyro-vae train`` (or a :class:`~pyro_vae.checkpoints.Checkpointer`)
+"""Run folders: what ``pyro-vae train`` (or a :class:`~pyro_vae.train.checkpoints.Checkpointer`)
 writes, read back.
 
 A run folder holds ``run.json`` (the model's settings under ``"model"``, the data and
@@ -10,7 +10,7 @@ those a builder takes: ``build_vae(**run["model"])`` for a VAE, or
 from pathlib import Path
 
 from . import checkpoints
-from .models import build_model
+from ..models import build_model
 
 
 WEIGHTS = ("best", "last", "raw")
@@ -48,7 +48,7 @@ def load_run(run_dir, device="cpu", weights="best"):
     :param str weights: which weights (:func:`run_weights`): ``"best"`` (default: the best
         validation epoch's, if the run kept them), ``"last"`` or ``"raw"``.
     :returns: ``(model, run)``, the model in eval mode and ``run`` the parsed ``run.json``.
-    :raises pyro_vae.checkpoints.CheckpointError: if the folder holds no run, or its files
+    :raises pyro_vae.train.checkpoints.CheckpointError: if the folder holds no run, or its files
         do not match each other.
     """
     if weights not in WEIGHTS:

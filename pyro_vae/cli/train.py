@@ -1,0 +1,226 @@
+"""``pyro-vae train``: train a model on a data set and write its run folder."""
+
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig, TrainConfig
+from ..data import DATASETS, load_dataset
+from ..guides import GUIDES
+from ..models import MODEL_BUILDERS, build_model
+from ..objectives import ALIASES, OBJECTIVES
+from ..train import LR_SCHEDULES, Trainer, checkpoints
+from ..train import distributed
+from .resume import resume_args, run_options
+from .common import (UsageError, check_device, decay, lock_run_dir, nonnegative_float, positive_float,
+                     positive_int)
+from .figures import missing_figures, write_figures
+
+
+def add_arguments(p):
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (digits needs no download)")
+    d.add_argument("--data", default=None, help="data folder; if not given: $PYRO_VAE_DATA, else ./data")
+    d.add_argument("--download", action="store_true", help="download missing data files (needs network)")
+    d.add_argument("--binarize", default=None, choices=["static", "dynamic", "none"],
+                   help="binarize grey levels for a Bernoulli likelihood: one fixed draw (static), a new draw "
+                        "per epoch (dynamic), or not at all (none, as None)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="vae", choices=sorted(MODEL_BUILDERS), help="model kind")
+    m.add_argument("--likelihood", default="auto", choices=["auto", "bernoulli", "gaussian"],
+                   help="p(x|z); auto: bernoulli for binary data, gaussian otherwise")
+    m.add_argument("--scale", type=positive_float, default=None, help="fixed Gaussian scale; if not given: learned per pixel")
+    m.add_argument("--network", default="mlp", choices=["mlp", "conv"], help="encoder and decoder networks")
+    m.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                   help="hidden layer sizes of the MLP; if not given: 400, or 128 for 8×8 digits")
+    m.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits")
+    m.add_argument("--guide", default="diagonal", choices=sorted(GUIDES), help="guide family q(z|x)")
+    m.add_argument("--prior", default=None, choices=["fixed", "learned"],
+                   help="conditional VAEs: p(z|c) = N(0, I) or a prior network; if not given: fixed for cvae, "
+                        "learned for cvae-quadrant")
+    o = p.add_argument_group("optimization")
+    o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
+    o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
+    o.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
+    o.add_argument("--batch-size", type=positive_int, default=128, help="data points per step")
+    o.add_argument("--epochs", type=positive_int, default=30, help="passes over the training data")
+    o.add_argument("--seed", type=int, default=0, help="seed of every random source")
+    o.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N for GPU N)")
+    o.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm to this value")
+    o.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="learning rate per epoch: constant, or cosine/exponential from --lr to --lr-final "
+                        "over --schedule-epochs")
+    o.add_argument("--lr-final", type=positive_float, default=None,
+                   help="learning rate at the schedule's end; if not given: lr/10")
+    o.add_argument("--schedule-epochs", type=positive_int, default=None, metavar="T",
+                   help="epochs over which the schedule reaches --lr-final; if not given: --epochs")
+    o.add_argument("--kl-warmup", type=nonnegative_float, default=0.0, metavar="EPOCHS",
+                   help="raise the KL term's weight β linearly from 0 to 1 over this many epochs (0: off)")
+    o.add_argument("--ema", type=decay, default=None, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights with this decay, "
+                        "e.g. 0.999; if not given: off")
+    o.add_argument("--no-keep-best", dest="keep_best", action="store_false",
+                   help="do not keep the weights of the best validation epoch (evaluate uses them when kept)")
+    o.add_argument("--fused", action="store_true",
+                   help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)")
+    o.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder and decoder networks (slower for the MLP on CPU; see docs/speed.md)")
+    o.add_argument("--ddp-timeout", type=positive_float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in a collective before it "
+                        "stops with an error")
+    r = p.add_argument_group("output")
+    r.add_argument("--out", default=None, help="run folder; if not given: runs/<dataset>")
+    r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help="save a checkpoint every N steps as well as at each epoch end")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint (options default to the run's)")
+
+
+def _validate_train_args(args):
+    """The checks that involve more than one option, or the machine (argparse's types
+    check each option's own value)."""
+    key = ALIASES.get(args.objective, args.objective)
+    if key not in OBJECTIVES:
+        raise UsageError(f"unknown --objective {args.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
+    check_device(args.device)
+    if args.kl_warmup and key not in ("elbo", "meanfield", "tracegraph"):
+        raise UsageError(f"--kl-warmup scales the KL term of an ELBO; --objective {args.objective} has none")
+
+
+def model_config(args, image_shape, binary):
+    """The model settings ``run.json`` stores, from the command line and the data."""
+    small = image_shape[-1] <= 8
+    likelihood = args.likelihood
+    if likelihood == "auto":
+        likelihood = "bernoulli" if binary else "gaussian"
+    config = dict(model=args.model, image_shape=list(image_shape), z_dim=args.z_dim or (8 if small else 50),
+                  network=args.network, hidden_dims=args.hidden or ([128] if small else [400]),
+                  likelihood=likelihood, guide=args.guide, scale=args.scale)
+    if getattr(args, "prior", None) is not None:  # conditional VAEs
+        if not args.model.startswith("cvae"):
+            raise UsageError(f"--prior applies to the conditional VAEs (cvae, cvae-quadrant), "
+                             f"not --model {args.model}")
+        config["prior"] = args.prior
+    return config
+
+
+def _lock_for_training(out, overwrite, resume):
+    """:func:`lock_run_dir` on rank 0 (the writer); under torchrun every rank learns
+    whether rank 0 could start, so that none waits for a rank that has stopped."""
+    lock, error = None, None
+    if distributed.is_main():
+        try:
+            lock = lock_run_dir(out, overwrite, resume)
+        except (UsageError, checkpoints.CheckpointError) as e:
+            error = e
+    if distributed.is_initialized():
+        first = distributed.all_gather_object(None if error is None else str(error))[0]
+        if first is not None and error is None:
+            raise UsageError(f"rank {distributed.rank()}: rank 0 could not start ({first})")
+    if error is not None:
+        raise error
+    return lock
+
+
+def run(args):
+    if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones
+        args = resume_args(args, add_arguments)
+    _validate_train_args(args)  # every option checked before anything is created
+    timeout = getattr(args, "ddp_timeout", distributed.DEFAULT_TIMEOUT)
+    device = distributed.init_from_env(args.device, timeout=timeout)  # under torchrun: join the process group
+    out = Path(args.resume) if args.resume else Path(args.out or Path("runs") / args.dataset)
+    # the run folder's lock, held until this process ends: one writer per folder; the
+    # --overwrite check and the folder's writability are checked under it
+    lock = _lock_for_training(out, args.overwrite, bool(args.resume))
+    try:
+        return _train(args, device, out, timeout)
+    except BaseException:
+        if lock is not None:  # a failed start leaves no folder behind
+            lock.release(remove_created=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, device, out, timeout):
+    train = load_dataset(args.dataset, "train", args.data, binarize=args.binarize, seed=args.seed,
+                         download=args.download)
+    valid = load_dataset(args.dataset, "valid", args.data, binarize=args.binarize, seed=args.seed,
+                         download=args.download)
+    data_config = DataConfig(dataset=args.dataset, binarize=args.binarize, seed=args.seed)
+    binary = data_config.binary
+    config = model_config(args, train.image_shape, binary)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
+    model = build_model(config)
+    conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c)
+    if conditional:
+        train, valid = model.prepare_data(train), model.prepare_data(valid)
+    if args.lr_schedule != "constant" and args.schedule_epochs is None:
+        args.schedule_epochs = args.epochs  # stored resolved: a resume with more epochs keeps the schedule
+    trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
+                      batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
+                      with_labels=conditional, fused=args.fused, compile=args.compile,
+                      lr_schedule=args.lr_schedule, schedule_epochs=args.schedule_epochs, lr_final=args.lr_final,
+                      kl_warmup=args.kl_warmup, ema_decay=args.ema, keep_best=args.keep_best)
+    train_config = TrainConfig(objective=args.objective, particles=args.particles, lr=args.lr,
+                               batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, device=args.device,
+                               clip_norm=args.clip_norm)
+    run = dict(model=config, data=data_config.to_dict(), train=train_config.to_dict(),
+               num_data=len(train), options=run_options(args), world_size=trainer.world_size)
+    # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
+    save = checkpoints.Checkpointer(out, every=args.checkpoint_every, run=run)
+    if args.resume:
+        _resume_trainer(trainer, out / checkpoints.CHECKPOINT)
+        if args.epochs <= trainer.epoch:
+            missing = missing_figures(model, out)
+            if missing and trainer.epoch_step == 0:  # killed after its last checkpoint, before its figures
+                if distributed.is_main():
+                    model.eval()
+                    write_figures(model, trainer.history.to_dict(), valid, out, only=missing)
+                    print(f"--resume {out}: the run has already trained {trainer.epoch} epochs; wrote its "
+                          f"missing figures {', '.join(missing)}")
+                return 0
+            raise UsageError(f"--resume {out}: the run has already trained {trainer.epoch} epochs; "
+                             f"pass --epochs N with N > {trainer.epoch} to train further")
+    main_rank = distributed.is_main()
+    if main_rank:
+        print(f"training a {config['model']} ({config['network']}, z_dim={config['z_dim']}, "
+              f"{config['likelihood']} likelihood, {config['guide']} guide) on {args.dataset} "
+              f"({len(train)} train / {len(valid)} valid) with {args.objective}, writing {out}"
+              + (f"; resuming after step {trainer.step_count} (epoch {trainer.epoch + 1}, batch "
+                 f"{trainer.epoch_step})" if args.resume else "")
+              + (f"; {trainer.world_size} processes" if trainer.world_size > 1 else ""))
+    try:
+        history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress,
+                              callback=save.on_epoch, step_callback=save.on_step)
+    except RuntimeError as e:  # under torchrun: a collective that timed out or lost a rank
+        if not distributed.is_initialized() or isinstance(e, checkpoints.CheckpointError):
+            raise
+        raise distributed.DistributedError.explain(e, timeout, trainer.last_checkpoint) from None
+    if not main_rank:  # rank 0 writes the figures
+        return 0
+    model.eval()
+    write_figures(model, history.to_dict(), valid, out)
+    print(f"epoch {trainer.epoch}: train {trainer.label} {history.train_loss[-1]:.3f}, "
+          f"valid {trainer.label} {history.valid_loss[-1]:.3f} nats per data point; wrote {out}")
+    return 0
+
+
+def _resume_trainer(trainer, path):
+    """Load a run's checkpoint into ``trainer``: checked first (finite weights, a whole
+    trainer state), so that a corrupt file is a one-line error, not a traceback or a
+    run that starts from NaN."""
+    state = checkpoints.check_trainer_state(checkpoints.load_checkpoint(path), path)
+    try:
+        trainer.load_state_dict(state)
+    except checkpoints.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise checkpoints.CheckpointError(f"{path}: its trainer state cannot be restored "
+                                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
+    trainer.last_checkpoint = (f"{path} (loaded to resume, step {trainer.step_count}"
+                               + (f", epoch {trainer.epoch + 1} batch {trainer.epoch_step})" if trainer.epoch_step
+                                  else f", end of epoch {trainer.epoch})"))

@@ -1,0 +1,189 @@
+"""The typed settings of a run, as ``run.json`` stores them beside the weights.
+
+``run.json`` is one JSON object::
+
+    {"format": FORMAT,
+     "model": {...},          # ModelConfig: what build_model takes
+     "data":  {...},          # DataConfig: which data set, binarized how, with which seed
+     "train": {...},          # TrainConfig: objective, particles, lr, batch size, epochs, ...
+     "options": {...},        # every pyro-vae train option, to resume the run
+     "history": {...}, "epoch": E, "step": S, "num_data": N, "world_size": W, "best": {...}}
+
+Each config is a dataclass whose fields carry the check their JSON value must pass
+(``metadata["check"]``, one of :data:`CHECKS`); :meth:`Config.check` checks a stored
+object entry by entry and :meth:`Config.from_dict` gives the typed settings, defaults
+filled in. A file in a newer format than :data:`FORMAT` is refused, naming its version;
+files without the key are format 0 and are read like format 1.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+#: The format of ``run.json`` this version writes.
+FORMAT = 1
+
+
+class ConfigError(ValueError):
+    """A stored setting of the wrong type or out of range."""
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: The checks a stored value can be held to: name -> (predicate, what it must be).
+CHECKS = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (is_int, "an integer"),
+    "pos_int": (lambda v: is_int(v) and v > 0, "a positive integer"),
+    "nonneg_int": (lambda v: is_int(v) and v >= 0, "an integer ≥ 0"),
+    "number": (is_number, "a finite number"),
+    "pos_number": (lambda v: is_number(v) and v > 0, "a positive number"),
+    "pos_ints": (lambda v: isinstance(v, list) and all(is_int(i) and i > 0 for i in v),
+                 "a list of positive integers"),
+    "shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(i) and i > 0 for i in v),
+              "a list of 3 positive integers (C, H, W)"),
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+}
+
+
+def kind_of(value):
+    """How an error names a JSON value's type: ``"an object"``, ``"null"``, …"""
+    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+                                         int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _shown(value):
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return kind_of(value)
+    return text if len(text) <= 60 else kind_of(value)
+
+
+def entry(check, default=None, nullable=False):
+    """A config field whose stored value must pass ``CHECKS[check]`` (or be null)."""
+    kw = dict(default_factory=default) if callable(default) else dict(default=default)
+    return field(metadata={"check": check, "nullable": nullable}, **kw)
+
+
+class Config:
+    """Checks and conversions shared by the configs (dataclasses of :func:`entry` fields)."""
+
+    @classmethod
+    def check(cls, obj, where, prefix=""):
+        """Check the entries of a stored object that are fields of this config.
+
+        :param dict obj: the stored object, e.g. ``run["train"]``.
+        :param str where: the file, for the message.
+        :param str prefix: the object's key, e.g. ``"train."``.
+        :raises ConfigError: ``"<where>: <prefix><key> must be <what>, got <value>"``.
+        """
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{where}: {prefix.rstrip('.')} must be an object, got {kind_of(obj)}")
+        for f in fields(cls):
+            if f.name not in obj:
+                continue
+            value, nullable = obj[f.name], f.metadata["nullable"]
+            if value is None and nullable:
+                continue
+            ok, what = CHECKS[f.metadata["check"]]
+            if not ok(value):
+                raise ConfigError(f"{where}: {prefix}{f.name} must be {what}{' or null' if nullable else ''}, "
+                                  f"got {_shown(value)}")
+        return obj
+
+    @classmethod
+    def from_dict(cls, obj, where="run.json", prefix=""):
+        """The typed settings a stored object holds (checked), defaults for what it lacks;
+        entries that are not fields are left out."""
+        cls.check(obj, where, prefix)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in names})
+
+    def to_dict(self):
+        """The settings as plain JSON values."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """The settings every model builder takes (:func:`~pyro_vae.models.build_model`); a
+    kind may take more (``guide_kwargs``, ``num_classes``), which its builder checks."""
+
+    model: str = entry("str", "vae")
+    image_shape: list = entry("shape", lambda: [1, 28, 28])
+    z_dim: int = entry("pos_int", 50)
+    network: str = entry("str", "mlp")
+    hidden_dims: list = entry("pos_ints", lambda: [400])
+    likelihood: str = entry("str", "bernoulli")
+    guide: str = entry("str", "diagonal")
+    scale: Optional[float] = entry("pos_number", None, nullable=True)
+    prior: Optional[str] = entry("str", None, nullable=True)
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """The data a run was trained on: :func:`~pyro_vae.data.load_dataset` ``(dataset,
+    split, binarize=binarize, seed=seed)``."""
+
+    dataset: str = entry("str", "digits")
+    binarize: Optional[str] = entry("str", None, nullable=True)
+    seed: int = entry("int", 0)
+
+    @property
+    def eval_binarize(self):
+        """The binarization evaluation uses: a run trained on dynamically binarized data is
+        evaluated on one fixed (static) draw, so that two evaluations see the same data."""
+        return "static" if self.binarize == "dynamic" else self.binarize
+
+    @property
+    def binary(self):
+        """Whether the data are binary (a Bernoulli likelihood fits them)."""
+        return self.dataset == "binarized-mnist" or self.binarize in ("static", "dynamic")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """How a run was trained (the rest of its options are in ``run.json``'s ``options``)."""
+
+    objective: str = entry("str", "elbo")
+    particles: int = entry("pos_int", 1)
+    lr: float = entry("pos_number", 1e-3)
+    batch_size: int = entry("pos_int", 128)
+    epochs: int = entry("pos_int", 30)
+    seed: int = entry("int", 0)
+    device: str = entry("str", "cpu")
+    clip_norm: Optional[float] = entry("pos_number", None, nullable=True)
+
+
+@dataclass(frozen=True)
+class RunRecord(Config):
+    """The top-level entries of ``run.json`` (the three configs are checked by their own class)."""
+
+    format: int = entry("nonneg_int", FORMAT)
+    model: dict = entry("dict", dict)
+    data: dict = entry("dict", dict)
+    train: dict = entry("dict", dict)
+    options: dict = entry("dict", dict)
+    history: dict = entry("dict", dict)
+    epoch: int = entry("nonneg_int", 0)
+    step: int = entry("nonneg_int", 0)
+    num_data: Optional[int] = entry("pos_int", None, nullable=True)
+    world_size: int = entry("pos_int", 1)
+
+
+def check_format(run, where):
+    """Refuse a ``run.json`` written in a newer format than :data:`FORMAT`, naming it."""
+    version = run.get("format", 0)
+    if version > FORMAT:
+        raise ConfigError(f"{where} is in format {version}, written by a newer pyro-vae; this one reads "
+                          f"formats up to {FORMAT}")
+    return version
