@@ -304,7 +304,6 @@ def main(argv=None):
                 warmup[name] = time.perf_counter() - t0
     times = {k: [statistics.median(v) * steps_per_epoch] for k, v in per_step.items()}
     losses = {k: statistics.mean(v[-steps_per_epoch:]) for k, v in losses.items()}
-    base = statistics.median(times["hand-written PyTorch"])
     # paired: each round's ratio compares the contenders over the same seconds of machine load
     paired = {k: statistics.median(a / b for a, b in zip(v, per_step["hand-written PyTorch"]))
               for k, v in per_step.items()}

@@ -16,6 +16,8 @@ gradient, measured with Pyro's own ELBOs.
 
 import argparse
 import copy
+import sys
+from pathlib import Path
 
 import pyro
 import pyro.optim
@@ -23,7 +25,9 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 from pyro_vae import build_vae, evaluate_loss, load_dataset
-from pyro_vae.gradvar import toy_guide, toy_model, toy_variance, vae_gradient_variance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))  # the study's toy and estimators
+from gradient_variance import toy_guide, toy_model, toy_variance, vae_gradient_variance  # noqa: E402
 
 
 def toy(args):

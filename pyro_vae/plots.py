@@ -55,16 +55,43 @@ def save_grid(x, image_shape, path, nrow=8, scale=None):
     return path
 
 
+def loss_axis_limits(*curves, skip=0.05):
+    """``(low, high)`` of a loss axis that shows where the curves settle: from their
+    minimum to their maximum after the first ``skip`` fraction of epochs (at least the
+    first epoch), with a margin of 5%; None for curves of fewer than 3 epochs."""
+    values = [[v for v in c if v is not None and math.isfinite(v)] for c in curves if c]
+    n = max((len(c) for c in values), default=0)
+    if n < 3:
+        return None
+    start = max(1, int(skip * n))
+    low = min(min(c) for c in values if c)
+    high = max(max(c[start:]) for c in values if c[start:])
+    pad = 0.05 * (high - low) or 1.0
+    return low - pad, high + pad
+
+
 def plot_losses(history, path, title=None):
     """Train and validation loss per epoch (nats per data point), labelled with the
     objective's name (``title``, default the history's ``"objective"``: ``-ELBO``,
-    ``-L_K``, ``Fisher loss``, ``reconstruction``)."""
+    ``-L_K``, ``Fisher loss``, ``reconstruction``). The axis shows where the curves settle
+    (:func:`loss_axis_limits`: the first epochs may lie above it); the best validation
+    epoch is marked."""
     title = title or history.get("objective", "-ELBO")
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    epochs = range(1, len(history["train_loss"]) + 1)
-    ax.plot(epochs, history["train_loss"], label="train")
-    if history.get("valid_loss"):
-        ax.plot(epochs, history["valid_loss"], label="validation")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    train, valid = history["train_loss"], history.get("valid_loss") or []
+    epochs = range(1, len(train) + 1)
+    ax.plot(epochs, train, label="train")
+    if valid:
+        ax.plot(range(1, len(valid) + 1), valid, label="validation")
+        finite = [(v, e) for e, v in enumerate(valid, 1) if v is not None and math.isfinite(v)]
+        if finite:
+            best, at = min(finite)
+            ax.plot([at], [best], "o", color="C1", ms=4)
+            ax.annotate(f"best {best:.2f} (epoch {at})", (at, best), textcoords="offset points", xytext=(0, 8),
+                        ha="center", fontsize=8)
+    limits = loss_axis_limits(train, valid)
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{title} (nats per data point)")
     ax.legend()
@@ -131,7 +158,7 @@ def save_completions(model, x, image_shape, path, num_quadrants=(1, 2, 3), num_s
 # ---- the latent space drawn: maps, manifolds, interpolations -----------------------------
 
 
-def _save_figure(fig, path):
+def save_figure(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -238,7 +265,7 @@ def plot_latent_maps(panels, path, lim=4.0, circles=(1, 2, 3)):
         bar.set_label("digit")
     fig.text(0.01, 0.01, f"dashed: circles of N(0, I) holding {', '.join(f'{100 * (1 - math.exp(-r * r / 2)):.0f}%' for r in circles)}",
              fontsize=7, color="0.3")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def gaussian_quantile_grid(n=15, lo=0.05, hi=0.95):
@@ -344,76 +371,7 @@ def plot_image_grids(grids, image_shape, path, nrow=None, suptitle=None):
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- gradient variance: score function against reparameterization ------------------------
-def plot_gradient_variance(rows, path, labels=None):
-    """Figure 6: the variance of gradient estimators against the number of samples N,
-    log-log, one panel per φ. Measured variances (markers, ±2 standard errors) and closed
-    forms (dashed lines), one colour per route.
-
-    :param rows: dicts with ``route, phi, N, var, var_closed, var_se``
-        (:func:`pyro_vae.gradvar.measure_toy`).
-    :param dict labels: ``{route: legend label}``.
-    """
-    if not rows:
-        raise ValueError("no variance measurements to draw")
-    labels = labels or {}
-    phis = sorted({r["phi"] for r in rows})
-    routes = list(dict.fromkeys(r["route"] for r in rows))
-    fig, axes = plt.subplots(1, len(phis), figsize=(3.6 * len(phis) + 0.6, 3.9), dpi=120, sharey=True,
-                             squeeze=False)
-    for ax, phi in zip(axes[0], phis):
-        for k, route in enumerate(routes):
-            sel = sorted((r for r in rows if r["route"] == route and r["phi"] == phi), key=lambda r: r["N"])
-            n = [r["N"] for r in sel]
-            color = f"C{k}"
-            ax.errorbar(n, [r["var"] for r in sel], yerr=[2 * r["var_se"] for r in sel], fmt="o", ms=4,
-                        color=color, capsize=2, label=labels.get(route, route))
-            ax.plot(n, [r["var_closed"] for r in sel], "--", color=color, lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"φ = {phi:g}", fontsize=10)
-        ax.set_xlabel("samples N")
-        ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("variance of the gradient estimate")
-    axes[0][-1].plot([], [], "k--", lw=1, label="closed form")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.suptitle("∇φ E[x²], x ~ N(φ, 1): variance across repetitions", fontsize=10)
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
-def plot_elbo_curves(curves, path, labels=None, title="−ELBO over the same steps"):
-    """−ELBO curves of several training runs against the step: validation −ELBO (lines
-    with markers) and the minibatch −ELBO of each step, smoothed over 25 steps (thin).
-
-    :param dict curves: ``{route: curve}``, each with ``step, train, valid_step, valid``
-        (:func:`pyro_vae.gradvar.train_curve`).
-    :param dict labels: ``{route: legend label}``.
-    """
-    if not curves:
-        raise ValueError("no curves to draw")
-    labels = labels or {}
-    fig, ax = plt.subplots(figsize=(6.2, 4.0), dpi=120)
-    later = []
-    for k, (route, c) in enumerate(curves.items()):
-        color = f"C{k}"
-        train = torch.tensor(c["train"], dtype=torch.float64)
-        width = min(25, len(train))
-        smooth = torch.nn.functional.avg_pool1d(train[None, None], width, stride=1)[0, 0]
-        ax.plot(c["step"][width - 1:], smooth.tolist(), color=color, lw=0.7, alpha=0.5)
-        ax.plot(c["valid_step"], c["valid"], "o-", color=color, ms=3, lw=1.3, label=labels.get(route, route))
-        later += c["valid"][1:] + smooth.tolist()[len(smooth) // 10:]
-    if later:
-        lo, hi = min(later), max(later)
-        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("−ELBO (nats per data point)")
-    ax.plot([], [], color="gray", lw=0.7, alpha=0.6, label="minibatch, smoothed")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return _save_figure(fig, path)

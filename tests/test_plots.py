@@ -154,3 +154,20 @@ def test_cli_plot_bad_input_is_named(tmp_path, capsys):
     assert "run.json" in capsys.readouterr().err
     assert exit_code(["plot", str(tmp_path), "--steps", "1"]) == 2
     assert "argument --steps: must be an integer ≥ 2" in capsys.readouterr().err
+
+
+def test_the_loss_axis_shows_where_the_curves_settle_not_the_first_epochs():
+    train = [373.0, 120.0] + [100.0 - i / 10 for i in range(98)]  # a first epoch far above the rest
+    valid = [400.0] + [101.0 - i / 20 for i in range(99)]
+    low, high = plots.loss_axis_limits(train, valid)
+    assert low < min(train) and high < 120.0  # the first 5 epochs are off the axis
+    settled = [v for v in train[5:] + valid[5:]]
+    assert low <= min(settled) and high >= max(settled)
+    assert plots.loss_axis_limits([5.0, 4.0]) is None  # too short to choose
+
+
+def test_the_loss_curves_mark_the_best_validation_epoch(tmp_path):
+    history = {"train_loss": [300.0, 99.0, 98.0, 97.5, 97.0], "valid_loss": [310.0, 100.0, 98.5, 99.0, 99.5],
+               "objective": "-ELBO"}
+    path = plots.plot_losses(history, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

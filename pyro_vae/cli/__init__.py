@@ -15,7 +15,7 @@ import sys
 
 from ..data import DataError
 from ..train import NonFiniteLossError, checkpoints, distributed
-from . import evaluate, gradvar, plot, posterior, sample, train
+from . import evaluate, plot, posterior, sample, train
 from .common import Parser, UsageError
 
 #: The subcommands: (name, module, help).
@@ -25,7 +25,6 @@ COMMANDS = (
     ("evaluate", evaluate, "NLL by importance sampling, -ELBO, IWAE bounds, active units (JSON)"),
     ("plot", plot, "latent maps, manifolds, samples, reconstructions, interpolations and dead-zone numbers of "
                    "saved runs (PNG, JSON)"),
-    ("gradvar", gradvar, "score-function vs reparameterized gradients: variances, Figure 6, VAE -ELBO curves"),
     ("posterior", posterior, "NUTS on p(z|x) of a trained VAE against its guide for one data point: pair plot, "
                              "Pareto k̂, divergences"),
 )

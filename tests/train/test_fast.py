@@ -18,7 +18,7 @@ from pyro_vae.cli import build_parser
 from pyro_vae.train.trainer import Trainer
 from run_helpers import round_trip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from pyro_vae.train import distributed
 from pyro_vae.cli import build_parser, main
 from run_helpers import TINY, fails, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIGURES = ["loss_curves.png", "reconstructions.png", "samples.png"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")

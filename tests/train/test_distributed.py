@@ -1,6 +1,6 @@
 """Data-parallel training on 2 CPU processes (gloo), launched with torchrun.
 
-One launch of ``tests/ddp_worker.py`` under ``torchrun --nproc_per_node 2`` does three
+One launch of ``tests/train/ddp_worker.py`` under ``torchrun --nproc_per_node 2`` does three
 SGD steps through the Trainer API and then runs ``pyro-vae train`` (the CLI's own
 code, in the same process group). Checked here:
 
@@ -31,8 +31,8 @@ from pyro_vae.models import build_model
 from pyro_vae.objectives import make_objective
 from pyro_vae.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "train"))
 import ddp_worker  # noqa: E402
 
 # 64 particles and the closed-form KL make the Monte Carlo spread between runs small
@@ -51,7 +51,7 @@ def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "ddp_worker.py"), str(tmp), *CLI]
+           str(REPO / "tests" / "train" / "ddp_worker.py"), str(tmp), *CLI]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp, proc

@@ -1,5 +1,7 @@
-r"""Score-function against reparameterized gradients, measured (the seed's §1.1,
-Example 1.5 and Figure 6).
+r"""Score-function against reparameterized gradients, measured with Pyro's own ELBOs: a study.
+
+    python studies/gradient_variance.py --part toy --out runs/gradvar-toy
+    python studies/gradient_variance.py --part vae --data ../shared/data --out runs/gradvar-vae
 
 Two ways to estimate ∇φ E_q_φ[f(z)]:
 
@@ -9,7 +11,8 @@ Two ways to estimate ∇φ E_q_φ[f(z)]:
 - the **reparameterized** (pathwise) estimator, E_p(ε)[∇φ f(g_φ(ε))] with
   z = g_φ(ε) = φ + ε: Pyro's ``Trace_ELBO`` at an ordinary ``Normal`` site.
 
-Part 1, the toy of Example 1.5: f(x) = x², q_φ(x) = N(φ, 1), written as a Pyro model and
+Part 1, the toy (called Example 1.5 below): estimate ∇φ E_q[f(x)] for f(x) = x² and
+q_φ(x) = N(φ, 1), written as a Pyro model and
 guide (:func:`toy_model`, :func:`toy_guide`), so that the gradient Pyro's ELBOs compute
 is the gradient of E_q[x²] = φ² + 1, that is 2φ. Per sample, with x = φ + ε, ε ~ N(0, 1)
 and a = ½ log 2π, the three estimators measured here are (derived in
@@ -35,6 +38,7 @@ against the reparameterized route, at fixed network parameters
 import copy
 import csv
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +51,15 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from torch.distributions import constraints
 from tqdm.auto import tqdm
 
-from .train.checkpoints import save_json
-from .guides import DiagonalNormal, NonReparameterizedNormal
-from .models import VAE
-from .objectives import make_objective
-from .plots import plot_elbo_curves, plot_gradient_variance
-from .train import Trainer, evaluate_loss, loss_function
+from pyro_vae.cli.common import (Parser, UsageError, check_out_dir, int_at_least, nonnegative_int, positive_float,
+                                 positive_int)
+from pyro_vae.data import DATASETS, DataError, load_dataset
+from pyro_vae.guides import DiagonalNormal, NonReparameterizedNormal
+from pyro_vae.models import VAE, build_model
+from pyro_vae.objectives import make_objective
+from pyro_vae.plots import plt, save_figure
+from pyro_vae.train import Trainer, evaluate_loss, loss_function
+from pyro_vae.train.checkpoints import save_json
 
 #: a = ½ log 2π, the constant of log N(x; φ, 1) = −a − ½(x − φ)².
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -84,7 +91,7 @@ TOY_ROUTES = {
                               "(x − φ)(x² + log q(x))"),
 }
 
-#: The sample sizes N of Figure 6.
+#: The sample sizes N of the variance figure (toy_variance.png).
 SAMPLE_SIZES = (10, 100, 1_000, 10_000, 100_000)
 
 
@@ -260,7 +267,7 @@ def sample_variance_se(route, phi, num_samples, repeats):
 
 def measure_toy(phis=(0.0, 1.0, 2.0), sample_sizes=SAMPLE_SIZES, repeats=500, routes=tuple(TOY_ROUTES), seed=0,
                 progress=True):
-    """Figure 6's measurements: for every route, φ and N, R estimates of ∇φ E[x²] from
+    """The measurements of the variance figure (toy_variance.png): for every route, φ and N, R estimates of ∇φ E[x²] from
     :func:`toy_gradients`, their mean and variance beside the closed forms.
 
     :returns: a list of rows (dicts): ``route, phi, N, repeats, mean, mean_se`` (the
@@ -496,6 +503,78 @@ def vae_contrast(vae, train, valid, x, steps=1000, batch_size=100, lr=1e-3, eval
 
 
 # ---- tables and files --------------------------------------------------------------------
+# ---- figures and tables ----------------------------------------------------------------
+def plot_gradient_variance(rows, path, labels=None):
+    """The variance figure (toy_variance.png): the variance of gradient estimators against the number of samples N,
+    log-log, one panel per φ. Measured variances (markers, ±2 standard errors) and closed
+    forms (dashed lines), one colour per route.
+
+    :param rows: dicts with ``route, phi, N, var, var_closed, var_se``
+        (:func:`measure_toy`).
+    :param dict labels: ``{route: legend label}``.
+    """
+    if not rows:
+        raise ValueError("no variance measurements to draw")
+    labels = labels or {}
+    phis = sorted({r["phi"] for r in rows})
+    routes = list(dict.fromkeys(r["route"] for r in rows))
+    fig, axes = plt.subplots(1, len(phis), figsize=(3.6 * len(phis) + 0.6, 3.9), dpi=120, sharey=True,
+                             squeeze=False)
+    for ax, phi in zip(axes[0], phis):
+        for k, route in enumerate(routes):
+            sel = sorted((r for r in rows if r["route"] == route and r["phi"] == phi), key=lambda r: r["N"])
+            n = [r["N"] for r in sel]
+            color = f"C{k}"
+            ax.errorbar(n, [r["var"] for r in sel], yerr=[2 * r["var_se"] for r in sel], fmt="o", ms=4,
+                        color=color, capsize=2, label=labels.get(route, route))
+            ax.plot(n, [r["var_closed"] for r in sel], "--", color=color, lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"φ = {phi:g}", fontsize=10)
+        ax.set_xlabel("samples N")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("variance of the gradient estimate")
+    axes[0][-1].plot([], [], "k--", lw=1, label="closed form")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("∇φ E[x²], x ~ N(φ, 1): variance across repetitions", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_elbo_curves(curves, path, labels=None, title="−ELBO over the same steps"):
+    """−ELBO curves of several training runs against the step: validation −ELBO (lines
+    with markers) and the minibatch −ELBO of each step, smoothed over 25 steps (thin).
+
+    :param dict curves: ``{route: curve}``, each with ``step, train, valid_step, valid``
+        (:func:`train_curve`).
+    :param dict labels: ``{route: legend label}``.
+    """
+    if not curves:
+        raise ValueError("no curves to draw")
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(6.2, 4.0), dpi=120)
+    later = []
+    for k, (route, c) in enumerate(curves.items()):
+        color = f"C{k}"
+        train = torch.tensor(c["train"], dtype=torch.float64)
+        width = min(25, len(train))
+        smooth = torch.nn.functional.avg_pool1d(train[None, None], width, stride=1)[0, 0]
+        ax.plot(c["step"][width - 1:], smooth.tolist(), color=color, lw=0.7, alpha=0.5)
+        ax.plot(c["valid_step"], c["valid"], "o-", color=color, ms=3, lw=1.3, label=labels.get(route, route))
+        later += c["valid"][1:] + smooth.tolist()[len(smooth) // 10:]
+    if later:
+        lo, hi = min(later), max(later)
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("−ELBO (nats per data point)")
+    ax.plot([], [], color="gray", lw=0.7, alpha=0.6, label="minibatch, smoothed")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def toy_table(rows):
     """A Markdown table of :func:`measure_toy`'s rows: per route and φ, N × Var (which the
     1/N law keeps at the per-sample σ²) for each N beside the closed-form σ², the largest
@@ -545,7 +624,7 @@ def write_csv(path, rows):
 
 
 def write_toy_outputs(rows, out):
-    """``toy_variance.csv`` (every row), ``toy_variance.md`` (:func:`toy_table`) and Figure 6,
+    """``toy_variance.csv`` (every row), ``toy_variance.md`` (:func:`toy_table`) and toy_variance.png,
     ``toy_variance.png`` (:func:`~pyro_vae.plots.plot_gradient_variance`), in ``out``.
     :returns: the Markdown table."""
     out = Path(out)
@@ -572,3 +651,84 @@ def write_vae_outputs(result, out):
     save_json(out / "vae_curves.json", result["curves"])
     plot_elbo_curves(result["curves"], out / "vae_elbo_curves.png", VAE_LABELS)
     return table
+
+
+# ---- the command line -------------------------------------------------------------------
+def add_arguments(p):
+    p.add_argument("--part", default="all", choices=["all", "toy", "vae"],
+                   help="the toy of Example 1.5 (toy_variance.png), the VAE contrast, or both")
+    p.add_argument("--out", default="runs/gradvar", help="output folder (tables, CSV, JSON, PNG)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random source")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = p.add_argument_group("toy: f(x) = x², q(x) = N(φ, 1)")
+    t.add_argument("--phis", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="values of φ")
+    t.add_argument("--sizes", type=positive_int, nargs="+", default=list(SAMPLE_SIZES), help="sample sizes N")
+    t.add_argument("--repeats", type=int_at_least(4), default=300, help="repetitions R per (route, φ, N)")
+    v = p.add_argument_group("VAE")
+    v.add_argument("--dataset", default="binarized-mnist", choices=DATASETS, help="data set")
+    v.add_argument("--data", default=None, help="data folder; if not given: $PYRO_VAE_DATA, else ./data")
+    v.add_argument("--train-size", type=positive_int, default=10000, help="first N training images")
+    v.add_argument("--valid-size", type=positive_int, default=1000, help="first N validation images")
+    v.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits")
+    v.add_argument("--hidden", type=positive_int, nargs="+", default=None, help="MLP hidden sizes; if not given: 400, or 128")
+    v.add_argument("--steps", type=positive_int, default=1000, help="SVI steps of every −ELBO curve")
+    v.add_argument("--batch-size", type=positive_int, default=100, help="data points per step")
+    v.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
+    v.add_argument("--eval-every", type=positive_int, default=50, help="validation −ELBO every N steps")
+    v.add_argument("--grad-repeats", type=int_at_least(2), default=200,
+                   help="gradient estimates per route for the variance")
+    v.add_argument("--settle-steps", type=nonnegative_int, default=200,
+                   help="steps that settle a baseline before measuring")
+
+
+def run(args):
+    if args.train_size < args.batch_size:
+        raise UsageError(f"--train-size {args.train_size} is smaller than --batch-size {args.batch_size}")
+    out = check_out_dir(args.out, args.overwrite)
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
+    progress = not args.no_progress
+    if args.part in ("all", "toy"):
+        rows = measure_toy(args.phis, args.sizes, args.repeats, seed=args.seed, progress=progress)
+        print(toy_table(rows))
+        write_toy_outputs(rows, out)
+        save_json(out / "toy_variance.json", dict(settings=settings, rows=rows))
+    if args.part in ("all", "vae"):
+        binarize = None if args.dataset == "binarized-mnist" else "static"
+        train = load_dataset(args.dataset, "train", args.data, binarize=binarize, seed=args.seed)
+        valid = load_dataset(args.dataset, "valid", args.data, binarize=binarize, seed=args.seed)
+        train.x, valid.x = train.x[:args.train_size], valid.x[:args.valid_size]
+        small = train.image_shape[-1] <= 8
+        torch.manual_seed(args.seed)
+        vae = build_model(dict(model="vae", image_shape=list(train.image_shape),
+                               z_dim=args.z_dim or (8 if small else 50),
+                               hidden_dims=args.hidden or ([128] if small else [400])))
+        x = valid.x[:args.batch_size]
+        print(f"VAE on {args.dataset}: {len(train)} train / {len(valid)} valid images, {args.steps} steps per route, "
+              f"gradient variance over {args.grad_repeats} estimates on a batch of {len(x)}")
+        result = vae_contrast(vae, train, valid, x, args.steps, args.batch_size, args.lr, args.eval_every,
+                                      args.grad_repeats, args.settle_steps, seed=args.seed, progress=progress)
+        print(write_vae_outputs(result, out))
+        save_json(out / "vae_gradient_variance.json", dict(settings=settings, **{
+            k: v for k, v in result.items() if k != "curves"}))
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser():
+    parser = Parser(prog="gradient_variance.py", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, DataError) as e:
+        sys.stderr.write(f"gradient_variance.py: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Score-function against reparameterized gradients (issue #7): the toy of Example 1.5
+"""Score-function against reparameterized gradients (studies/gradient_variance.py): the toy of Example 1.5
 against its closed forms, and the VAE's score-function site.
 
 Monte Carlo checks use tolerances of K standard errors, the errors derived from the
@@ -12,9 +12,9 @@ import torch
 from pyro import poutine
 
 from pyro_vae import build_vae, make_objective
-from run_helpers import exit_code
 from pyro_vae.data import ImageData, load_dataset
-from pyro_vae.gradvar import (
+from gradient_variance import (
+    main,
     TOY_ROUTES,
     encoder_gradient_moments,
     measure_toy,
@@ -29,6 +29,16 @@ from pyro_vae.gradvar import (
 )
 from pyro_vae.guides import DiagonalNormal, NonReparameterizedNormal
 from pyro_vae.networks import MLPEncoder
+
+
+
+def study_exit(argv):
+    """``python studies/gradient_variance.py argv``'s exit status."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
 
 K = 4.5  # standard errors allowed
 ROUTES = tuple(TOY_ROUTES)
@@ -263,7 +273,7 @@ def test_baselines_lower_the_variance_and_keep_the_mean(tiny_data):
 # ---- the command line -------------------------------------------------------------------
 def test_cli_gradvar_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "gv"
-    code = exit_code(["gradvar", "--out", str(out), "--dataset", "digits", "--phis", "0", "1", "--sizes", "10", "100",
+    code = study_exit(["--out", str(out), "--dataset", "digits", "--phis", "0", "1", "--sizes", "10", "100",
                  "--repeats", "20", "--train-size", "100", "--valid-size", "50", "--z-dim", "2", "--hidden", "8",
                  "--steps", "4", "--eval-every", "2", "--batch-size", "20", "--grad-repeats", "3",
                  "--settle-steps", "2", "--no-progress"])
@@ -277,9 +287,9 @@ def test_cli_gradvar_writes_tables_and_figures(tmp_path, capsys):
 
 
 def test_cli_gradvar_bad_input(tmp_path, capsys):
-    assert exit_code(["gradvar", "--part", "toy", "--out", str(tmp_path / "a"), "--repeats", "2"]) == 2
+    assert study_exit(["--part", "toy", "--out", str(tmp_path / "a"), "--repeats", "2"]) == 2
     assert "argument --repeats: must be an integer ≥ 4, got 2" in capsys.readouterr().err
-    assert exit_code(["gradvar", "--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10",
+    assert study_exit(["--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10",
                  "--batch-size", "100"]) == 2
     assert "smaller than --batch-size" in capsys.readouterr().err
 
@@ -300,7 +310,7 @@ def test_the_guide_passes_the_neural_baseline_the_plates_scale_n_over_b(digits):
 
 
 def test_gradient_moments_equal_torch_var_of_the_same_draws(digits):
-    from pyro_vae.gradvar import _backward, encoder_gradient_moments
+    from gradient_variance import _backward, encoder_gradient_moments
 
     vae = small_vae()
     x = digits.x[:16]
@@ -317,3 +327,13 @@ def test_gradient_moments_equal_torch_var_of_the_same_draws(digits):
     draws = torch.stack(draws)
     assert torch.allclose(mean, draws.mean(0), rtol=1e-9, atol=1e-12)
     assert torch.allclose(var, draws.var(0), rtol=1e-9, atol=1e-15)  # unbiased, as torch.var
+
+
+def test_the_study_runs_as_a_script():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "studies" / "gradient_variance.py"
+    r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--part" in r.stdout and "(default: all)" in r.stdout, r.stderr

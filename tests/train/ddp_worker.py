@@ -1,4 +1,4 @@
-"""Run by tests/test_training_distributed.py under ``torchrun --nproc_per_node 2``:
+"""Run by tests/train/test_distributed.py under ``torchrun --nproc_per_node 2``:
 
 1. three data-parallel SGD steps through the :class:`~pyro_vae.train.trainer.Trainer` API,
    from a *different* initialisation on each rank (the broadcast must make them one),
@@ -11,7 +11,7 @@
    diverges (``--lr 1e30``), which must stop every rank with exit status 2 (no rank
    left waiting in a collective), its status saved to ``OUT/nan{r}.txt``.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT --hidden 16 ...
+    torchrun --nproc_per_node 2 tests/train/ddp_worker.py OUT --hidden 16 ...
 """
 
 import sys

@@ -21,7 +21,7 @@ from run_helpers import TINY, fails, snapshot
 
 LOCK = ".pyro-vae.lock"  # the lock file inside a run folder (checkpoints.LOCK)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

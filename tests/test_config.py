@@ -1,0 +1,65 @@
+"""pyro_vae.config: the typed settings run.json stores, their checks, and its format version."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyro_vae import load_run
+from pyro_vae.cli import main
+from pyro_vae.config import FORMAT, ConfigError, DataConfig, ModelConfig, TrainConfig, check_format
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_configs_round_trip_through_json_with_defaults_filled_in():
+    data = DataConfig.from_dict({"dataset": "binarized-mnist"})
+    assert data == DataConfig("binarized-mnist", None, 0) and data.binary and data.eval_binarize is None
+    assert DataConfig.from_dict(json.loads(json.dumps(data.to_dict()))) == data
+    assert DataConfig(dataset="digits", binarize="dynamic").eval_binarize == "static"
+    assert not DataConfig(dataset="digits").binary
+    train = TrainConfig(objective="iwae", particles=5)
+    assert TrainConfig.from_dict(train.to_dict()) == train and train.to_dict()["lr"] == 1e-3
+    model = ModelConfig.from_dict({"model": "cvae", "z_dim": 8, "num_classes": 10})  # kind-specific keys left out
+    assert model.z_dim == 8 and model.hidden_dims == [400] and not hasattr(model, "num_classes")
+
+
+@pytest.mark.parametrize("cls, obj, says", [
+    (ModelConfig, {"z_dim": 0}, "model.z_dim must be a positive integer, got 0"),
+    (ModelConfig, {"z_dim": True}, "model.z_dim must be a positive integer, got true"),
+    (ModelConfig, {"image_shape": [28, 28]}, "model.image_shape must be a list of 3 positive integers"),
+    (ModelConfig, {"scale": -1.0}, "model.scale must be a positive number or null, got -1.0"),
+    (DataConfig, {"seed": "0"}, "data.seed must be an integer, got \"0\""),
+    (TrainConfig, {"lr": float("nan")}, "train.lr must be a positive number, got NaN"),
+    (TrainConfig, {"batch_size": 2.0}, "train.batch_size must be a positive integer, got 2.0"),
+])
+def test_a_stored_setting_of_the_wrong_type_is_named(cls, obj, says):
+    prefix = {ModelConfig: "model.", DataConfig: "data.", TrainConfig: "train."}[cls]
+    with pytest.raises(ConfigError) as e:
+        cls.from_dict(obj, "run.json", prefix)
+    assert str(e.value) == f"run.json: {says}" or says in str(e.value), str(e.value)
+
+
+def test_the_format_version_is_checked():
+    assert check_format({"format": FORMAT}, "run.json") == FORMAT
+    assert check_format({}, "run.json") == 0  # written before the key existed: read as format 1
+    with pytest.raises(ConfigError, match="format 2, written by a newer pyro-vae; this one reads formats up to 1"):
+        check_format({"format": FORMAT + 1}, "run.json")
+
+
+def test_a_run_json_without_a_format_version_still_loads(run_copy, tmp_path):
+    run = json.loads((run_copy / "run.json").read_text())
+    del run["format"]
+    (run_copy / "run.json").write_text(json.dumps(run))
+    model, stored = load_run(run_copy)
+    assert "format" not in stored and model.z_dim == run["model"]["z_dim"]
+    assert main(["sample", str(run_copy), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+
+
+@pytest.mark.parametrize("name", ["vae-recipe", "iwae5"])
+def test_the_committed_runs_load(name):
+    run_dir = REPO / "results" / "runs" / name
+    if not (run_dir / "checkpoint.pt").is_file():
+        pytest.fail(f"{run_dir} is missing: the likelihood table's runs are committed")
+    model, run = load_run(run_dir)
+    assert run["format"] == 1 and model.z_dim == 50 and run["best"]["epoch"] >= 1
