@@ -76,7 +76,7 @@ def breakdown_steps(build, n):
 def _bare_step(vae, opt, n, x):
     """log w = log p(x|z) + log p(z) − log q(z|x) from the VAE's own distribution objects
     (guide, prior, likelihood), z = rsample of q; no Pyro primitive, handler or ELBO."""
-    q = vae.posterior(x)
+    q = vae.q(x)
     z = q.rsample()
     log_w = vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior(x.shape[:1]).log_prob(z) - q.log_prob(z)
     return _sgd_step(opt, -log_w.mean())
@@ -243,7 +243,7 @@ def main(argv=None):
         train.x = train.x[: args.limit]
     torch.manual_seed(0)
     vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-    enc, dec = copy.deepcopy(vae.posterior.encoder), copy.deepcopy(vae.decoder)
+    enc, dec = copy.deepcopy(vae.q.encoder), copy.deepcopy(vae.decoder)
     hand_opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
     trainer = Trainer(vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0)
 

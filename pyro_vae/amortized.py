@@ -151,7 +151,7 @@ class AmortizedGuide(AutoGuide):
             encoder = MLPEncoder(h.shape[-1], start, self.hidden_dims, out_dims=out_dims)
         else:
             encoder = MultiHead(torch.nn.Identity(), h.shape[-1], out_dims)
-        self.posterior = family(encoder, z_dim=start, **self.family_kwargs).to(h.device)
+        self.q = family(encoder, z_dim=start, **self.family_kwargs).to(h.device)
         only = self.sites[0] if len(self.sites) == 1 else None
         #: one real-valued site of event shape (d,): sampled from the family directly
         self._direct = (only is not None and only["event_dim"] == 1 and len(only["batch_shape"]) == 1
@@ -202,9 +202,9 @@ class AmortizedGuide(AutoGuide):
         h = self._features(*args, **kwargs)
         B = h.shape[0]
         num_data = kwargs.get("num_data")
-        posterior = self.posterior  # a pyro.module statement
+        family = self.q  # a pyro.module statement
         with self._plate(B, h.device), poutine.scale(scale=1.0 if num_data is None else num_data / B):
-            q = posterior(h)
+            q = family(h)
             if self._direct:
                 site = self.sites[0]
                 return {site["name"]: pyro.sample(site["name"], q)}
@@ -238,7 +238,7 @@ class AmortizedGuide(AutoGuide):
         """q_φ(u | h): the family's distribution over the joint unconstrained latents,
         batch shape the data plate's (``(B,)`` for a plate at dim −1), event shape ``(T,)``."""
         self.setup(*args, **kwargs)
-        return self.posterior(self._features(*args, **kwargs))
+        return self.q(self._features(*args, **kwargs))
 
 
 class ModelGuide(torch.nn.Module):

@@ -13,7 +13,10 @@ Each config is a dataclass whose fields carry the check their JSON value must pa
 (``metadata["check"]``, one of :data:`CHECKS`); :meth:`Config.check` checks a stored
 object entry by entry and :meth:`Config.from_dict` gives the typed settings, defaults
 filled in. A file in a newer format than :data:`FORMAT` is refused, naming its version;
-files without the key are format 0 and are read like format 1.
+files without the key are format 0 and are read like format 1. Formats 0 and 1 named
+the guide's module ``posterior`` (its weights ``posterior.*`` in ``checkpoint.pt``);
+format 2 names it ``q``, and :func:`pyro_vae.train.checkpoints.load_checkpoint` renames
+the older keys as it reads them.
 """
 
 import json
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 #: The format of ``run.json`` this version writes.
-FORMAT = 1
+FORMAT = 2
 
 
 class ConfigError(ValueError):

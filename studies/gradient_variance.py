@@ -329,9 +329,9 @@ def vae_variant(vae, route, baseline_beta=0.9):
     :param str route: a key of :data:`VAE_ROUTES`.
     """
     reparameterized, baseline = _vae_route(route)
-    if not isinstance(vae.posterior, DiagonalNormal):
-        raise TypeError(f"the score-function contrast needs the diagonal guide, not {type(vae.posterior).__name__}")
-    encoder = vae.posterior.encoder
+    if not isinstance(vae.q, DiagonalNormal):
+        raise TypeError(f"the score-function contrast needs the diagonal guide, not {type(vae.q).__name__}")
+    encoder = vae.q.encoder
     family = DiagonalNormal(encoder, z_dim=vae.z_dim, reparameterized=reparameterized, baseline=baseline,
                             baseline_beta=baseline_beta)
     return VAE(encoder, vae.decoder, vae.z_dim, likelihood=vae.likelihood, guide=family)
@@ -358,7 +358,7 @@ def encoder_gradient_moments(vae, x, objective, repeats=200):
     if repeats < 2:
         raise ValueError(f"repeats must be at least 2 to estimate a variance, got {repeats}")
     objective = make_objective(objective) if isinstance(objective, str) else objective
-    params = list(vae.posterior.encoder.parameters())
+    params = list(vae.q.encoder.parameters())
     mean = m2 = None
     for k in range(1, repeats + 1):
         _zero_grad(vae)
@@ -379,7 +379,7 @@ def settle_baseline(vae, data, steps=200, batch_size=100, lr=1e-2, seed=0):
     ``data`` update the decaying average (in the current param store), and for the neural
     baseline an Adam step on ``baseline_net`` alone follows each. Encoder and decoder are
     not changed."""
-    posterior = vae.posterior
+    posterior = vae.q
     if getattr(posterior, "baseline", None) is None:
         return
     objective = make_objective("tracegraph")
@@ -420,11 +420,11 @@ def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=2
     for route in tqdm(routes, desc="gradient variance", disable=not progress, leave=False):
         variant = vae_variant(vae, route)
         with pyro.get_param_store().scope():
-            if variant.posterior.baseline is not None:
+            if variant.q.baseline is not None:
                 if data is None:
                     raise ValueError(f"route {route!r} has a baseline to settle: pass data")
                 settle_baseline(variant, data, settle_steps, x.shape[0], settle_lr, seed)
-                variant.posterior.baseline_beta = 1.0  # frozen while measuring
+                variant.q.baseline_beta = 1.0  # frozen while measuring
             torch.manual_seed(seed)
             mean, var = encoder_gradient_moments(variant, x, route_objective(route), repeats)
         if route == "reparam":

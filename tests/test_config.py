@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_vae import load_run
 from pyro_vae.cli import main
@@ -43,8 +44,37 @@ def test_a_stored_setting_of_the_wrong_type_is_named(cls, obj, says):
 def test_the_format_version_is_checked():
     assert check_format({"format": FORMAT}, "run.json") == FORMAT
     assert check_format({}, "run.json") == 0  # written before the key existed: read as format 1
-    with pytest.raises(ConfigError, match="format 2, written by a newer pyro-vae; this one reads formats up to 1"):
+    with pytest.raises(ConfigError, match=f"format {FORMAT + 1}, written by a newer pyro-vae; this one reads "
+                                          f"formats up to {FORMAT}"):
         check_format({"format": FORMAT + 1}, "run.json")
+    assert FORMAT == 2  # the guide's module is ``q`` (formats 0 and 1: ``posterior``)
+
+
+def _as_format_1(run_dir):
+    """Rewrite a run folder as format 1 wrote it: the guide's weights named ``posterior.*``."""
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    legacy = {k.replace("q.", "posterior.", 1) if k.startswith("q.") else k: v for k, v in state["model"].items()}
+    assert legacy != state["model"]
+    state["model"] = legacy
+    if isinstance(state.get("best"), dict):
+        state["best"]["model"] = dict(legacy)
+    torch.save(state, run_dir / "checkpoint.pt")
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(dict(run, format=1)))
+    return legacy
+
+
+def test_a_format_1_run_loads_and_resumes_with_its_weights_renamed(run_copy, tmp_path):
+    legacy = _as_format_1(run_copy)
+    model, run = load_run(run_copy, weights="raw")
+    assert run["format"] == 1
+    weights = model.state_dict()
+    for k, v in legacy.items():
+        assert torch.equal(weights[k.replace("posterior.", "q.", 1)], v), k
+    assert main(["train", "--resume", str(run_copy), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((run_copy / "run.json").read_text())["format"] == FORMAT
+    assert all(not k.startswith("posterior.") for k in torch.load(run_copy / "checkpoint.pt",
+                                                                   weights_only=True)["model"])
 
 
 def test_a_run_json_without_a_format_version_still_loads(run_copy, tmp_path):
@@ -56,10 +86,14 @@ def test_a_run_json_without_a_format_version_still_loads(run_copy, tmp_path):
     assert main(["sample", str(run_copy), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
 
 
-@pytest.mark.parametrize("name", ["vae-recipe", "iwae5"])
+@pytest.mark.parametrize("name", ["vae-recipe", "iwae5", "iwae5-flow"])
 def test_the_committed_runs_load(name):
     run_dir = REPO / "results" / "runs" / name
     if not (run_dir / "checkpoint.pt").is_file():
         pytest.fail(f"{run_dir} is missing: the likelihood table's runs are committed")
     model, run = load_run(run_dir)
     assert run["format"] == 1 and model.z_dim == 50 and run["best"]["epoch"] >= 1
+    best = torch.load(run_dir / "checkpoint.pt", weights_only=True)["best"]["model"]  # format 1: posterior.*
+    weights = model.state_dict()
+    assert any(k.startswith("posterior.") for k in best)
+    assert all(torch.equal(weights[k.replace("posterior.", "q.", 1)], v) for k, v in best.items())

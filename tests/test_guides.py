@@ -44,7 +44,7 @@ def test_family_gives_a_reparameterized_batch_of_z(name):
     z = q.rsample()
     assert z.shape == (5, 3)
     q.log_prob(z).sum().backward()
-    grads = [p.grad for p in vae.posterior.encoder.parameters()]
+    grads = [p.grad for p in vae.q.encoder.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert q.mean.shape == (5, 3)
 
@@ -85,7 +85,7 @@ def test_cholesky_factor_is_lower_triangular_with_a_positive_diagonal():
 
 def test_full_family_starts_as_the_diagonal_one():
     vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,), guide="full")
-    _, tril = vae.posterior.scale_tril(_binary_data(6).x)
+    _, tril = vae.q.scale_tril(_binary_data(6).x)
     assert torch.equal(tril, torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1)))
 
 
@@ -194,7 +194,7 @@ def test_flow_log_density_at_its_own_sample_inverts_nothing(num_flows, monkeypat
 def test_flow_starts_as_its_diagonal_base():
     vae = build_vae((1, 8, 8), z_dim=3, hidden_dims=(16,), guide="flow")
     x = _binary_data(4).x
-    loc, log_var, _ = vae.posterior.encoder(x)
+    loc, log_var, _ = vae.q.encoder(x)
     q = vae.encode(x)
     z = q.sample()
     base = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
@@ -234,7 +234,7 @@ def true_posterior(x=X[0]):
 
 def _fit_single_point(vae, steps=300, lr=0.05, particles=16):
     objective = make_objective("elbo", particles)
-    opt = torch.optim.Adam(vae.posterior.parameters(), lr=lr)  # the decoder (W) stays fixed
+    opt = torch.optim.Adam(vae.q.parameters(), lr=lr)  # the decoder (W) stays fixed
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         opt.zero_grad()
@@ -312,7 +312,7 @@ def test_a_users_own_family_plugs_in_as_a_class():
     GUIDES["lowrank"] = LowRankNormal
     try:
         config = dict(vae.config, guide="lowrank")
-        assert isinstance(build_model(config).posterior, LowRankNormal)
+        assert isinstance(build_model(config).q, LowRankNormal)
     finally:
         del GUIDES["lowrank"]
 
@@ -321,7 +321,7 @@ def test_a_users_own_family_plugs_in_as_a_class():
 def test_conditional_vae_takes_the_families(name):
     model = build_model(dict(model="cvae", image_shape=[1, 8, 8], z_dim=3, hidden_dims=[16], guide=name))
     x, c = _binary_data(6).x, torch.arange(6) % 10
-    assert isinstance(model.posterior, guide_family(name))
+    assert isinstance(model.q, guide_family(name))
     loss = make_objective("elbo").differentiable_loss(model.model, model.guide, x, c)
     loss.backward()
     assert torch.isfinite(loss)
@@ -337,7 +337,7 @@ def test_cli_trains_with_guide(tmp_path, name):
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["guide"] == name
     model, _ = load_run(out)
-    assert isinstance(model.posterior, guide_family(name))
+    assert isinstance(model.q, guide_family(name))
     assert (out / "reconstructions.png").is_file()
     # the checkpoint holds the whole family (the flow's random MADE orderings too): two loads
     # under different seeds give the same density

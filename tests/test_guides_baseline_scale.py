@@ -24,7 +24,7 @@ def _vae():
     torch.manual_seed(0)
     vae = build_vae((1, 4, 4), z_dim=Z_DIM, hidden_dims=(8,),
                     guide_kwargs={"reparameterized": False, "baseline": "neural"})
-    net = vae.posterior.baseline_net
+    net = vae.q.baseline_net
     assert isinstance(net, NeuralBaseline)
     # the last layer starts at zero (b = 0 whatever s is): give it weights, so the
     # baseline is a non-constant vector over the batch and its scale shows
@@ -79,7 +79,7 @@ def test_guide_passes_the_baseline_n_over_b(num_data, batch):
     site = tr.nodes["z"]
     assert site["scale"] == pytest.approx(s)
     options = site["infer"]["baseline"]
-    raw = vae.posterior.baseline_net(x)
+    raw = vae.q.baseline_net(x)
     assert raw.std() > 0
     got = options["nn_baseline"](options["nn_baseline_input"])
     assert torch.allclose(got, s * raw, rtol=1e-6, atol=1e-6), (s, got[:3], raw[:3])
@@ -95,7 +95,7 @@ def test_tracegraph_baseline_loss_uses_n_over_b_times_the_network():
     plate-scaled downstream cost s [log p(x_n, z_n) − log q(z_n|x_n)] recomputed here by
     hand at the same draw of z."""
     vae = _vae()
-    net = vae.posterior.baseline_net
+    net = vae.q.baseline_net
     c = 0.7
     with torch.no_grad():
         net.net[-1].weight.zero_()
@@ -110,7 +110,7 @@ def test_tracegraph_baseline_loss_uses_n_over_b_times_the_network():
         guide_tr = poutine.trace(vae.guide).get_trace(x, num_data=num_data)
         model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, num_data=num_data)
         z = guide_tr.nodes["z"]["value"]
-        q = vae.posterior(x)
+        q = vae.q(x)
         log_q = q.log_prob(z)
         log_p = model_tr.nodes["z"]["fn"].log_prob(z) + model_tr.nodes["x"]["fn"].log_prob(x)
         cost = s * (log_p - log_q)
@@ -123,7 +123,7 @@ def test_tracegraph_baseline_loss_uses_n_over_b_times_the_network():
         TraceGraph_ELBO().loss_and_grads(vae.model, vae.guide, x, num_data=num_data)
         avg = pyro.get_param_store()["__baseline_avg_downstream_cost_z"]
     # the decaying average moved from 0 to (1 − β) c_n: the same costs Pyro computed
-    assert torch.allclose(avg, (1 - vae.posterior.baseline_beta) * cost, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(avg, (1 - vae.q.baseline_beta) * cost, rtol=1e-4, atol=1e-4)
     expected = -2 * s * (cost - s * c).sum()
     got = net.net[-1].bias.grad
     assert got is not None

@@ -65,7 +65,7 @@ def _closed_form_log_q(z, loc, log_var):
 def test_diagonal_is_the_registered_family_the_vae_builds():
     vae, _, _ = _vae()
     assert guide_family("diagonal") is DiagonalNormal
-    assert type(vae.posterior) is DiagonalNormal
+    assert type(vae.q) is DiagonalNormal
 
 
 @pytest.mark.parametrize("num_data", [None, 50])
@@ -112,7 +112,7 @@ def test_sample_is_reparameterized_mu_plus_sigma_eps():
     pyro.set_rng_seed(4)
     tr = poutine.trace(vae.guide).get_trace(x)
     z = tr.nodes["z"]["value"]
-    enc = vae.posterior.encoder
+    enc = vae.q.encoder
     d_loc, d_log_var = torch.autograd.grad(z.sum(), [enc.loc, enc.log_var])
     assert torch.allclose(d_loc, torch.ones(B, D)), ("dz/dmu", d_loc[0])
     assert torch.allclose(d_log_var, 0.5 * (z.detach() - loc), rtol=1e-5, atol=1e-6), \

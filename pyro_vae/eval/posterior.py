@@ -480,10 +480,10 @@ def amortization_gap(model, x, *args, steps=300, lr=0.02, num_particles=8, num_e
         (each ELBO the mean of ``num_eval_samples`` draws; ``gap_stderr`` the standard
         error of the difference).
     """
-    family = getattr(model, "posterior", None)
+    family = getattr(model, "q", None)
     if family is None or not isinstance(getattr(family, "encoder", None), nn.Module):
         raise ValueError("the amortization gap needs a model whose guide family has an encoder "
-                         "(model.posterior.encoder)")
+                         "(model.q.encoder)")
     if x.dim() != 2:
         raise ValueError(f"x must be a batch (N, x_dim), got shape {tuple(x.shape)}")
     amortized, amortized_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
@@ -514,5 +514,5 @@ def copy_with_guide_outputs(model, outputs):
     """A deep copy of ``model`` whose guide ignores the encoder and gives the fixed
     ``outputs`` (a tuple of ``(N, size)`` tensors): the family at chosen parameters."""
     clone = copy.deepcopy(model)
-    clone.posterior.encoder = FreeOutputs(outputs)
+    clone.q.encoder = FreeOutputs(outputs)
     return clone

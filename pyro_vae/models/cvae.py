@@ -210,7 +210,7 @@ class ConditionalVAE(VAE):
     def encode(self, x, c):
         """q(z|x,c) for a batch."""
         self._check_x(x)
-        return self.posterior(torch.cat([x, self.condition(c, x)], dim=-1))
+        return self.q(torch.cat([x, self.condition(c, x)], dim=-1))
 
     def decode(self, z, c, x=None, mean=True):
         """E[x|z,c] (or a draw if not ``mean``) for ``z`` of shape ``(*batch, d)``."""

@@ -96,6 +96,10 @@ class VAE(PyroModule):
 
     and :class:`pyro.infer.autoguide.AutoNormal`, :class:`pyro.infer.NUTS` or
     :class:`pyro.infer.Predictive` take ``vae.model`` as they take any model.
+
+    :ivar q: the guide family's module, ``x -> q(z|x)`` (a distribution of batch shape
+        ``(batch,)`` and event shape ``(d,)``); its network is ``vae.q.encoder``.
+    :ivar decoder: the decoder network.
     """
 
     def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal", x_dim=None,
@@ -112,9 +116,9 @@ class VAE(PyroModule):
             likelihood = make_likelihood(likelihood, self.x_dim)
         self.likelihood = likelihood
         if isinstance(guide, torch.nn.Module):
-            self.posterior = guide
+            self.q = guide
         else:
-            self.posterior = guide_family(guide)(encoder, z_dim=self.z_dim, **(guide_kwargs or {}))
+            self.q = guide_family(guide)(encoder, z_dim=self.z_dim, **(guide_kwargs or {}))
         #: set by :func:`build_vae`: what is needed to build the same model again.
         self.config = None
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
@@ -198,20 +202,20 @@ class VAE(PyroModule):
         return self._sample_z(x, num_data)
 
     def _sample_z(self, inputs, num_data):
-        """``z ~ posterior(inputs)`` in the data plate of the batch ``inputs`` (``(B, k)``),
+        """``z ~ q(z | inputs)`` in the data plate of the batch ``inputs`` (``(B, k)``),
         with the ``infer`` options of the family's ``site_infer(inputs, scale)`` if it has one."""
-        posterior = self.posterior  # a pyro.module statement
-        site_infer = getattr(posterior, "site_infer", None)
+        q = self.q  # a pyro.module statement
+        site_infer = getattr(q, "site_infer", None)
         batch_size = inputs.shape[0]
         with self.plate(batch_size, num_data, device=inputs.device):
             infer = site_infer(inputs, scale=(num_data or batch_size) / batch_size) if site_infer else None
-            return pyro.sample("z", posterior(inputs), infer=infer)
+            return pyro.sample("z", q(inputs), infer=infer)
 
     # ---- inference and generation --------------------------------------------------------
     def encode(self, x):
         """q(z|x): the guide's distribution for a batch ``x`` (``batch_shape == (batch,)``)."""
         self._check_x(x)
-        return self.posterior(x)
+        return self.q(x)
 
     def decode(self, z, mean=True):
         """Decode ``z`` (``(*batch, z_dim)``): E[x|z] if ``mean`` else a draw from p(x|z)."""
@@ -276,6 +280,6 @@ class Autoencoder(VAE):
         if x is None:
             raise ValueError("the encoder needs the data x, a tensor of shape (batch, x_dim)")
         batch_size = self._batch_size(x, None)
-        posterior = self.posterior
+        q = self.q
         with self.plate(batch_size, num_data, device=x.device), pyro.poutine.mask(mask=False):
-            return pyro.sample("z", posterior(x))
+            return pyro.sample("z", q(x))

@@ -89,6 +89,6 @@ def objective_label(objective, model=None):
         return f"-L_{objective.num_particles}"
     if isinstance(objective, FisherDivergence):
         return "Fisher loss"
-    if isinstance(getattr(model, "posterior", None), PointMass):
+    if isinstance(getattr(model, "q", None), PointMass):
         return "reconstruction"
     return "-ELBO"

@@ -338,7 +338,32 @@ def load_checkpoint(path, map_location="cpu", require=("model",)):
             raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors "
                                   f"(loading it would execute pickled code): {msg}") from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {msg})") from None
-    return check_checkpoint(state, path, require)
+    return check_checkpoint(upgrade_keys(state), path, require)
+
+
+#: The weight-name prefixes of formats 0 and 1 and those of format 2, by entry: the guide
+#: module was ``posterior``; it is ``q`` (:attr:`pyro_vae.models.vae.VAE.q`).
+_RENAMED = {"model": ("posterior.", "q."), "ema": ("module.posterior.", "module.q.")}
+
+
+def upgrade_keys(state):
+    """Rename the weights of a checkpoint written by formats 0 and 1 to format 2's
+    names (``posterior.*`` → ``q.*`` in the model's, the best epoch's and the moving
+    average's weights); other states are returned as they are."""
+    if not isinstance(state, dict):
+        return state
+
+    def rename(weights, old, new):
+        if not isinstance(weights, dict):
+            return weights
+        return {new + k[len(old):] if isinstance(k, str) and k.startswith(old) else k: v for k, v in weights.items()}
+
+    for entry, (old, new) in _RENAMED.items():
+        if entry in state:
+            state[entry] = rename(state[entry], old, new)
+    if isinstance(state.get("best"), dict) and "model" in state["best"]:
+        state["best"] = dict(state["best"], model=rename(state["best"]["model"], *_RENAMED["model"]))
+    return state
 
 
 def check_checkpoint(state, path=CHECKPOINT, require=("model",)):

@@ -588,7 +588,7 @@ def _takes_num_data(fn):
 def _check_baseline(vae, n, batch_size):
     """A decaying-average baseline keeps one average per position in the batch (Pyro's
     ``use_decaying_avg_baseline``), so every batch must have the same size."""
-    if getattr(getattr(vae, "posterior", None), "baseline", None) is None:
+    if getattr(getattr(vae, "q", None), "baseline", None) is None:
         return
     if n % batch_size:
         raise ValueError(f"the decaying-average baseline (also part of baseline='neural') keeps one average per "

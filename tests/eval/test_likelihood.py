@@ -177,7 +177,7 @@ def closed_form_elbo(vae, truth, x):
     −D/2 log 2πσ² − (‖x − W m − μ‖² + tr(W diag s² Wᵀ)) / 2σ² − d/2 log 2π − (‖m‖² + Σ s²)/2
     + d/2 log 2πe + Σ log s."""
     W, mu, sigma = truth["W"], truth["mu"], truth["sigma"]
-    m, log_var = vae.posterior.encoder(x)
+    m, log_var = vae.q.encoder(x)
     s2 = log_var.exp()
     D, d = W.shape
     resid = x - m @ W.T - mu
@@ -310,7 +310,7 @@ def test_plain_functions_work_for_log_likelihood_iwae_bound_and_elbo(ppca_data):
 
     pyro.clear_param_store()
     # the values a fit would have left: those of the VAE's encoder, so closed_form_elbo applies
-    _, enc_log_var = vae.posterior.encoder(x[:1])
+    _, enc_log_var = vae.q.encoder(x[:1])
     pyro.param("ppca_guide_shift", torch.full((d,), 0.3))
     pyro.param("ppca_guide_log_var", enc_log_var[0].clone())
     try:
@@ -403,7 +403,7 @@ def test_active_units_counts_the_units_whose_mean_varies_with_x():
     x = (torch.rand(500, D, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     count, variances = active_units(vae, x, return_variances=True)
     assert count == m and variances.shape == (z_dim,)
-    expected = x[:, :z_dim].var(0).double() * vae.posterior.encoder.gain.double() ** 2
+    expected = x[:, :z_dim].var(0).double() * vae.q.encoder.gain.double() ** 2
     assert torch.allclose(variances, expected, rtol=1e-5)
     assert active_units(vae, x, threshold=1e-4) == z_dim
     with pytest.raises(ValueError, match="threshold"):

@@ -128,7 +128,7 @@ def test_amortization_gap_closes_on_the_exact_posterior():
     assert gap["gap"].item() > 5.0  # the zero "encoder" is far from it
     assert gap["elbo_amortized"].item() < log_px
     # the model is untouched: its encoder is back, the decoder unchanged
-    assert isinstance(vae.posterior.encoder, ZeroEncoder) and torch.equal(vae.decoder.weight, W)
+    assert isinstance(vae.q.encoder, ZeroEncoder) and torch.equal(vae.decoder.weight, W)
 
 
 def test_cli_posterior_writes_figure_and_khat(tmp_path, capsys):

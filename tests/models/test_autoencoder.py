@@ -28,7 +28,7 @@ def _binary(n, d=64, seed=0):
 def _reconstruction_nll(ae, x):
     """−Σ_n log p(x_n | z = f(x_n)) written out with torch alone (binary cross-entropy
     of the decoder's logits), independent of Pyro."""
-    (code,) = ae.posterior.encoder(x)
+    (code,) = ae.q.encoder(x)
     return F.binary_cross_entropy_with_logits(ae.decoder(code), x, reduction="sum")
 
 
@@ -37,13 +37,13 @@ def test_loss_is_the_reconstruction_term_alone(objective):
     ae = build_autoencoder(SHAPE, z_dim=2, hidden_dims=(16,))
     # push the codes far from the origin: any prior or KL term would now be large
     with torch.no_grad():
-        ae.posterior.encoder.head.bias.fill_(30.0)
+        ae.q.encoder.head.bias.fill_(30.0)
     x = _binary(12)
     loss = make_objective(objective).loss(ae.model, ae.guide, x)
     expected = _reconstruction_nll(ae, x).item()
     assert loss == pytest.approx(expected, rel=1e-5)
     # the same codes under a VAE's prior would cost Σ_n ½‖z_n‖² + log 2π ≈ 12 × 900 nats more
-    (code,) = ae.posterior.encoder(x)
+    (code,) = ae.q.encoder(x)
     prior_term = (0.5 * code.pow(2) + 0.5 * math.log(2 * math.pi)).sum().item()
     assert prior_term > 10_000
 
@@ -60,7 +60,7 @@ def test_loss_scales_to_the_data_set_and_has_no_noise():
 def test_gaussian_likelihood_loss_is_the_gaussian_reconstruction_term():
     ae = build_autoencoder(SHAPE, z_dim=2, hidden_dims=(16,), likelihood="gaussian", scale=0.3)
     x = torch.rand(7, 64, generator=torch.Generator().manual_seed(1))
-    (code,) = ae.posterior.encoder(x)
+    (code,) = ae.q.encoder(x)
     mean = ae.decoder(code)
     nll = (0.5 * ((x - mean) / 0.3) ** 2 + math.log(0.3) + 0.5 * math.log(2 * math.pi)).sum().item()
     assert make_objective("elbo").loss(ae.model, ae.guide, x) == pytest.approx(nll, rel=1e-5)
@@ -73,15 +73,15 @@ def test_same_networks_as_the_vae_except_the_encoder_head():
     v = {k: v.shape for k, v in vae.state_dict().items()}
     assert a.keys() == v.keys()
     differ = {k for k in a if a[k] != v[k]}
-    assert differ == {"posterior.encoder.head.weight", "posterior.encoder.head.bias"}
-    assert a["posterior.encoder.head.weight"] == (4, 32)  # one head: the code
-    assert isinstance(ae.posterior, PointMass)
+    assert differ == {"q.encoder.head.weight", "q.encoder.head.bias"}
+    assert a["q.encoder.head.weight"] == (4, 32)  # one head: the code
+    assert isinstance(ae.q, PointMass)
 
 
 def test_encode_reconstruct_and_sample_from_the_prior():
     ae = build_autoencoder(SHAPE, z_dim=2, hidden_dims=(16,))
     x = _binary(5)
-    (code,) = ae.posterior.encoder(x)
+    (code,) = ae.q.encoder(x)
     q = ae.encode(x)
     assert torch.equal(q.mean, code) and torch.equal(q.sample(), code)
     assert torch.allclose(ae.reconstruct(x), torch.sigmoid(ae.decoder(code)))
@@ -120,7 +120,7 @@ def test_conv_networks_work_too():
     ae = build_autoencoder(SHAPE, z_dim=2, network="conv")
     x = _binary(4)
     assert make_objective("elbo").loss(ae.model, ae.guide, x) == pytest.approx(
-        F.binary_cross_entropy_with_logits(ae.decoder(ae.posterior.encoder(x)[0]), x, reduction="sum").item(),
+        F.binary_cross_entropy_with_logits(ae.decoder(ae.q.encoder(x)[0]), x, reduction="sum").item(),
         rel=1e-5)
 
 

@@ -47,7 +47,7 @@ def _cvae_ignoring_c(vae, constant=None):
             own[name] = value.clone()
     cvae.load_state_dict(own)
     with torch.no_grad():
-        for net, vnet, n_in in ((cvae.posterior.encoder, vae.posterior.encoder, D),
+        for net, vnet, n_in in ((cvae.q.encoder, vae.q.encoder, D),
                                 (cvae.decoder, vae.decoder, Z)):
             lin, vlin = _first_linear(net), _first_linear(vnet)
             lin.weight[:, :n_in] = vlin.weight
@@ -95,7 +95,7 @@ def test_learned_prior_meanfield_elbo_matches_closed_form():
     loss = make_objective("meanfield").loss(cvae.model, cvae.guide, x, c)
     with torch.no_grad():
         h = one_hot(c, K)
-        mq, lvq = cvae.posterior.encoder(torch.cat([x, h], -1))
+        mq, lvq = cvae.q.encoder(torch.cat([x, h], -1))
         mp, lvp = cvae.prior_net(h)
         sq, sp = (0.5 * lvq).exp(), (0.5 * lvp).exp()
         pyro.set_rng_seed(11)

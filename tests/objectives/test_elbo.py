@@ -20,15 +20,15 @@ def tiny_vae(z_dim=3, x_dim=12, seed=0):
     torch.manual_seed(seed)
     vae = build_vae((1, 3, 4), z_dim=z_dim, hidden_dims=(16,), likelihood="bernoulli")
     with torch.no_grad():  # a posterior away from the prior: μ ≈ 1, σ² ≈ e^-2, KL of a few nats
-        vae.posterior.encoder.head.bias[:z_dim] += 1.0
-        vae.posterior.encoder.head.bias[z_dim:] -= 2.0
+        vae.q.encoder.head.bias[:z_dim] += 1.0
+        vae.q.encoder.head.bias[z_dim:] -= 2.0
     x = (torch.rand(5, x_dim) < 0.4).float()
     return vae, x
 
 
 def closed_form_kl(vae, x):
     """Theorem 1.1: KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²)."""
-    loc, log_var = vae.posterior.encoder(x)
+    loc, log_var = vae.q.encoder(x)
     return 0.5 * (loc.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
 
 

@@ -58,8 +58,8 @@ def ppca(seed=0, scale=None, W=None, b=None, A=None, c=None, log_var=None):
 
 def params(vae):
     W, b = vae.decoder.weight.detach(), vae.decoder.bias.detach()
-    A, c = vae.posterior.encoder.lin.weight.detach(), vae.posterior.encoder.lin.bias.detach()
-    tau = (0.5 * vae.posterior.encoder.log_var.detach()).exp()
+    A, c = vae.q.encoder.lin.weight.detach(), vae.q.encoder.lin.bias.detach()
+    tau = (0.5 * vae.q.encoder.log_var.detach()).exp()
     s = vae.likelihood.scale.detach()
     return W, b, A, c, tau, s
 

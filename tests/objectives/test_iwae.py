@@ -81,7 +81,7 @@ def test_equals_a_direct_computation_per_data_point():
     pyro.set_rng_seed(3)  # the same standard normal draws, in the same order
     eps = torch.randn(K, 5, 3)
     with torch.no_grad():
-        loc, log_var = vae.posterior.encoder(x)
+        loc, log_var = vae.q.encoder(x)
         sigma = torch.exp(0.5 * log_var)
         z = loc + sigma * eps
         logits = vae.decoder(z)
@@ -183,7 +183,7 @@ def test_loss_is_scaled_by_the_data_plate_like_the_other_objectives():
 
     def guide(x, size=None):
         with pyro.plate("data", size or x.shape[0], subsample=torch.arange(x.shape[0])):
-            pyro.sample("z", vae.posterior(x))
+            pyro.sample("z", vae.q(x))
 
     pyro.set_rng_seed(2)
     unscaled = iwae.loss(model, guide, x)

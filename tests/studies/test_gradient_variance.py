@@ -147,7 +147,7 @@ def test_default_guide_is_unchanged(digits):
     trace = poutine.trace(small_vae().guide).get_trace(digits.x[:5])
     assert trace.nodes["z"]["fn"].has_rsample
     assert trace.nodes["z"]["infer"] == {}
-    assert not hasattr(small_vae().posterior, "baseline_net")
+    assert not hasattr(small_vae().q, "baseline_net")
 
 
 @pytest.mark.parametrize("baseline", [None, "decaying", "neural"])
@@ -168,8 +168,8 @@ def test_score_function_variant_goes_through_a_non_reparameterized_site(digits, 
 def test_variant_shares_the_networks():
     vae = small_vae()
     variant = vae_variant(vae, "score+neural")
-    assert variant.posterior.encoder is vae.posterior.encoder and variant.decoder is vae.decoder
-    assert not variant.posterior.reparameterized
+    assert variant.q.encoder is vae.q.encoder and variant.decoder is vae.decoder
+    assert not variant.q.reparameterized
 
 
 def test_neural_baseline_is_scaled_by_the_plate_and_learns(digits):
@@ -178,12 +178,12 @@ def test_neural_baseline_is_scaled_by_the_plate_and_learns(digits):
     vae = small_vae(reparameterized=False, baseline="neural")
     x = digits.x[:10]
     with torch.no_grad():
-        vae.posterior.baseline_net.net[-1].bias.fill_(1.5)
-    options = vae.posterior.site_infer(x, scale=20.0)["baseline"]
+        vae.q.baseline_net.net[-1].bias.fill_(1.5)
+    options = vae.q.site_infer(x, scale=20.0)["baseline"]
     assert torch.allclose(options["nn_baseline"](x), torch.full((10,), 30.0))
     make_objective("tracegraph").loss_and_grads(vae.model, vae.guide, x, num_data=200)
-    assert vae.posterior.baseline_net.net[-1].weight.grad.abs().sum() > 0  # its first layer follows
-    assert vae.posterior.encoder.head.weight.grad.abs().sum() > 0
+    assert vae.q.baseline_net.net[-1].weight.grad.abs().sum() > 0  # its first layer follows
+    assert vae.q.encoder.head.weight.grad.abs().sum() > 0
 
 
 def test_baseline_options_are_checked(digits):
@@ -263,7 +263,7 @@ def test_baselines_lower_the_variance_and_keep_the_mean(tiny_data):
         objective = make_objective("tracegraph", 2000)
         for _ in range(20):  # settle the average of every (particle, point) slot on this batch
             objective.loss_and_grads(variant.model, variant.guide, x)
-        variant.posterior.baseline_beta = 1.0
+        variant.q.baseline_beta = 1.0
         g_dec = _gradient_estimates(variant, x, "tracegraph", 30)
     z, signal = _agree(g_dec, g_rep)
     assert z.abs().max() < K, z.abs().max()
@@ -301,7 +301,7 @@ def test_the_guide_passes_the_neural_baseline_the_plates_scale_n_over_b(digits):
     vae = small_vae(reparameterized=False, baseline="neural")
     x = digits.x[:10]
     with torch.no_grad():
-        vae.posterior.baseline_net.net[-1].bias.fill_(1.5)
+        vae.q.baseline_net.net[-1].bias.fill_(1.5)
     tr = poutine.trace(vae.guide).get_trace(x, num_data=200)
     options = tr.nodes["z"]["infer"]["baseline"]
     assert torch.allclose(options["nn_baseline"](x), torch.full((10,), 1.5 * 20))
@@ -318,7 +318,7 @@ def test_gradient_moments_equal_torch_var_of_the_same_draws(digits):
     pyro.set_rng_seed(3)
     mean, var = encoder_gradient_moments(vae, x, objective, repeats=30)
     pyro.set_rng_seed(3)
-    params = list(vae.posterior.encoder.parameters())
+    params = list(vae.q.encoder.parameters())
     draws = []
     for _ in range(30):
         vae.zero_grad(set_to_none=True)

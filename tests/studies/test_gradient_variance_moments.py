@@ -47,7 +47,7 @@ def _close(got, ref, rtol=RTOL):
 
 def _record(monkeypatch, vae):
     """Wrap gradvar's gradient call to keep every draw (the encoder's raw .grad, flat)."""
-    params = list(vae.posterior.encoder.parameters())
+    params = list(vae.q.encoder.parameters())
     draws = []
     inner = gradvar._backward
 
@@ -86,7 +86,7 @@ def test_encoder_gradient_moments_equal_torch_var_of_draws_recomputed_from_the_s
     objective = make_objective("elbo")
     pyro.set_rng_seed(7)
     mean, var = gradvar.encoder_gradient_moments(vae, x, objective, repeats=R)
-    params = list(vae.posterior.encoder.parameters())
+    params = list(vae.q.encoder.parameters())
     pyro.set_rng_seed(7)
     draws = []
     for _ in range(R):
@@ -107,7 +107,7 @@ def test_welford_is_exact_on_known_draws(monkeypatch):
     """Feed the accumulation fixed, badly centred draws (a large common offset): its mean
     and variance must equal torch's two-pass ones."""
     vae = small_vae()
-    params = list(vae.posterior.encoder.parameters())
+    params = list(vae.q.encoder.parameters())
     gen = torch.Generator().manual_seed(0)
     sizes = [p.numel() for p in params]
     table = [1e3 + torch.randn(sum(sizes), generator=gen, dtype=torch.float64) * (1 + k % 3)

@@ -61,7 +61,7 @@ def test_same_loss_and_gradients_as_trace_elbo(kw):
     trainer = Trainer(vae, train, batch_size=64, seed=0, **kw)
     if kw.get("compile"):
         assert trainer.vae.decoder._compiled_call_impl is not None
-        assert trainer.vae.posterior.encoder._compiled_call_impl is not None
+        assert trainer.vae.q.encoder._compiled_call_impl is not None
     pyro.set_rng_seed(7)
     loss = trainer.step(x)  # the step leaves this step's gradients in .grad
     assert loss == pytest.approx(ref_loss, rel=1e-6)

@@ -174,7 +174,7 @@ def test_a_checkpointer_leaves_the_temporary_files_of_a_live_process_alone(tmp_p
 # ---- what a run folder holds ---------------------------------------------------------------
 def test_run_json_has_a_format_version_and_files_have_the_figures_mode(finished_run):
     run = json.loads((finished_run / RUN_JSON).read_text())
-    assert run["format"] == checkpoints.RUN_FORMAT == 1
+    assert run["format"] == checkpoints.RUN_FORMAT == 2
     modes = {p.name: p.stat().st_mode & 0o777 for p in finished_run.iterdir()}
     umask = os.umask(0)
     os.umask(umask)

@@ -184,4 +184,4 @@ def test_a_lazily_built_guide_exists_before_rank_zeros_weights_are_broadcast(mon
         {name for name, _ in module.named_parameters()}))
     Trainer(ModelGuide(vae.model, guide), train, batch_size=64, distributed=True)
     (names,) = broadcast
-    assert any(name.startswith("guide_module.posterior.") for name in names), names
+    assert any(name.startswith("guide_module.q.") for name in names), names

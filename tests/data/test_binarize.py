@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.data import _binarize_static, load_dataset
+from pyro_vae.data import binarize_static, load_dataset
 
 K = 5.0  # binomial standard errors allowed
 
@@ -79,10 +79,10 @@ def test_same_seed_same_draw_other_seed_other_draw(grey, static):
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.95])
-def test_binarize_static_of_a_constant_grey_level(p):
+def testbinarize_static_of_a_constant_grey_level(p):
     x = torch.full((200, 100), p)
-    out = _binarize_static(x, seed=3)
-    assert torch.equal(out, _binarize_static(x, seed=3))
+    out = binarize_static(x, seed=3)
+    assert torch.equal(out, binarize_static(x, seed=3))
     assert set(out.unique().tolist()) == {0.0, 1.0}
     n = x.numel()
     se = math.sqrt(p * (1 - p) / n)
