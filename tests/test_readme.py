@@ -23,3 +23,23 @@ def test_plain_svi_snippet_trains_two_models_in_one_process():
     assert len(losses) == 2, out.getvalue()
     # untrained, a Bernoulli decoder of 64 pixels scores about 64 log 2 ≈ 44 nats per image
     assert all(loss < 35 for loss in losses), losses
+
+
+def test_every_python_block_runs_in_order(tmp_path, monkeypatch):
+    """All of the README's Python blocks, one namespace, in a folder holding the run
+    ``runs/digits`` that the loading example reads (written by ``pyro-vae train``)."""
+    import torch
+    from run_helpers import TINY
+    from pyro_vae.cli import main
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(blocks) >= 3, "the README's Python start, the trainer and the own-data blocks"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1", "--out", "runs/digits", *TINY]) == 0
+    namespace = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"README.md, Python block {i + 1}", "exec"), namespace)
+    log_px = namespace["log_px"]
+    assert log_px.shape == (100,) and torch.isfinite(log_px).all()
+    assert namespace["history"].valid_loss[-1] < 35  # the trainer's digits model learned (untrained ≈ 44)
