@@ -43,3 +43,36 @@ def test_every_python_block_runs_in_order(tmp_path, monkeypatch):
     log_px = namespace["log_px"]
     assert log_px.shape == (100,) and torch.isfinite(log_px).all()
     assert namespace["history"].valid_loss[-1] < 35  # the trainer's digits model learned (untrained ≈ 44)
+
+
+def readme_commands():
+    """The ``pyro-vae`` lines of the README's shell blocks (continuations joined, comments
+    dropped), as argument lists."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["pyro-vae"]:
+                commands.append(words[1:])
+    return commands
+
+
+def test_every_pyro_vae_command_runs_in_order(tmp_path, monkeypatch, shared_data):
+    """The README's ``pyro-vae`` commands, in order, in a fresh folder, with ``../shared/data``
+    where the data is and training cut to one epoch (the last ``--epochs`` wins)."""
+    from pyro_vae.cli import main
+
+    commands = readme_commands()
+    assert [c[0] for c in commands].count("train") >= 2 and ["sample", "runs/bmnist", "-n", "64"] in commands
+    monkeypatch.chdir(tmp_path)
+    for args in commands:
+        args = [str(shared_data) if a == "../shared/data" else a for a in args]
+        if args[0] == "train":
+            args += ["--epochs", "1", "--no-progress"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main(args) == 0, "pyro-vae " + " ".join(args)
+    for folder in ("digits", "bmnist", "default"):  # the run folders the commands name
+        assert (tmp_path / "runs" / folder / "run.json").is_file(), folder
+    assert (tmp_path / "runs" / "bmnist" / "samples.png").is_file()
