@@ -42,11 +42,12 @@ def as_images(x, image_shape):
 def save_grid(x, image_shape, path, nrow=8, scale=None):
     """Write images ``x`` (``(N, C*H*W)``) as one PNG grid of ``nrow`` images per row.
 
-    :param int scale: upscale small images (e.g. 8×8 digits) by this integer factor.
+    :param int scale: upscale small images by this integer factor (default: to at least
+        48 pixels wide, 6 for 8×8 digits; none for 28×28 images).
     """
     images = as_images(x, image_shape)
     if scale is None:
-        scale = max(1, 28 // image_shape[-1])
+        scale = max(1, 48 // image_shape[-1])
     if scale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
     path = Path(path)
@@ -116,6 +117,14 @@ def save_reconstructions(vae, x, image_shape, path, n=8):
 def save_samples(vae, image_shape, path, n=64, mean=True):
     """``n`` samples z ~ p(z), decoded to E[x|z] (or a draw of x if not ``mean``)."""
     return save_grid(vae.sample(n, mean=mean), image_shape, path, nrow=int(n ** 0.5) or 1)
+
+
+def save_overview(vae, x, image_shape, path, nrow=8):
+    """Three panels side by side: the images ``x`` (``(N, C*H*W)``), their
+    reconstructions E[x|z=E_q z], and N samples z ~ p(z) decoded to E[x|z]."""
+    grids = {"validation images": x, "reconstructions": vae.reconstruct(x),
+             "samples, z ~ p(z)": vae.sample(x.shape[0])}
+    return plot_image_grids(grids, image_shape, path, nrow=nrow)
 
 
 # ---- conditional VAE ---------------------------------------------------------------------
@@ -361,10 +370,12 @@ def plot_image_grids(grids, image_shape, path, nrow=None, suptitle=None):
     if not grids:
         raise ValueError("no image grids to draw")
     n = len(grids)
-    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.9 if suptitle else 4.7), dpi=110, squeeze=False)
-    for ax, (title, images) in zip(axes[0], grids.items()):
-        images = as_images(images, image_shape)
-        grid = make_grid(images, nrow=nrow or int(math.ceil(math.sqrt(len(images)))), padding=1, pad_value=1.0)
+    made = {title: make_grid(as_images(images, image_shape), nrow=nrow or int(math.ceil(math.sqrt(len(images)))),
+                             padding=1, pad_value=1.0) for title, images in grids.items()}
+    aspect = max(g.shape[1] / g.shape[2] for g in made.values())  # height / width of the tallest grid
+    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.3 * aspect + (0.7 if suptitle else 0.5)), dpi=110,
+                             squeeze=False)
+    for ax, (title, grid) in zip(axes[0], made.items()):
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")

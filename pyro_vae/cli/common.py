@@ -121,6 +121,16 @@ nonnegative_float = number_type(float, "a number ≥ 0", lambda v: v >= 0 and ma
 decay = number_type(float, "a decay in (0, 1), e.g. 0.999", lambda v: 0 < v < 1)
 
 
+def gaussian_scale(text):
+    """An argparse ``type`` for ``--scale``: a positive number, or ``learned``."""
+    if text == "learned":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'learned', got {text!r}") from None
+
+
 def int_at_least(n):
     """An argparse ``type`` for integers ≥ ``n``."""
     return number_type(int, f"an integer ≥ {n}", lambda v: v >= n)

@@ -1,9 +1,11 @@
-"""The figures ``pyro-vae train`` writes into a run folder: loss curves, and reconstructions
-and samples (or one row per class, or completions, for the conditional VAEs)."""
+"""The figures ``pyro-vae train`` writes into a run folder: loss curves, reconstructions,
+samples, and the three side by side (or one row per class, or completions, for the
+conditional VAEs)."""
 
 from pathlib import Path
 
-from ..plots import plot_losses, save_class_samples, save_completions, save_reconstructions, save_samples
+from ..plots import (plot_losses, save_class_samples, save_completions, save_overview, save_reconstructions,
+                     save_samples)
 from ..train import checkpoints
 from .common import run_data
 
@@ -13,7 +15,7 @@ def figure_names(model):
     if hasattr(model, "prepare_data"):  # conditional VAE: one row per class, or completions
         second = "samples.png" if hasattr(model.condition, "num_classes") else "completions.png"
         return ["loss_curves.png", second]
-    return ["loss_curves.png", "reconstructions.png", "samples.png"]
+    return ["loss_curves.png", "reconstructions.png", "samples.png", "overview.png"]
 
 
 def missing_figures(model, out):
@@ -40,6 +42,8 @@ def write_figures(model, history, valid, out, only=None):
         save_reconstructions(model, x, shape, out / "reconstructions.png")
     if "samples.png" in wanted:
         save_samples(model, shape, out / "samples.png")
+    if "overview.png" in wanted:
+        save_overview(model, x, shape, out / "overview.png")
 
 
 def write_missing_run_figures(model, run, run_dir, root):

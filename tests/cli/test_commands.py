@@ -13,12 +13,12 @@ from run_helpers import exit_code
 def test_train_writes_a_run_folder_and_sample_reads_it(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "2", "--binarize", "dynamic", "--out", str(out), "--no-progress"]) == 0
-    for name in ("checkpoint.pt", "run.json", "loss_curves.png", "reconstructions.png", "samples.png"):
+    for name in ("checkpoint.pt", "run.json", "loss_curves.png", "reconstructions.png", "samples.png", "overview.png"):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["likelihood"] == "bernoulli" and run["data"]["dataset"] == "digits"
     assert len(run["history"]["train_loss"]) == 2 and len(run["history"]["valid_loss"]) == 2
-    for name in ("loss_curves.png", "reconstructions.png", "samples.png"):
+    for name in ("loss_curves.png", "reconstructions.png", "samples.png", "overview.png"):
         img = torch.tensor(list(Image.open(out / name).convert("L").getdata()), dtype=torch.float32)
         assert img.var() > 0, name  # not blank
     model, _ = load_run(out)

@@ -19,7 +19,7 @@ from pyro_vae.cli import build_parser, main
 from run_helpers import TINY, fails, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
-FIGURES = ["loss_curves.png", "reconstructions.png", "samples.png"]
+FIGURES = ["loss_curves.png", "reconstructions.png", "samples.png", "overview.png"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

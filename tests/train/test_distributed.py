@@ -125,8 +125,8 @@ def test_cli_under_torchrun_rank_0_writes_and_the_loss_falls(ddp_run):
     tmp, proc = ddp_run
     out = tmp / "run"
     assert proc.stdout.count("epoch 3: train") == 2 and "2 processes" in proc.stdout  # rank 0 prints, once a run
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "loss_curves.png", "reconstructions.png",
-                                                    "run.json", "samples.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "loss_curves.png", "overview.png",
+                                                    "reconstructions.png", "run.json", "samples.png"]
     run = json.loads((out / "run.json").read_text())
     state = load_checkpoint(out / "checkpoint.pt")
     assert run["world_size"] == state["world_size"] == 2 and len(state["rng"]) == 2
