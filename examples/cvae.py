@@ -47,8 +47,10 @@ def class_task(args, out):
     train_kw = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=False)
 
     # 1. the conditional VAE and, for comparison, a VAE with the same networks minus c
+    torch.manual_seed(args.seed)  # each model's initial weights follow --seed
     cvae = build_cvae(shape, z_dim=args.z_dim, hidden_dims=hidden, prior=args.prior or "fixed")
     fit(cvae, train, valid, with_labels=True, **train_kw)
+    torch.manual_seed(args.seed)
     vae = build_vae(shape, z_dim=args.z_dim, hidden_dims=hidden)
     fit(vae, train, valid, **train_kw)
     cvae.eval(), vae.eval()
@@ -91,6 +93,7 @@ def class_task(args, out):
 def quadrant_task(args, out):
     train, valid = load(args)
     shape = train.image_shape
+    torch.manual_seed(args.seed)  # the initial weights follow --seed
     model = build_cvae_quadrant(shape, z_dim=args.z_dim, hidden_dims=(args.hidden, args.hidden),
                                 prior=args.prior or "learned")
     # every training image once with 1, 2 and 3 given quadrants; batches are (x, mask)

@@ -70,6 +70,7 @@ def main(args):
     for share in args.outliers:
         data = with_outliers(train, share, seed=args.seed)
         for objective in OBJECTIVES:
+            torch.manual_seed(args.seed)  # every model starts from the same initial weights
             vae = build_vae(shape, z_dim=args.z_dim, hidden_dims=args.hidden, likelihood="gaussian",
                             scale=args.scale)
             trainer = Trainer(vae, data, objective=objective, lr=args.lr, batch_size=args.batch_size,

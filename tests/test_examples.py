@@ -7,6 +7,7 @@ that they finish and leave their files (figures as PNGs, results as JSON).
 """
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -66,3 +67,25 @@ def test_example_runs(name, tmp_path, request):
     for p in written:
         if p.endswith(".json"):
             json.loads((out / p).read_text())  # complete, not cut off
+
+
+def _without_times(text):
+    """The output with wall-clock figures ("3 s", "in 2 s", a table's last column of
+    seconds) replaced, so that two runs' numbers can be compared."""
+    text = re.sub(r"\d+(\.\d+)? s\b", "T s", text)
+    return re.sub(r"\| \d+(\.\d+)? \|$", "| T |", text, flags=re.M)
+
+
+@pytest.mark.parametrize("name", ["cvae", "fisher_ae", "latent_space"])
+def test_example_prints_the_same_numbers_twice(name, tmp_path):
+    """Every random source of the example follows its --seed: two runs print the same."""
+    outputs = []
+    for run in ("a", "b"):
+        cwd = tmp_path / run
+        cwd.mkdir()
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MPLBACKEND="Agg")
+        proc = subprocess.run([sys.executable, str(REPO / "examples" / f"{name}.py"), *EXAMPLES[name][0],
+                               "--out", "out"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        outputs.append(_without_times(proc.stdout))
+    assert outputs[0] == outputs[1]

@@ -73,7 +73,7 @@ def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_si
     :param data: :class:`~pyro_vae.data.ImageData` with labels ``y`` (e.g. ``digits``
         or ``mnist10k``, train split). Grey levels in [0, 1].
     :param int epochs: passes over ``data``.
-    :param int seed: seeds the initial weights and the batch order.
+    :param int seed: seeds the initial weights, the batch order and the dropout masks.
     :param valid: optional labelled data; its accuracy is shown on the progress bar.
     :returns: the trained classifier, in eval mode; ``clf(x_flat)`` gives logits.
     """
@@ -84,9 +84,17 @@ def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_si
     if len(data.y) != len(data):
         raise ValueError(f"{len(data)} images but {len(data.y)} labels")
     num_classes = data.num_classes or int(data.y.max()) + 1
-    with torch.random.fork_rng(devices=[]):
+    devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    # the weights, the batch order and the dropout masks follow `seed`; the caller's global
+    # generators are left as they were
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         clf = DigitClassifier(data.image_shape, num_classes).to(device)
+        _fit_classifier(clf, data, epochs, valid, batch_size, lr, weight_decay, progress, device, seed)
+    return clf.eval()
+
+
+def _fit_classifier(clf, data, epochs, valid, batch_size, lr, weight_decay, progress, device, seed):
     x, y = data.x.to(device), data.y.to(device)
     optimizer = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -104,7 +112,6 @@ def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_si
         scheduler.step()
         if valid is not None:
             bar.set_postfix(valid_acc=f"{classifier_accuracy(clf, valid.x, valid.y):.3f}")
-    return clf.eval()
 
 
 @torch.no_grad()
