@@ -16,7 +16,8 @@ jit-compiled ``numpyro.infer.SVI`` (``Trace_ELBO``, ``numpyro.optim.Adam``, one
 particle) on the same network with the same initial weights and batches, when jax and
 numpyro are installed (``pip install -e .[bench]``); and the Trainer with each of its
 speed options on its own (``--no-levers`` skips them): a foreach Adam, a fused Adam
-(``fused=True``), compiled networks (``compile=True``). The warm-up column is the first
+(``fused=True``), compiled networks (``compile=True``); and the traced step
+(``traced=True``, alone and with ``fused=True``; ``--no-traced`` skips it). The warm-up column is the first
 (uncounted) round's time over its steps at the median rate: compilation, first-call
 allocations.
 """
@@ -158,66 +159,17 @@ def numpyro_step(enc, dec, n, x0):
     return step
 
 
-class TracedStep:
-    """A prototype, in this benchmark only (not a package option): the Trainer's step traced
-    once per batch shape and compiled whole. The loss is ``Trace_ELBO``'s surrogate for a
-    fully reparameterized guide (Σ model log_prob_sum − Σ guide entropy term, the same
-    value and gradients; written without ``Trace_ELBO``'s per-site ``.item()`` and NaN
-    warning, which a trace cannot hold), from Pyro's own traces of ``vae.model`` and
-    ``vae.guide`` (``get_importance_trace``, validation off) with the parameters swapped in;
-    ``make_fx`` records it with its backward (``torch.autograd.grad``) into one aten graph
-    that inductor compiles (``fallback_random``: the draws come from torch's global
-    generator as in eager Pyro). Pyro's Python runs at trace time only, so what it decided
-    then (plate, scale N/B, site structure) is baked into each shape's graph. Stepped by a
-    fused Adam."""
-
-    def __init__(self, vae, n, lr=1e-3):
-        import torch._inductor.config as inductor_config
-        inductor_config.fallback_random = True
-        self.vae, self.n, self.graphs = vae, n, {}
-        self.params = dict(vae.named_parameters())
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=lr, fused=True)
-
-    def _loss_and_grads(self, params, x):
-        from pyro.infer.enum import get_importance_trace
-        ps = {k: v.detach().requires_grad_() for k, v in params.items()}
-        with pyro.get_param_store().scope(), pyro.validation_enabled(False), \
-                torch.nn.utils.stateless._reparametrize_module(self.vae, ps):
-            model, guide = get_importance_trace("flat", 1, self.vae.model, self.vae.guide, (x,), {"num_data": self.n})
-        surrogate = 0.0
-        for site in model.nodes.values():
-            if site["type"] == "sample":
-                surrogate = surrogate + site["log_prob_sum"]
-        for site in guide.nodes.values():
-            if site["type"] == "sample":
-                _, score_function, entropy = site["score_parts"]
-                if not isinstance(score_function, (int, float)):
-                    raise ValueError("TracedStep takes fully reparameterized guides only")
-                surrogate = surrogate - entropy.sum()
-        loss = -surrogate / self.n
-        return torch.autograd.grad(loss, list(ps.values())), loss.detach()
-
-    def __call__(self, x):
-        from torch.fx.experimental.proxy_tensor import make_fx
-        params = {k: p.detach() for k, p in self.params.items()}
-        key = tuple(x.shape)
-        if key not in self.graphs:
-            with torch.random.fork_rng(devices=[]):  # tracing draws; the step's draws come at replay
-                self.graphs[key] = torch.compile(make_fx(lambda p, b: self._loss_and_grads(p, b))(params, x))
-        with torch.no_grad():
-            grads, loss = self.graphs[key](params, x)
-        for p, g in zip(self.params.values(), grads):
-            p.grad = g
-        self.optimizer.step()
-        return loss.item()
-
-
 #: the Trainer's speed options, each on its own: (name, Trainer keywords, foreach Adam)
 LEVERS = (
     ("pyro_vae Trainer, foreach Adam", {}, True),
     ("pyro_vae Trainer, fused=True", {"fused": True}, False),
     ("pyro_vae Trainer, compile=True", {"compile": True}, False),
-    ("pyro_vae Trainer, both", {"fused": True, "compile": True}, False),
+    ("pyro_vae Trainer, fused+compile", {"fused": True, "compile": True}, False),
+)
+#: the traced step (``traced=True``), alone and with the fused Adam
+TRACED = (
+    ("pyro_vae Trainer, traced=True", {"traced": True}),
+    ("pyro_vae Trainer, traced+fused", {"traced": True, "fused": True}),
 )
 
 
@@ -231,7 +183,7 @@ def main(argv=None):
     p.add_argument("--no-svi", action="store_true", help="skip the pyro.optim/SVI reference")
     p.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro contender")
     p.add_argument("--no-levers", action="store_true", help="skip the Trainer's speed options")
-    p.add_argument("--no-traced", action="store_true", help="skip the traced-step prototype")
+    p.add_argument("--no-traced", action="store_true", help="skip the traced step (traced=True)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write every round's s/step per contender")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the package's distributions without Pyro, and Pyro's traces without an ELBO "
@@ -264,9 +216,11 @@ def main(argv=None):
                 t.optimizer = torch.optim.Adam(lever_vae.parameters(), lr=1e-3, foreach=True)
             contenders[name] = t.step
     if not args.no_traced:
-        torch.manual_seed(0)
-        traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-        contenders["traced step (prototype)"] = TracedStep(traced_vae, n)
+        for name, kwargs in TRACED:
+            torch.manual_seed(0)
+            traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+            contenders[name] = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size,
+                                       seed=0, **kwargs).step
     if not args.no_numpyro:
         step = numpyro_step(enc, dec, n, train.x[: args.batch_size])
         if step is not None:

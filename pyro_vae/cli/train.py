@@ -69,6 +69,9 @@ def add_arguments(p):
                    help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)")
     o.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder and decoder networks (slower for the MLP on CPU; see docs/speed.md)")
+    o.add_argument("--traced", action="store_true",
+                   help="trace Trace_ELBO's step once per batch shape and replay it compiled (--objective elbo, "
+                        "reparameterized guides; compiles for seconds first; see docs/speed.md)")
     o.add_argument("--ddp-timeout", type=positive_float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others in a collective before it "
                         "stops with an error")
@@ -91,6 +94,12 @@ def _validate_train_args(args):
     check_device(args.device)
     if args.kl_warmup and key not in ("elbo", "meanfield", "tracegraph"):
         raise UsageError(f"--kl-warmup scales the KL term of an ELBO; --objective {args.objective} has none")
+    if getattr(args, "traced", False):
+        if key != "elbo":
+            raise UsageError(f"--traced replays Trace_ELBO's step (--objective elbo), not --objective {args.objective}")
+        for flag, on in (("--kl-warmup", args.kl_warmup), ("--compile", args.compile)):
+            if on:
+                raise UsageError(f"--traced does not combine with {flag}")
 
 
 #: ``pyro-vae train``'s defaults for the digits data set (8×8, 17 grey levels): the
@@ -189,7 +198,7 @@ def _train(args, device, out, timeout):
         args.schedule_epochs = args.epochs  # stored resolved: a resume with more epochs keeps the schedule
     trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
-                      with_labels=conditional, fused=args.fused, compile=args.compile,
+                      with_labels=conditional, fused=args.fused, compile=args.compile, traced=args.traced,
                       lr_schedule=args.lr_schedule, schedule_epochs=args.schedule_epochs, lr_final=args.lr_final,
                       kl_warmup=args.kl_warmup, ema_decay=args.ema, keep_best=args.keep_best)
     train_config = TrainConfig(objective=args.objective, particles=args.particles, lr=args.lr,

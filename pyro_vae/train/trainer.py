@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
+from .traced import TracedELBO
 from ..objectives import make_objective, objective_label
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -160,6 +161,17 @@ class Trainer:
         after training. Same values up to float rounding. Off by default: for the MLP on
         CPU it is slower than eager and adds tens of seconds of compilation.
         See ``docs/speed.md`` for what each option costs and buys.
+    :param bool traced: compute each step's loss and gradients with
+        :class:`~pyro_vae.train.traced.TracedELBO`: ``Trace_ELBO``'s program traced once per
+        batch shape into one graph with its backward, compiled by inductor, and replayed
+        (the draws come from torch's global generator as in eager Pyro, so checkpoints
+        resume the same stream). The same loss and gradients up to float rounding. For the
+        ``"elbo"`` objective with a fully reparameterized guide and a program whose Python
+        depends on the data's shapes only; refused (one-line error, when the trainer is
+        built) otherwise, and with ``kl_warmup``, ``compile`` or data-parallel training.
+        Each batch shape compiles once, on its first step (seconds; see ``docs/speed.md``).
+        Pyro's validation, when on, runs eagerly on the first batch of each shape, on a
+        forked random generator, so that it changes no draw.
     :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
         the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
     :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``
@@ -181,7 +193,7 @@ class Trainer:
 
     def __init__(self, vae, train, valid=None, objective="elbo", num_particles=1, optimizer="adam",
                  lr=1e-3, batch_size=128, seed=0, device="cpu", clip_norm=None, with_labels=False,
-                 valid_batch_size=1000, distributed=None, fused=False, compile=False,
+                 valid_batch_size=1000, distributed=None, fused=False, compile=False, traced=False,
                  lr_schedule="constant", schedule_epochs=None, lr_final=None, kl_warmup=0.0, ema_decay=None,
                  keep_best=False):
         if batch_size < 1:
@@ -240,6 +252,10 @@ class Trainer:
         if self.compiled:
             _compile_networks(self.vae)
         self.loss_fn, self.differentiable = loss_function(self.objective)
+        #: the :class:`~pyro_vae.train.traced.TracedELBO` of a traced trainer, else None
+        self.traced = None
+        if traced:
+            self.traced = self._make_traced(train, batch_size, with_labels, kl_warmup)
         try:
             opt_cls = OPTIMIZERS[optimizer]
         except KeyError:
@@ -271,6 +287,26 @@ class Trainer:
         # validation; not saved: a resumed run validates its first step again
         self._validated = set()
 
+    def _make_traced(self, train, batch_size, with_labels, kl_warmup):
+        """The traced loss of this trainer's objective, traced on the first batch's shape
+        (so that a program it cannot take is refused before any step)."""
+        why = ("kl_warmup (β changes every step)" if kl_warmup else "compile (the traced step is compiled whole)"
+               if self.compiled else "data-parallel training" if self.world_size > 1 else None)
+        if why:
+            raise ValueError(f"traced=True does not combine with {why}")
+        model, guide = self.vae.model, self.vae.guide
+        if not self._pass_num_data:  # scaled by N/B, B read from the batch at trace time
+            n = self.num_data
+            model = _scaled_by_batch(model, n)
+            guide = _scaled_by_batch(guide, n)
+        traced = TracedELBO(self.vae, model, guide, self.objective, loss_scale=1 / self.num_data)
+        first = next(_batches(self.train_data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
+        traced.trace(*first, **self._loss_kwargs())
+        return traced
+
+    def _loss_kwargs(self):
+        return {"num_data": self.num_data} if self._pass_num_data else {}
+
     @property
     def eval_model(self):
         """The model that is validated: the weights' moving average with ``ema_decay``,
@@ -299,6 +335,11 @@ class Trainer:
         key = (tuple(batch[0].shape), batch[0].device)
         if not pyro.poutine.util.is_validation_enabled():
             return self._step(batch, share)
+        if self.traced is not None:
+            if key not in self._validated:
+                self._validate_program(batch)
+                self._validated.add(key)
+            return self._step(batch, share)
         if key not in self._validated:
             value = self._step(batch, share)
             self._validated.add(key)
@@ -309,6 +350,14 @@ class Trainer:
                 return self._step(batch, share)
         finally:  # pyro.validation_enabled resets torch's default to Pyro's flag
             torch.distributions.Distribution.set_default_validate_args(torch_default)
+
+    def _validate_program(self, batch):
+        """Run the objective's loss once eagerly with Pyro's validation, on forked random
+        generators and without gradients: the checks of an eager first step, leaving the
+        draws of the traced steps as they would be without it."""
+        devices = [batch[0].device] if batch[0].is_cuda else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self._loss(batch)
 
     def _loss(self, batch):
         """The objective's loss of the batch, which stands for the N training points."""
@@ -328,6 +377,13 @@ class Trainer:
             value = dp.all_reduce_gradients(self._params, self._local_loss_and_grads(batch, n), share)
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at {self._where()}")
+        elif self.traced is not None:
+            loss, grads = self.traced(*batch, **self._loss_kwargs())
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
+            for p, g in zip(self.traced.params.values(), grads):
+                p.grad = g
         elif self.differentiable:
             loss = self._loss(batch) / n
             value = loss.item()
@@ -531,6 +587,14 @@ class Trainer:
             raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
                                      f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
                                      f"stopped there, {last}")
+
+
+def _scaled_by_batch(fn, num_data):
+    """``fn`` with every site scaled by N/B, B the size of its first argument."""
+    def scaled(*args, **kwargs):
+        return poutine.scale(fn, num_data / args[0].shape[0])(*args, **kwargs)
+
+    return scaled
 
 
 def _compile_networks(vae):

@@ -52,3 +52,14 @@ def test_errors_are_clear_and_nothing_is_overwritten(tmp_path, capsys):
 def test_console_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_train_traced_writes_a_run_that_resumes(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--traced", "--fused", "--binarize", "static", "--batch-size", "499", "--hidden", "16",
+            "--z-dim", "2", "--no-progress"]
+    assert main([*argv, "--epochs", "1", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["traced"] is True
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert len(json.loads((out / "run.json").read_text())["history"]["train_loss"]) == 2

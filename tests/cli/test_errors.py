@@ -217,3 +217,15 @@ def test_labels_out_of_range_for_a_conditional_model():
         ImageData(x=torch.rand(3, 4), y=torch.tensor([1, 2, 12]), image_shape=(1, 2, 2), num_classes=10)
     with pytest.raises(DataError, match="2 labels for 3 images"):
         ImageData(x=torch.rand(3, 4), y=torch.tensor([1, 2]), image_shape=(1, 2, 2), num_classes=10)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--traced", "--objective", "iwae"], "--traced replays Trace_ELBO's step"),
+    (["--traced", "--kl-warmup", "2"], "--traced does not combine with --kl-warmup"),
+    (["--traced", "--compile"], "--traced does not combine with --compile"),
+    (["--traced", "--binarize", "static", "--guide", "flow", "--objective", "tracegraph"], "--traced replays"),
+])
+def test_traced_refuses_what_it_cannot_replay(tmp_path, capsys, argv, said):
+    out = tmp_path / "run"
+    fails(["train", *TINY, *argv, "--out", str(out)], capsys, said)
+    assert not out.exists()

@@ -1,0 +1,165 @@
+"""``TracedELBO``: Trace_ELBO's loss and gradients replayed from one traced graph per call
+signature, and the programs it refuses. The graphs here are replayed as traced
+(``compile=False``), which is exact; ``tests/train/test_fast.py`` holds the compiled
+trainer (``traced=True``) to plain ``Trace_ELBO`` and to a bit-identical resume."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_vae import build_vae, load_dataset
+from pyro_vae.amortized import AmortizedGuide, ModelGuide
+from pyro_vae.train import TracedELBO, Trainer, TracingError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def build(**kw):
+    torch.manual_seed(0)
+    return build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,), **kw)
+
+
+@pytest.fixture(scope="module")
+def x():
+    train = load_dataset("digits", "train", binarize="static")
+    return train.x[:48]
+
+
+def eager(vae, elbo, x, seed, **kwargs):
+    pyro.set_rng_seed(seed)
+    for p in vae.parameters():
+        p.grad = None
+    with pyro.get_param_store().scope():
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x, **kwargs) / 1000
+        loss.backward()
+    return loss.item(), [p.grad for p in vae.parameters()]
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO(), Trace_ELBO(num_particles=3),
+                                  Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)],
+                         ids=["one particle", "3 particles", "4 vectorized"])
+@pytest.mark.parametrize("guide", ["diagonal", "full", "flow"])
+def test_same_loss_and_gradients_as_trace_elbo(x, elbo, guide):
+    vae = build(guide=guide)
+    ref_loss, ref_grads = eager(vae, elbo, x, seed=7, num_data=1000)
+    traced = TracedELBO(vae, vae.model, vae.guide, elbo, loss_scale=1 / 1000, compile=False)
+    pyro.set_rng_seed(7)
+    loss, grads = traced(x, num_data=1000)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-6)
+    for (name, _), g, r in zip(vae.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_replays_draw_afresh_and_consume_the_generator_as_eager_pyro(x):
+    """Each replay draws new noise from torch's global generator, the same draws eager
+    Pyro makes: after two replays the generator is where two eager steps leave it."""
+    vae = build()
+    traced = TracedELBO(vae, vae.model, vae.guide, loss_scale=1 / 1000, compile=False)
+    pyro.set_rng_seed(1)
+    first, second = traced(x, num_data=1000)[0].item(), traced(x, num_data=1000)[0].item()
+    after_traced = torch.get_rng_state()
+    with pyro.get_param_store().scope():
+        pyro.set_rng_seed(1)
+        e1 = Trace_ELBO().loss(vae.model, vae.guide, x, num_data=1000) / 1000
+        e2 = Trace_ELBO().loss(vae.model, vae.guide, x, num_data=1000) / 1000
+    assert first != second
+    assert (first, second) == pytest.approx((e1, e2), rel=1e-6)
+    assert torch.equal(torch.get_rng_state(), after_traced)
+
+
+def test_one_graph_per_signature(x):
+    vae = build()
+    traced = TracedELBO(vae, vae.model, vae.guide, compile=False)
+    traced(x, num_data=1000)
+    traced(x + 0, num_data=1000)          # new values, same signature: replayed
+    assert len(traced.graphs) == 1
+    traced(x[:10], num_data=1000)         # new batch size
+    traced(x, num_data=2000)              # new scale N/B
+    assert len(traced.graphs) == 3
+    pyro.set_rng_seed(3)
+    loss = traced(x, num_data=2000)[0].item()
+    pyro.set_rng_seed(3)
+    with pyro.get_param_store().scope():
+        assert loss == pytest.approx(Trace_ELBO().loss(vae.model, vae.guide, x, num_data=2000), rel=1e-6)
+
+
+def test_a_program_that_reads_the_data_values_is_refused(x):
+    vae = build()
+
+    def model(x, num_data=None):
+        if x.sum() > 0:  # the structure depends on the data's values: a trace cannot replay it
+            return vae.model(x, num_data=num_data)
+        return vae.model(x[:1], num_data=num_data)
+
+    with pytest.raises(TracingError, match="cannot be traced.*data's values"):
+        TracedELBO(vae, model, vae.guide, compile=False).trace(x, num_data=1000)
+
+
+def test_a_score_function_site_is_refused(x):
+    vae = build(guide_kwargs={"reparameterized": False})
+    with pytest.raises(TracingError, match="guide site 'z' is not reparameterized"):
+        TracedELBO(vae, vae.model, vae.guide, compile=False).trace(x, num_data=1000)
+
+
+def test_other_elbos_are_refused():
+    vae = build()
+    with pytest.raises(TracingError, match="Trace_ELBO.*not TraceMeanField_ELBO"):
+        TracedELBO(vae, vae.model, vae.guide, TraceMeanField_ELBO())
+
+
+@pytest.mark.parametrize("kw, match", [({"objective": "meanfield"}, "not TraceMeanField_ELBO"),
+                                       ({"kl_warmup": 2}, "kl_warmup"),
+                                       ({"compile": True}, "compile")])
+def test_the_trainer_refuses_what_it_cannot_trace(kw, match):
+    train = load_dataset("digits", "train", binarize="static")
+    with pytest.raises(ValueError, match=match):
+        Trainer(build(), train, traced=True, **kw)
+
+
+class UserModel(torch.nn.Module):
+    """A user's Pyro model without the package's classes: Bernoulli pixels from a 2-d z,
+    and no ``num_data`` keyword (the trainer then scales every site by N/B)."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = torch.nn.Linear(2, 64)
+
+    def model(self, x):
+        pyro.module("user_model", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+
+def user_pair():
+    torch.manual_seed(0)
+    user = UserModel()
+    return ModelGuide(user.model, AmortizedGuide(user.model, hidden_dims=(16,)))
+
+
+def test_a_users_model_trains_traced_as_it_does_eagerly():
+    """ModelGuide(user model, AmortizedGuide): the traced trainer takes the same steps as
+    the eager one."""
+    train = load_dataset("digits", "train", binarize="static")
+    params = []
+    for traced in (False, True):
+        pair = user_pair()
+        trainer = Trainer(pair, train, batch_size=499, seed=0, traced=traced)
+        trainer.train_epoch()
+        params.append([p.detach().clone() for p in pair.parameters()])
+    for p, q in zip(*params):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+def test_pyro_validation_still_fires_on_the_first_batch():
+    """With validation on, the first batch of each shape runs Pyro's checks eagerly; data
+    outside the likelihood's support is then refused as in eager Pyro."""
+    train = load_dataset("digits", "train")          # grey levels, not binary
+    trainer = Trainer(user_pair(), train, batch_size=499, seed=0, traced=True)
+    x = train.x[:499]
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        trainer.step(x)
+    with pyro.validation_enabled(False):
+        assert torch.isfinite(torch.tensor(trainer.step(x)))   # unchecked, as eager Pyro without validation
