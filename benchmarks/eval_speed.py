@@ -11,6 +11,9 @@ median of the repeats is compared.
     python benchmarks/eval_speed.py --data ../shared/data --limit 200 # a quick run
     python benchmarks/eval_speed.py --data ../shared/data --limit 200 --threads 1
 
+``log_likelihood(..., traced=True)`` (the log weights of each chunk shape from one traced,
+compiled graph) is timed beside them, unless ``--no-traced``.
+
 The model is the 784-400-50 MLP VAE (``--run RUN_DIR`` for a trained one; the weights
 do not change the time).
 """
@@ -64,6 +67,7 @@ def main(argv=None):
     p.add_argument("--chunk-size", type=int, default=100, help="samples per chunk")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of each (median reported)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-traced", action="store_true", help="skip log_likelihood(..., traced=True)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a crowded machine)")
     args = p.parse_args(argv)
@@ -89,27 +93,48 @@ def main(argv=None):
     layers = linear_layers(vae.decoder)
     kw = dict(num_samples=args.num_samples, batch_size=args.batch_size, chunk_size=args.chunk_size)
 
-    # warm-up on a few images, then alternate the two contenders
-    log_likelihood(vae, x[: min(n, 2)], num_samples=args.chunk_size, batch_size=args.batch_size,
-                   chunk_size=args.chunk_size)
-    bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device)
-    t_ll, t_mm, nll = [], [], None
-    for _ in range(args.repeats):
+    def timed(fn):
         t0 = time.perf_counter()
-        nll = -log_likelihood(vae, x, **kw).mean().item()
+        value = fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t_ll.append(time.perf_counter() - t0)
-        t_mm.append(bare_matmuls(layers, n, args.num_samples, args.batch_size, args.chunk_size, device))
-    ll, mm = statistics.median(t_ll), statistics.median(t_mm)
+        return time.perf_counter() - t0, value
+
+    # warm-up on a few images (for traced: one chunk of the timed shape, compiled), then
+    # alternate the contenders
+    warm = x[: min(n, args.batch_size)]
+    log_likelihood(vae, warm, num_samples=args.chunk_size, batch_size=args.batch_size, chunk_size=args.chunk_size)
+    warmup = None
+    if not args.no_traced:
+        warmup, _ = timed(lambda: log_likelihood(vae, warm, num_samples=args.chunk_size, batch_size=args.batch_size,
+                                                 chunk_size=args.chunk_size, traced=True))
+    bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device)
+    times = {"log_likelihood": [], "log_likelihood, traced=True": [], "bare decoder addmm": []}
+    if args.no_traced:
+        del times["log_likelihood, traced=True"]
+    nll = {}
+    for _ in range(args.repeats):
+        t, nll["log_likelihood"] = timed(lambda: -log_likelihood(vae, x, **kw).mean().item())
+        times["log_likelihood"].append(t)
+        if not args.no_traced:
+            t, nll["traced"] = timed(lambda: -log_likelihood(vae, x, traced=True, **kw).mean().item())
+            times["log_likelihood, traced=True"].append(t)
+        times["bare decoder addmm"].append(bare_matmuls(layers, n, args.num_samples, args.batch_size,
+                                                        args.chunk_size, device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mm = med["bare decoder addmm"]
     shapes = " -> ".join([str(layers[0].in_features)] + [str(m.out_features) for m in layers])
     print(f"{n} images x K={args.num_samples} samples = {n * args.num_samples:,} decoder rows ({shapes}), "
           f"batch {args.batch_size} images x chunk {args.chunk_size} samples, device {device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"log_likelihood            {ll:9.2f} s   (NLL {nll:.2f} nats)")
-    print(f"bare decoder addmm        {mm:9.2f} s")
-    print(f"ratio log_likelihood / bare matmuls: {ll / mm:.2f}")
-    return ll / mm
+    for name, t in med.items():
+        extra = ""
+        if name == "log_likelihood":
+            extra = f"   NLL {nll['log_likelihood']:.4f} nats"
+        elif name.endswith("traced=True"):
+            extra = f"   NLL {nll['traced']:.4f} nats; first call on one chunk (compiling) {warmup:.1f} s"
+        print(f"{name:28s} {t:9.2f} s   ratio to the bare matmuls {t / mm:.2f}{extra}")
+    return {k: t / mm for k, t in med.items()}
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def batch_args(args, n, start, stop):
 
 
 def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, chunk_size=100,
-                        max_plate_nesting=1, progress=False):
+                        max_plate_nesting=1, progress=False, traced=False):
     r"""Importance-sampling estimates for every data point x_n, from S = ``num_samples``
     draws z_1..z_S ~ q(z | x_n) of the guide and their log weights
 
@@ -208,6 +208,12 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
     :param int num_samples: S.
     :param ks: the K of the IWAE bounds L_K to estimate; each must divide S.
     :param int max_plate_nesting: plates of the model and guide (1: the data plate).
+    :param bool traced: compute the log weights of each chunk shape from one traced graph,
+        compiled by inductor and replayed (:class:`~pyro_vae.train.traced.TracedFunction`:
+        Pyro's traces run once per shape, the draws still come from torch's generator);
+        the same values up to float rounding, seconds of compilation per shape. For a
+        model and guide whose parameters live in modules and whose Python depends on the
+        data's shapes only.
     :returns: a dict of ``(N,)`` float64 CPU tensors:
 
         - ``log_px``: log p̂(x_n) = log (1/S) Σ_s w_s, the estimate of log p(x_n) (it is
@@ -255,9 +261,9 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
             while done < S:
                 c = min(chunk, S - done)
                 if c not in objectives:
-                    objectives[c] = IWAE_ELBO(c, max_plate_nesting=max_plate_nesting)
+                    objectives[c] = _log_weights(pair, IWAE_ELBO(c, max_plate_nesting=max_plate_nesting), traced)
                 try:
-                    log_w, _, _ = objectives[c].log_weights(pair.model, pair.guide, xb, *ab)
+                    log_w = objectives[c](xb, *ab)
                 except (RuntimeError, ValueError) as e:
                     if isinstance(e, ValueError) and not any(k in str(e) for k in ("Shape mismatch", "broadcastable")):
                         raise
@@ -287,8 +293,24 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
     return out
 
 
+def _log_weights(pair, objective, traced):
+    """``f(x, *args) -> log_w`` ``(K, B)`` of ``objective`` (an :class:`~pyro_vae.objectives.IWAE_ELBO`
+    of K particles) for the pair, traced and compiled if ``traced``."""
+    def log_weights(x, *args):
+        return objective.log_weights(pair.model, pair.guide, x, *args)[0]
+
+    if not traced:
+        return log_weights
+    if not pair.modules:
+        raise ValueError("traced=True traces the parameters of the modules behind model and guide, and these "
+                         "are plain functions; evaluate them without traced")
+    from ..train.traced import TracedFunction
+
+    return TracedFunction(pair.modules, log_weights)
+
+
 def log_likelihood(model, *args, num_samples=5000, batch_size=100, chunk_size=100, return_stderr=False,
-                   progress=False):
+                   progress=False, traced=False):
     r"""Importance-sampled log p(x_n | args) per data point (Burda et al. 2015):
 
         log p̂(x_n) = log (1/K) Σ_{k=1..K} p(x_n, z_k) / q(z_k | x_n),  z_k ~ q(z | x_n),
@@ -309,12 +331,14 @@ def log_likelihood(model, *args, num_samples=5000, batch_size=100, chunk_size=10
         log_likelihood(model, guide, x, num_samples=5000)   # any Pyro model and guide
         log_likelihood(vae, x, num_samples=5000)            # = (vae.model, vae.guide)
 
+    :param bool traced: replay the log weights from traced, compiled graphs
+        (:func:`importance_sampling`).
     :returns: ``(N,)`` float64 CPU tensor; with ``return_stderr`` also the per-point Monte
         Carlo standard errors (delta method), ``(log_px, stderr)``.
     """
     pair, rest = model_and_guide("log_likelihood", model, args)
     stats = importance_sampling(pair, *rest, num_samples=num_samples, batch_size=batch_size,
-                                chunk_size=chunk_size, progress=progress)
+                                chunk_size=chunk_size, progress=progress, traced=traced)
     return (stats["log_px"], stats["log_px_stderr"]) if return_stderr else stats["log_px"]
 
 
@@ -448,7 +472,7 @@ def active_units(model, *args, threshold=1e-2, batch_size=1000, return_variances
 
 
 def likelihood_report(model, *args, num_samples=5000, ks=(5, 50), batch_size=100, chunk_size=100,
-                      progress=False):
+                      progress=False, traced=False):
     r"""Everything a paper reports about a VAE's density on a data set, in nats per data
     point, as a dict of plain numbers (JSON-ready):
 
@@ -465,14 +489,15 @@ def likelihood_report(model, *args, num_samples=5000, ks=(5, 50), batch_size=100
     Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
     guide used), or ``likelihood_report(vae, x, *args, ...)`` for a VAE's own pair
     ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode. ``traced``: as for
+    :func:`importance_sampling`.
     """
     pair, rest = model_and_guide("likelihood_report", model, args)
     x = split_args("likelihood_report", rest)[0]
     ks = tuple(k for k in ks if k != 1)
     t0 = time.perf_counter()
     stats = importance_sampling(pair, *rest, num_samples=num_samples, ks=ks, batch_size=batch_size,
-                                chunk_size=chunk_size, progress=progress)
+                                chunk_size=chunk_size, progress=progress, traced=traced)
     seconds = time.perf_counter() - t0
     au, variances = active_units(pair, *rest, return_variances=True)
     nll, nll_se = MeanStderr(-stats["log_px"]).floats()

@@ -163,3 +163,25 @@ def test_pyro_validation_still_fires_on_the_first_batch():
         trainer.step(x)
     with pyro.validation_enabled(False):
         assert torch.isfinite(torch.tensor(trainer.step(x)))   # unchecked, as eager Pyro without validation
+
+
+def test_log1p_free_keeps_softplus_and_the_bernoulli_log_density_to_float32_rounding():
+    """The rewritten graph against float64: absolute errors of the order of float32's
+    rounding of the values themselves, at the extremes of the logits too."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from pyro_vae.train.traced import log1p_free
+
+    def f(x, y):
+        return (torch.nn.functional.softplus(x), torch.nn.functional.softplus(x, beta=2.0, threshold=5.0),
+                dist.Bernoulli(logits=x, validate_args=False).log_prob(y))
+
+    x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([-1e-6, 0.0, 1e-6, 19.99, 20.01])])
+    y = torch.bernoulli(torch.full_like(x, 0.5), generator=torch.Generator().manual_seed(0))
+    graph = make_fx(f)(x, y)
+    assert log1p_free(graph) == 3
+    assert not any(n.target in (torch.ops.aten.softplus.default, torch.ops.aten.binary_cross_entropy_with_logits.default)
+                   for n in graph.graph.nodes)
+    for got, want in zip(graph(x, y), f(x.double(), y.double())):
+        assert got.dtype == torch.float32
+        tol = 1.2e-7 * (1 + want.abs())          # an ulp of max(|value|, 1), as float32 rounds it
+        assert ((got.double() - want).abs() <= tol).all(), (got.double() - want).abs().max()
