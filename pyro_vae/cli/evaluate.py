@@ -31,6 +31,9 @@ def add_arguments(p):
     p.add_argument("--out", default=None, help="JSON path; if not given: RUN_DIR/eval_<split>.json")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N for GPU N)")
+    p.add_argument("--traced", action="store_true",
+                   help="compute the log weights from a traced graph per chunk shape, compiled and replayed "
+                        "(faster; seconds of compilation first; see docs/speed.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,7 +62,7 @@ def run(args):
     extra = (data.y,) if conditional else ()
     pyro.set_rng_seed(args.seed)
     report = likelihood_report(model, data.x, *extra, num_samples=K, ks=ks, batch_size=args.batch_size,
-                               chunk_size=args.chunk_size, progress=not args.no_progress)
+                               chunk_size=args.chunk_size, progress=not args.no_progress, traced=args.traced)
     result = dict(run_dir=str(args.run_dir), dataset=data_cfg.dataset, split=args.split,
                   weights=args.weights, **report)
     print(f"{data.name}: {report['n']} data points, K={K} importance samples, {report['seconds']:.1f} s; "

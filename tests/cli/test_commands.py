@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
@@ -63,3 +64,12 @@ def test_train_traced_writes_a_run_that_resumes(tmp_path):
     assert run["options"]["traced"] is True
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert len(json.loads((out / "run.json").read_text())["history"]["train_loss"]) == 2
+    # evaluate --traced: the eager report's numbers from the compiled graph
+    reports = []
+    for extra in ([], ["--traced"]):
+        path = tmp_path / f"eval{len(extra)}.json"
+        assert main(["evaluate", str(out), "-K", "10", "--limit", "20", "--batch-size", "10", "--chunk-size", "10",
+                     "--no-progress", "--out", str(path), *extra]) == 0
+        reports.append(json.loads(path.read_text()))
+    for key in ("nll", "neg_elbo", "active_units"):
+        assert reports[1][key] == pytest.approx(reports[0][key], rel=1e-5), key
