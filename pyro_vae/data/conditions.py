@@ -5,18 +5,22 @@ import torch
 from .images import ImageData, check_labels
 
 
-def one_hot(labels, num_classes, dtype=torch.float32):
+def one_hot(labels, num_classes, dtype=torch.float32, check_values=True):
     """One-hot codes e_c of class labels: ``(batch,)`` integers in {0, …, K−1} →
     ``(batch, K)`` with ``out[n, c_n] = 1`` and zeros elsewhere.
 
     :param labels: integer labels (tensor, sequence or int).
     :param int num_classes: K.
+    :param bool check_values: check that every label lies in 0..K−1 (dtype and shape are
+        always checked); a model checks them per call when Pyro's validation is on, as
+        Pyro checks a distribution's support, and a traced step (which cannot read values)
+        runs that check on its eager validation pass.
     :raises DataError: (a ValueError) naming the problem, from :func:`check_labels`, for
         float labels, a wrong shape, or a label outside 0..K−1.
     """
     if not torch.is_tensor(labels):
         labels = torch.as_tensor(labels)
-    check_labels(labels, num_classes, name="class labels c")
+    check_labels(labels, num_classes, name="class labels c", check_values=check_values)
     return torch.nn.functional.one_hot(labels.long(), num_classes).to(dtype)
 
 

@@ -78,12 +78,14 @@ class ImageData:
             yield xb, (self.y[idx] if self.y is not None else None)
 
 
-def check_labels(y, num_classes, name="labels"):
+def check_labels(y, num_classes, name="labels", check_values=True):
     """Check class labels for a model with ``num_classes`` classes (a conditional VAE).
 
     :param torch.Tensor y: labels, shape ``(N,)``, an integer dtype.
     :param int num_classes: K; every label must lie in {0, …, K−1}.
     :param str name: what the labels belong to, for the message.
+    :param bool check_values: also check the range of the values (False: dtype, shape
+        and ``num_classes`` only).
     :raises DataError: naming the problem (float or bool labels, a wrong shape, a
         label out of range, with how many are and the first one).
     """
@@ -95,6 +97,8 @@ def check_labels(y, num_classes, name="labels"):
         raise DataError(f"{name}: labels must have shape (N,), got {tuple(y.shape)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise DataError(f"{name}: the number of classes must be a positive integer, got {num_classes!r}")
+    if not check_values:
+        return y
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         raise DataError(f"{name}: {int(bad.sum())} labels are out of range for {num_classes} classes "

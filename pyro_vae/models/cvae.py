@@ -40,7 +40,7 @@ class LabelCondition(nn.Module):
         """h(c) = one-hot(c), ``(batch, K)``; ``c`` of shape ``(batch,)``."""
         if c is None:
             raise ValueError("the class-conditional VAE needs the labels c (shape (batch,))")
-        h = one_hot(c, self.num_classes)
+        h = one_hot(c, self.num_classes, check_values=pyro.poutine.util.is_validation_enabled())
         if x is not None and h.shape[0] != x.shape[0]:
             raise ValueError(f"{x.shape[0]} images but {h.shape[0]} labels")
         return h.to(x.device if x is not None else h.device)

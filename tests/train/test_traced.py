@@ -185,3 +185,30 @@ def test_log1p_free_keeps_softplus_and_the_bernoulli_log_density_to_float32_roun
         assert got.dtype == torch.float32
         tol = 1.2e-7 * (1 + want.abs())          # an ulp of max(|value|, 1), as float32 rounds it
         assert ((got.double() - want).abs() <= tol).all(), (got.double() - want).abs().max()
+
+
+def test_a_conditional_vae_traces_and_its_label_check_runs_under_validation():
+    """The class-conditional VAE checks its labels' values per call only under Pyro's
+    validation (as Pyro checks supports), so its step traces; the traced trainer's eager
+    validation pass still refuses a label out of range."""
+    from pyro_vae.models import build_cvae
+
+    train = load_dataset("digits", "train", binarize="static")
+    torch.manual_seed(0)
+    cvae = build_cvae(train.image_shape, z_dim=2, hidden_dims=(16,))
+    x, c = train.x[:48], train.y[:48]
+    pyro.set_rng_seed(2)
+    with pyro.get_param_store().scope():
+        ref = Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, x, c, num_data=1000) / 1000
+    ref_grads = torch.autograd.grad(ref, list(cvae.parameters()))
+    traced = TracedELBO(cvae, cvae.model, cvae.guide, loss_scale=1 / 1000, compile=False)
+    pyro.set_rng_seed(2)
+    loss, grads = traced(x, c, num_data=1000)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+    trainer = Trainer(cvae, cvae.prepare_data(train), batch_size=499, with_labels=True, traced=True)
+    bad = c.clone()
+    bad[3] = 10
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="out of range"):
+        trainer.step(x, bad)
