@@ -35,6 +35,8 @@ bit for bit.
 
 import math
 import numbers
+import traceback
+from pathlib import Path
 
 import pyro
 import torch
@@ -169,12 +171,24 @@ def _trace(fn, inputs, compile):
     except Exception as e:  # data-dependent Python: .item(), bool of a tensor, data-dependent shapes
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TracingError(f"the model/guide pair cannot be traced into one graph ({type(e).__name__}: "
-                           f"{first[:200]}); its Python may depend on the data's values; run it without "
-                           "traced") from None
+                           f"{first[:200]}{_where(e)}); its Python may depend on the data's values; run it "
+                           "without traced") from None
     log1p_free(graph)
     if compile:
         graph = torch.compile(graph, options={"fallback_random": True}, fullgraph=True, dynamic=False)
     return graph
+
+
+def _where(error):
+    """``" at file.py:line: code"``: the last frame of ``error``'s traceback outside torch
+    (the line of the model, guide or package that read a value), or ``""``."""
+    torch_dir = Path(torch.__file__).parent
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if torch_dir not in Path(f.filename).parents and Path(f.filename) != Path(__file__)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {Path(f.filename).name}:{f.lineno}: {(f.line or '').strip()[:80]}"
 
 
 class _Call(torch.nn.Module):
