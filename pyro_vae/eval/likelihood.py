@@ -20,7 +20,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -68,8 +68,9 @@ class ModelAndGuide:
 
     def prepare(self, x, args):
         """Check a batch ``x`` ``(N, x_dim)`` and the model arguments after it; return them on
-        the evaluation device: the object's device (after its ``likelihood.check(x)``) when a
-        VAE-like object was given, else x's own device (args are moved to it)."""
+        the evaluation device: the object's device (after its ``likelihood.check(x)``, and,
+        with Pyro's validation on, its ``condition`` of the whole of c) when a VAE-like object
+        was given, else x's own device (args are moved to it)."""
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}")
         if x.dim() < 2:
@@ -84,6 +85,10 @@ class ModelAndGuide:
             check = getattr(getattr(self.source, "likelihood", None), "check", None)
             if check is not None:
                 check(x)
+            condition = getattr(self.source, "condition", None)  # a conditional VAE's c, checked once
+            if condition is not None and args and torch.is_tensor(args[0]) and is_validation_enabled():
+                with torch.no_grad():
+                    condition(args[0], x)
             device = _model_device(self.source)
         else:
             device = x.device

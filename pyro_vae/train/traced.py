@@ -16,8 +16,13 @@ run again.
 
 What Pyro decided at trace time is part of the graph: the plates' sizes, the scale N/B,
 the sites and their distributions, whether a site is observed. The graph is traced
-again for each new *signature*: the shapes, dtypes and devices of the tensor arguments
-and the values of every other argument (``num_data=N`` included). Values of the data are
+again for each new *signature*: the shapes, dtypes and devices of the tensor arguments,
+the values of every other argument (``num_data=N`` included), each submodule's
+train/eval mode and each parameter's ``requires_grad``. A call inside Pyro handlers
+(``poutine.scale`` around it) is refused: apply them inside the model and guide. An ELBO
+of vectorized particles without ``max_plate_nesting`` has it guessed eagerly before the
+first trace (Pyro's guess runs the program once, drawing as the first eager call of that
+ELBO does). Values of the data are
 never seen while tracing (fake tensors), so a program whose Python depends on them
 (``.item()``, ``if x.sum() > 0``, data-dependent shapes) cannot be traced and is refused
 with :class:`TracingError`, as is a guide site without ``rsample`` (its score-function
@@ -102,17 +107,18 @@ _aten = torch.ops.aten
 
 def log1p_free(graph):
     """Rewrite, in place, the aten graph's ``softplus`` and unweighted, unreduced
-    ``binary_cross_entropy_with_logits`` nodes with log(1 + e^t) in place of log1p(e^t):
+    ``binary_cross_entropy_with_logits`` nodes without ``log1p``:
 
         softplus(x; β, τ) = x                      if βx > τ,
-                            log(1 + e^{βx}) / β     otherwise;
-        −log Bernoulli(y | logits x) = (1 − y) x − min(x, 0) + log(1 + e^{−|x|}).
+                            L(e^{βx}) / β          otherwise;
+        −log Bernoulli(y | logits x) = (1 − y) x − min(x, 0) + L(e^{−|x|}),
 
-    These are PyTorch's own formulas with ``log1p(u)`` computed as ``log(1 + u)``: for
-    u = e^t ∈ (0, e^τ] the two differ by at most half an ulp of 1 + u (6·10⁻⁸ in float32),
-    an absolute error below the rounding of the sums they enter, while the vectorized
-    ``log1p`` runs several times slower than ``log`` on CPUs. The backward nodes (already
-    in the graph, ``softplus_backward`` and the sigmoid of the BCE gradient) are unchanged.
+    PyTorch's own formulas with log1p(u) computed as L(u) = u if w = 1 else
+    log(w) · u / (w − 1), w = 1 + u in floating point (Goldberg's rounding-corrected
+    log(1 + u), within a few ulps of log1p(u) in relative terms, for tiny u too), while
+    the vectorized ``log1p`` runs several times slower than ``log`` on CPUs. The backward
+    nodes (already in the graph, ``softplus_backward`` and the sigmoid of the BCE
+    gradient) are unchanged.
 
     :returns: the number of nodes rewritten.
     """
@@ -127,8 +133,7 @@ def log1p_free(graph):
             threshold = node.args[2] if len(node.args) > 2 else node.kwargs.get("threshold", 20)
             with g.inserting_before(node):
                 bx = x if beta == 1 else g.call_function(_aten.mul.Scalar, (x, beta))
-                soft = g.call_function(_aten.log.default, (
-                    g.call_function(_aten.add.Scalar, (g.call_function(_aten.exp.default, (bx,)), 1)),))
+                soft = _log1p(g, g.call_function(_aten.exp.default, (bx,)))
                 if beta != 1:
                     soft = g.call_function(_aten.div.Scalar, (soft, beta))
                 new = g.call_function(_aten.where.self, (g.call_function(_aten.gt.Scalar, (bx, threshold)), x, soft))
@@ -145,8 +150,7 @@ def log1p_free(graph):
                     g.call_function(_aten.clamp_max.default, (x, 0))))
                 e = g.call_function(_aten.exp.default, (g.call_function(_aten.neg.default, (
                     g.call_function(_aten.abs.default, (x,)),)),))
-                new = g.call_function(_aten.add.Tensor, (linear, g.call_function(_aten.log.default, (
-                    g.call_function(_aten.add.Scalar, (e, 1)),))))
+                new = g.call_function(_aten.add.Tensor, (linear, _log1p(g, e)))
         else:
             continue
         node.replace_all_uses_with(new)
@@ -156,6 +160,17 @@ def log1p_free(graph):
         g.lint()
         graph.recompile()
     return done
+
+
+def _log1p(g, u):
+    """Graph nodes for log1p(u), u ≥ 0, as ``where(w == 1, u, log(w) * (u / (w − 1)))``, w = 1 + u."""
+    w = g.call_function(_aten.add.Scalar, (u, 1))
+    ratio = g.call_function(_aten.div.Tensor, (u, g.call_function(_aten.sub.Scalar, (w, 1))))
+    corrected = g.call_function(_aten.mul.Tensor, (g.call_function(_aten.log.default, (w,)), ratio))
+    return g.call_function(_aten.where.self, (g.call_function(_aten.eq.Scalar, (w, 1)), u, corrected))
+
+
+_DATA_DEPENDENT = ("DataDependentOutputException", "GuardOnDataDependentSymNode", "DynamicOutputShapeException")
 
 
 def _trace(fn, inputs, compile):
@@ -169,6 +184,8 @@ def _trace(fn, inputs, compile):
     except TracingError:
         raise
     except Exception as e:  # data-dependent Python: .item(), bool of a tensor, data-dependent shapes
+        if type(e).__name__ not in _DATA_DEPENDENT:
+            raise  # a bug of the program itself: its own error, unchanged
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TracingError(f"the model/guide pair cannot be traced into one graph ({type(e).__name__}: "
                            f"{first[:200]}{_where(e)}); its Python may depend on the data's values; run it "
@@ -227,7 +244,8 @@ class TracedFunction:
         return {**{k: p.detach() for k, p in self._call.named_parameters()}, **dict(self._call.named_buffers())}
 
     def __call__(self, *args, **kwargs):
-        key = _signature((args, kwargs))
+        _check_no_handlers()
+        key = (_signature((args, kwargs)), _module_state(self._call))
         if key not in self.graphs:
             if pyro.poutine.util.is_validation_enabled():  # Pyro's checks, eagerly, drawing nothing
                 devices = [a.device for a in args if torch.is_tensor(a) and a.is_cuda][:1]
@@ -241,6 +259,23 @@ class TracedFunction:
             self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile)
         with torch.no_grad():
             return self.graphs[key](self._state(), args, kwargs)
+
+
+def _module_state(module):
+    """What a graph is specialized to besides its arguments: each submodule's train/eval
+    mode (dropout, batch norm) and each parameter's ``requires_grad``."""
+    return (tuple(m.training for m in module.modules()), tuple(p.requires_grad for p in module.parameters()))
+
+
+def _check_no_handlers():
+    """Refuse a call inside Pyro handlers (``poutine.scale``, ``mask``, ...): they would be
+    baked into the graph of the first call and not seen by later ones."""
+    from pyro.poutine.runtime import _PYRO_STACK
+
+    if _PYRO_STACK:
+        names = ", ".join(type(h).__name__ for h in _PYRO_STACK)
+        raise TracingError(f"a traced program is called inside Pyro handlers ({names}), which a replayed graph "
+                           "would not see; apply them inside the model and guide instead")
 
 
 class TracedELBO:
@@ -274,8 +309,9 @@ class TracedELBO:
             raise ValueError(f"loss_scale must be a finite number, got {loss_scale}")
         self._surrogate = _Surrogate(module, model, guide, elbo)
         self.loss_scale, self.compile = float(loss_scale), bool(compile)
-        #: the parameters differentiated, in the order of the returned gradients
-        self.params = {k: p for k, p in self._surrogate.named_parameters() if p.requires_grad}
+        #: the module's parameters, in the order of the returned gradients (None for those
+        #: without ``requires_grad`` when traced)
+        self.params = dict(self._surrogate.named_parameters())
         #: one entry per traced signature: ``(graph, indices of the parameters with a gradient)``
         self.graphs = {}
 
@@ -287,27 +323,35 @@ class TracedELBO:
 
         :raises TracingError: if the program cannot be traced, naming why.
         """
-        key = _signature((args, kwargs))
+        _check_no_handlers()
+        key = (_signature((args, kwargs)), _module_state(self._surrogate))
         if key in self.graphs:
             return self.graphs[key]
-        names = list(self.params)
+        model, guide, elbo = self._surrogate._program
+        if elbo.vectorize_particles and elbo.max_plate_nesting == float("inf"):
+            # Pyro's guess (``_get_traces`` of vectorized particles) runs the program once:
+            # eagerly here, drawing from the generator as the first eager call of the ELBO
+            # does; the graph is then free of it
+            with torch.no_grad(), pyro.get_param_store().scope(), pyro.validation_enabled(False):
+                elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+        trained = [k for k, p in self.params.items() if p.requires_grad]
         used = []
 
         def loss_and_grads(params, buffers, args, kwargs):
-            params = {k: v.detach().requires_grad_() for k, v in params.items()}
+            params = {k: v.detach().requires_grad_(k in trained) for k, v in params.items()}
             with pyro.get_param_store().scope(), pyro.validation_enabled(False):
                 loss = functional_call(self._surrogate, {**params, **buffers}, (args, kwargs)) * self.loss_scale
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            used[:] = [i for i, g in enumerate(grads) if g is not None]
-            return loss.detach(), [grads[i] for i in used]
+            grads = torch.autograd.grad(loss, [params[k] for k in trained], allow_unused=True)
+            used[:] = [k for k, g in zip(trained, grads) if g is not None]
+            return loss.detach(), [g for g in grads if g is not None]
 
         params = {k: p.detach() for k, p in self.params.items()}
         graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile)
-        self.graphs[key] = (graph, [names[i] for i in used])
+        self.graphs[key] = (graph, list(used))
         return self.graphs[key]
 
     def __call__(self, *args, **kwargs):
-        graph, names = self.trace(*args, **kwargs)
+        graph, names = self.trace(*args, **kwargs)  # the module's modes and flags are part of its key
         params = {k: p.detach() for k, p in self.params.items()}
         with torch.no_grad():
             loss, grads = graph(params, self._buffers(), args, kwargs)

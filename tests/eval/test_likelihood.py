@@ -483,3 +483,20 @@ def test_traced_needs_modules():
     x = torch.zeros(3, m.D)
     with pytest.raises(ValueError, match="traced=True .* plain functions"):
         log_likelihood(lambda x: m.model(x), lambda x: m.guide(x), x, num_samples=5, traced=True)
+
+
+def test_traced_evaluation_of_a_cvae_refuses_a_bad_label_in_any_batch():
+    """The traced graphs validate the first batch of each shape only; the labels of a
+    conditional VAE are checked once, on the whole of c, before any batch."""
+    from pyro_vae import load_dataset
+    from pyro_vae.data import DataError
+    from pyro_vae.models import build_cvae
+
+    torch.manual_seed(0)
+    cvae = build_cvae((1, 8, 8), z_dim=2, hidden_dims=(16,))
+    valid = load_dataset("digits", "valid", binarize="static")
+    x, c = valid.x[:20], valid.y[:20].clone()
+    c[15] = 10
+    for traced in (False, True):
+        with pytest.raises(DataError, match="out of range"):
+            importance_sampling(cvae, x, c, num_samples=10, batch_size=10, chunk_size=10, traced=traced)
