@@ -14,7 +14,7 @@ from pyro_vae.eval.latent import LatentFrame, latent_codes
 from pyro_vae.models import build_autoencoder, build_vae
 
 SHAPE = (1, 8, 8)
-CELL = 8 * 3 + 2  # save_grid upscales 8×8 digits ×3 and pads by 2
+CELL = 8 * 6 + 2  # save_grid upscales 8×8 digits ×6 (to 48 pixels) and pads by 2
 
 
 def _png(path):
@@ -118,7 +118,7 @@ def test_grid_pngs_have_the_expected_size(models, x, tmp_path):
     img = _png(plots.save_reconstructions(ae, x[:16], SHAPE, tmp_path / "r.png"))
     assert img.shape[:2] == (4 * CELL + 2, 8 * CELL + 2)  # 2 rows of inputs, 2 of reconstructions
     img = _png(plots.plot_image_grids({"a": ae.sample(9), "b": vae.sample(9)}, SHAPE, tmp_path / "g.png"))
-    assert img.shape[:2] == (round(4.7 * 110), round(4.3 * 2 * 110))
+    assert img.shape[:2] == (round((4.3 + 0.5) * 110), round(4.3 * 2 * 110))  # square grids: 4.3 in + the title
 
 
 def test_cli_plot_draws_everything_from_saved_runs(tmp_path, capsys):

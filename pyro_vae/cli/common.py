@@ -128,7 +128,7 @@ def gaussian_scale(text):
     try:
         return positive_float(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a positive number or 'learned', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive number or learned, got {text}") from None
 
 
 def int_at_least(n):
