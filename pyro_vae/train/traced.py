@@ -282,9 +282,9 @@ class TracedELBO:
     """``Trace_ELBO``'s loss and gradients for ``model``/``guide``, traced once per call
     signature and replayed as one compiled graph (see :mod:`pyro_vae.train.traced`).
 
-    :param torch.nn.Module module: the module whose parameters (those with
-        ``requires_grad``) and buffers ``model`` and ``guide`` use, e.g. a
-        :class:`~pyro_vae.models.VAE`.
+    :param torch.nn.Module module: the module whose parameters and buffers ``model`` and
+        ``guide`` use, e.g. a :class:`~pyro_vae.models.VAE`; those parameters with
+        ``requires_grad`` are differentiated.
     :param model: a Pyro model, e.g. ``vae.model``; its structure may depend on the shapes
         and non-tensor values of its arguments, not on the data's values.
     :param guide: its guide, fully reparameterized.
@@ -312,7 +312,7 @@ class TracedELBO:
         #: the module's parameters, in the order of the returned gradients (None for those
         #: without ``requires_grad`` when traced)
         self.params = dict(self._surrogate.named_parameters())
-        #: one entry per traced signature: ``(graph, indices of the parameters with a gradient)``
+        #: one entry per traced signature: ``(graph, names of the parameters it differentiates)``
         self.graphs = {}
 
     def _buffers(self):
