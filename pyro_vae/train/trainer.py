@@ -294,17 +294,25 @@ class Trainer:
                if self.compiled else "data-parallel training" if self.world_size > 1 else None)
         if why:
             raise ValueError(f"traced=True does not combine with {why}")
-        model, guide = self.vae.model, self.vae.guide
-        if not self._pass_num_data:  # scaled by N/B, B read from the batch at trace time
-            n = self.num_data
-            model = _scaled_by_batch(model, n)
-            guide = _scaled_by_batch(guide, n)
+        model, guide = self._program()
         traced = TracedELBO(self.vae, model, guide, self.objective, loss_scale=1 / self.num_data)
         first = next(_batches(self.train_data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
         traced.trace(*first, **self._loss_kwargs())
         return traced
 
+    def _program(self, beta=1.0):
+        """``(model, guide)`` as the objective sees them: the KL term's sites scaled by β
+        (:class:`ScaleLatent`) when β < 1, and every site by N/B (B read from the batch)
+        when model and guide take no ``num_data``."""
+        model, guide = self.vae.model, self.vae.guide
+        if beta < 1:
+            model, guide = ScaleLatent(beta)(model), ScaleLatent(beta)(guide)
+        if not self._pass_num_data:
+            model, guide = _scaled_by_batch(model, self.num_data), _scaled_by_batch(guide, self.num_data)
+        return model, guide
+
     def _loss_kwargs(self):
+        """``num_data=N`` for model and guide that take it (they scale their data plate)."""
         return {"num_data": self.num_data} if self._pass_num_data else {}
 
     @property
@@ -361,14 +369,8 @@ class Trainer:
 
     def _loss(self, batch):
         """The objective's loss of the batch, which stands for the N training points."""
-        model, guide = self.vae.model, self.vae.guide
-        beta = self.kl_weight()
-        if beta < 1:
-            model, guide = ScaleLatent(beta)(model), ScaleLatent(beta)(guide)
-        if self._pass_num_data:
-            return self.loss_fn(model, guide, *batch, num_data=self.num_data)
-        scale = self.num_data / batch[0].shape[0]
-        return self.loss_fn(poutine.scale(model, scale), poutine.scale(guide, scale), *batch)
+        model, guide = self._program(self.kl_weight())
+        return self.loss_fn(model, guide, *batch, **self._loss_kwargs())
 
     def _step(self, batch, share):
         n = self.num_data
