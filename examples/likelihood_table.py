@@ -13,7 +13,9 @@ with decay 0.999, the best validation epoch's weights evaluated):
 
 - ``vae-recipe``: the ELBO, diagonal Gaussian guide;
 - ``iwae5``: the IWAE bound L_5;
-- ``iwae5-flow``: L_5 with a normalizing-flow guide.
+- ``iwae5-flow``: L_5 with a normalizing-flow guide;
+- ``vae-vamp``: the ELBO, diagonal guide, the VampPrior of 500 pseudo-inputs;
+- ``iwae5-flow-vamp``: L_5, the flow guide and the VampPrior.
 
 The table (NLL = −log p̂(x) with K importance samples ± its standard error over the
 images, −ELBO, −L_5, −L_50, active units, epochs, training hours) is printed as
@@ -35,10 +37,14 @@ from pyro_vae.train.checkpoints import CHECKPOINT, RUN_JSON
 from pyro_vae.cli import main as pyro_vae
 
 RECIPE = ["--batch-size", "256", "--fused", "--lr-schedule", "cosine", "--lr-final", "1e-5", "--ema", "0.999"]
+VAMP = ["--prior", "vamp", "--pseudo-inputs", "500"]
 ROWS = {
     "vae-recipe": dict(epochs=800, args=["--objective", "elbo", "--kl-warmup", "10"] + RECIPE),
     "iwae5": dict(epochs=300, args=["--objective", "iwae", "--particles", "5"] + RECIPE),
     "iwae5-flow": dict(epochs=300, args=["--objective", "iwae", "--particles", "5", "--guide", "flow"] + RECIPE),
+    "vae-vamp": dict(epochs=500, args=["--objective", "elbo", "--kl-warmup", "10"] + VAMP + RECIPE),
+    "iwae5-flow-vamp": dict(epochs=200, args=["--objective", "iwae", "--particles", "5", "--guide", "flow"]
+                            + VAMP + RECIPE),
 }
 
 

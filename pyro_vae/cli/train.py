@@ -38,9 +38,11 @@ def add_arguments(p):
                    help="hidden layer sizes of the MLP; if not given: 400, or 128 for 8×8 digits")
     m.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits")
     m.add_argument("--guide", default="diagonal", choices=sorted(GUIDES), help="guide family q(z|x)")
-    m.add_argument("--prior", default=None, choices=["fixed", "learned"],
-                   help="conditional VAEs: p(z|c) = N(0, I) or a prior network; if not given: fixed for cvae, "
-                        "learned for cvae-quadrant")
+    m.add_argument("--prior", default=None, choices=["fixed", "learned", "vamp"],
+                   help="p(z) = N(0, I) (fixed); for the VAE also vamp, the VampPrior; for the conditional VAEs "
+                        "also learned, a prior network p(z|c); if not given: learned for cvae-quadrant, else fixed")
+    m.add_argument("--pseudo-inputs", type=positive_int, default=None, metavar="K",
+                   help="the VampPrior's pseudo-inputs (--prior vamp); if not given: 500")
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
@@ -132,11 +134,19 @@ def model_config(args, image_shape, binary):
     config = dict(model=args.model, image_shape=list(image_shape), z_dim=args.z_dim or (8 if small else 50),
                   network=args.network, hidden_dims=args.hidden or ([128] if small else [400]),
                   likelihood=likelihood, guide=args.guide, scale=args.scale)
-    if getattr(args, "prior", None) is not None:  # conditional VAEs
-        if not args.model.startswith("cvae"):
-            raise UsageError(f"--prior applies to the conditional VAEs (cvae, cvae-quadrant), "
-                             f"not --model {args.model}")
-        config["prior"] = args.prior
+    prior, k = getattr(args, "prior", None), getattr(args, "pseudo_inputs", None)
+    if k is not None and prior != "vamp":
+        raise UsageError("--pseudo-inputs is the VampPrior's K: it needs --prior vamp")
+    if prior is not None:
+        allowed = {"vae": ("fixed", "vamp"), "cvae": ("fixed", "learned"), "cvae-quadrant": ("fixed", "learned")}
+        if prior not in allowed.get(args.model, ()):
+            choices = allowed.get(args.model)
+            raise UsageError(f"--prior {prior} does not apply to --model {args.model}"
+                             + (f" (choose {' or '.join(choices)})" if choices else " (its prior is fixed)"))
+        if prior != "fixed" or args.model.startswith("cvae"):
+            config["prior"] = prior
+        if prior == "vamp":
+            config["pseudo_inputs"] = k if k is not None else 500
     return config
 
 
@@ -224,7 +234,10 @@ def _train(args, device, out, timeout):
     main_rank = distributed.is_main()
     if main_rank:
         print(f"training a {config['model']} ({config['network']}, z_dim={config['z_dim']}, "
-              f"{config['likelihood']} likelihood, {config['guide']} guide) on {args.dataset} "
+              f"{config['likelihood']} likelihood, {config['guide']} guide"
+              + (f", VampPrior of {config['pseudo_inputs']} pseudo-inputs" if config.get("prior") == "vamp" else "")
+              + (f", {config['prior']} prior" if config.get("prior") in ("fixed", "learned") else "")
+              + f") on {args.dataset} "
               f"({len(train)} train / {len(valid)} valid) with {args.objective}, writing {out}"
               + (f"; resuming after step {trainer.step_count} (epoch {trainer.epoch + 1}, batch "
                  f"{trainer.epoch_step})" if args.resume else "")

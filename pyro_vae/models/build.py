@@ -40,7 +40,8 @@ def _config(kind, image_shape, z_dim, network, hidden_dims, likelihood, guide, s
 
 
 def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-              guide="diagonal", scale=None, guide_kwargs=None, model=None, name=None):
+              guide="diagonal", scale=None, guide_kwargs=None, prior=None, pseudo_inputs=None, model=None,
+              name=None):
     """A :class:`~pyro_vae.models.VAE` with the package's networks.
 
     :param image_shape: ``(C, H, W)``.
@@ -53,18 +54,25 @@ def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likeliho
     :param dict guide_kwargs: options of the guide family, e.g. ``{"reparameterized": False,
         "baseline": "neural"}`` for a score-function site with Pyro's NVIL-style baseline
         (:class:`~pyro_vae.guides.DiagonalNormal`), trained with ``"tracegraph"``.
+    :param str prior: None or ``"fixed"``, p(z) = N(0, I); ``"vamp"``, the VampPrior
+        (:class:`~pyro_vae.priors.VampPrior`).
+    :param int pseudo_inputs: the VampPrior's K (default 500); only with ``prior="vamp"``.
     :param str model: ``"vae"`` or None (the key ``config["model"]`` names the builder).
     :param str name: the param-store prefix (:class:`~pyro_vae.models.VAE`).
     """
     _check_kind(model, "vae", "build_vae")
     image_shape, x_dim, lik = _observation(image_shape, likelihood, scale)
     family = guide_family(guide)
+    if pseudo_inputs is not None and prior != "vamp":
+        raise ValueError(f"pseudo_inputs={pseudo_inputs!r} is the VampPrior's K; pass prior='vamp' to use it")
+    vamp = dict(prior="vamp", pseudo_inputs=500 if pseudo_inputs is None else pseudo_inputs) \
+        if prior == "vamp" else {}
     encoder, decoder = make_networks(network, image_shape, z_dim, hidden_dims,
                                      encoder_out_dims=family.encoder_out_dims(z_dim))
     vae = VAE(encoder, decoder, z_dim, likelihood=lik, guide=family, guide_kwargs=guide_kwargs, x_dim=x_dim,
-              name=name)
+              name=name, prior=prior or "fixed", **({"pseudo_inputs": vamp["pseudo_inputs"]} if vamp else {}))
     vae.config = _config("vae", image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
-                         guide_kwargs=guide_kwargs or {})
+                         guide_kwargs=guide_kwargs or {}, **vamp)
     return vae
 
 

@@ -2,7 +2,7 @@
 
 Generative model (``VAE.model``), for each data point n in the data plate:
 
-    z_n ~ p(z) = N(0, I_d)
+    z_n ~ p(z) = N(0, I_d)                (or the VampPrior, ``prior="vamp"``)
     x_n ~ p_θ(x | z_n) = likelihood(decoder(z_n))
 
 Amortized guide (``VAE.guide``): z_n ~ q_φ(z | x_n) = guide_family(x_n), by default
@@ -27,6 +27,7 @@ from pyro.nn import PyroModule, pyro_method
 
 from ..guides import PointMass, guide_family
 from ..likelihoods import make_likelihood
+from ..priors import VampPrior
 
 _COUNTERS = {}
 
@@ -69,6 +70,10 @@ def _check_num_data(num_data, batch_size):
     return n
 
 
+#: The VAE's priors: ``"fixed"``, N(0, I); ``"vamp"``, the VampPrior.
+VAE_PRIORS = ("fixed", "vamp")
+
+
 class VAE(PyroModule):
     """A VAE: prior N(0, I), a decoder and likelihood p(x|z), an amortized guide q(z|x).
 
@@ -85,6 +90,11 @@ class VAE(PyroModule):
     :param str name: the prefix of the networks' names in Pyro's param store (default:
         ``"vae"``, ``"vae_1"``, … for successive models, so that two models never share
         parameters).
+    :param str prior: ``"fixed"`` (default), p(z) = N(0, I); or ``"vamp"``, the VampPrior
+        p(z) = (1/K) Σ_k q_φ(z | u_k) of K learned pseudo-inputs u_k
+        (:class:`~pyro_vae.priors.VampPrior`): the model then shares the guide's encoder,
+        and the Gaussians of its (μ, log σ²) heads are the prior's components.
+    :param int pseudo_inputs: K, for ``prior="vamp"``.
 
     ``vae.model`` and ``vae.guide`` are ordinary Pyro callables (``pyro_method`` s of a
     :class:`~pyro.nn.PyroModule`): each registers its networks in the param store as
@@ -103,7 +113,7 @@ class VAE(PyroModule):
     """
 
     def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal", x_dim=None,
-                 guide_kwargs=None, name=None):
+                 guide_kwargs=None, name=None, prior="fixed", pseudo_inputs=500):
         super().__init__(name=unique_name(type(self).__name__.lower()) if name is None else name)
         #: a copy (``copy.deepcopy``, unpickling) of a model named automatically gets a new name
         self._auto_name = name is None
@@ -119,6 +129,18 @@ class VAE(PyroModule):
             self.q = guide
         else:
             self.q = guide_family(guide)(encoder, z_dim=self.z_dim, **(guide_kwargs or {}))
+        if prior not in VAE_PRIORS:
+            raise ValueError(f"unknown prior {prior!r} for a VAE; choose 'fixed' (N(0, I)) or 'vamp' (the VampPrior)")
+        if prior == "vamp":
+            if self.x_dim is None:
+                raise ValueError("pass x_dim to build a VampPrior (its pseudo-inputs have D entries)")
+            if getattr(self.q, "encoder", None) is None:
+                raise ValueError(f"the VampPrior's components come from the guide's encoder, and the guide "
+                                 f"{type(self.q).__name__} has none (no .encoder attribute)")
+        #: the VampPrior's pseudo-inputs, or None for p(z) = N(0, I)
+        self.vamp = VampPrior(self.x_dim, pseudo_inputs) if prior == "vamp" else None
+        #: ``"fixed"`` or ``"vamp"``
+        self.prior_kind = prior
         #: set by :func:`build_vae`: what is needed to build the same model again.
         self.config = None
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
@@ -149,10 +171,15 @@ class VAE(PyroModule):
                     yield indices
 
     def prior(self, batch_shape=()):
-        """p(z) = N(0, I_d): Pyro's ``Normal(0, 1).to_event(1)``, event shape ``(z_dim,)``,
-        batch shape ``batch_shape``."""
+        """p(z), event shape ``(z_dim,)``, batch shape ``batch_shape``: N(0, I_d), Pyro's
+        ``Normal(0, 1).to_event(1)``; or for the VampPrior a
+        :class:`~pyro_vae.priors.DiagonalGaussianMixture` of the encoder's Gaussians at the
+        pseudo-inputs."""
         if not isinstance(batch_shape, (tuple, list, torch.Size)):
             raise TypeError(f"batch_shape must be a shape such as (B,), got {batch_shape!r}")
+        if self.vamp is not None:
+            vamp, q = self.vamp, self.q  # pyro.module statements
+            return vamp(q.encoder, tuple(batch_shape))
         loc = self._zero.new_zeros(tuple(batch_shape) + (self.z_dim,))
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 

@@ -73,3 +73,33 @@ def test_train_traced_writes_a_run_that_resumes(tmp_path):
         reports.append(json.loads(path.read_text()))
     for key in ("nll", "neg_elbo", "active_units"):
         assert reports[1][key] == pytest.approx(reports[0][key], rel=1e-5), key
+
+
+def test_train_with_the_vamp_prior_then_evaluate_and_resume(tmp_path, capsys):
+    out = tmp_path / "vamp"
+    argv = ["train", "--prior", "vamp", "--pseudo-inputs", "20", "--binarize", "static", "--hidden", "16",
+            "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert "VampPrior of 20 pseudo-inputs" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["prior"] == "vamp" and run["model"]["pseudo_inputs"] == 20
+    model, _ = load_run(out)
+    assert model.prior_kind == "vamp" and model.vamp.pseudo_inputs.shape == (20, 64)
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["evaluate", str(out), "-K", "20", "--iwae-k", "5", "--no-progress"]) == 0
+    report = json.loads((out / "eval_valid.json").read_text())
+    assert report["nll"] <= report["neg_elbo"] + 0.5  # the K = 20 estimate, below the ELBO up to its noise
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "cvae", "--prior", "vamp"], "--prior vamp does not apply to --model cvae (choose fixed or learned)"),
+    (["--prior", "learned"], "--prior learned does not apply to --model vae (choose fixed or vamp)"),
+    (["--model", "ae", "--prior", "vamp"], "--prior vamp does not apply to --model ae (its prior is fixed)"),
+    (["--pseudo-inputs", "10"], "--pseudo-inputs is the VampPrior's K: it needs --prior vamp"),
+    (["--prior", "vamp", "--pseudo-inputs", "0"], "--pseudo-inputs"),
+])
+def test_prior_options_that_do_not_apply_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert exit_code(["train", *argv, "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -500,3 +500,31 @@ def test_traced_evaluation_of_a_cvae_refuses_a_bad_label_in_any_batch():
     for traced in (False, True):
         with pytest.raises(DataError, match="out of range"):
             importance_sampling(cvae, x, c, num_samples=10, batch_size=10, chunk_size=10, traced=traced)
+
+
+def test_log_likelihood_of_a_vamp_prior_vae_matches_quadrature():
+    """A VAE with the VampPrior and one latent dimension: log p(x) = log ∫ p(z) p(x|z) dz by
+    a Riemann sum on 40,001 points of [−15, 15], the prior built from its definition; the
+    K = 10,000 estimate lies within 4 of its
+    reported standard errors (+ 0.002 for the quadrature and float32), eager and traced."""
+    from pyro_vae import build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae((1, 2, 3), z_dim=1, hidden_dims=(8,), prior="vamp", pseudo_inputs=4)
+    with torch.no_grad():
+        vae.vamp.pseudo_inputs.uniform_(0, 1)
+    x = (torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    grid = torch.linspace(-15, 15, 40001, dtype=torch.float64)
+    with torch.no_grad():
+        v64 = build_vae((1, 2, 3), z_dim=1, hidden_dims=(8,), prior="vamp", pseudo_inputs=4).double()
+        v64.load_state_dict(vae.state_dict())
+        loc, log_var = v64.q.encoder(v64.vamp.pseudo_inputs.clamp(0, 1))[:2]  # the VampPrior, from its definition
+        prior = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(4, dtype=torch.float64)),
+                                       dist.Normal(loc, (0.5 * log_var).exp()).to_event(1))
+        log_joint = prior.log_prob(grid[:, None])[:, None] + \
+            v64.likelihood(v64.decoder(grid[:, None])[:, None, :]).log_prob(x.double()[None])
+        exact = torch.logsumexp(log_joint, 0) + math.log(grid[1] - grid[0])
+    for traced in (False, True):
+        pyro.set_rng_seed(2)
+        est, se = log_likelihood(vae, x, num_samples=10000, chunk_size=5000, return_stderr=True, traced=traced)
+        assert ((est.double() - exact).abs() <= 4 * se.double() + 2e-3).all(), (traced, est.double() - exact, se)

@@ -306,4 +306,4 @@ def test_cli_trains_and_reloads_conditional_runs(tmp_path, capsys):
     assert build_model(run["model"]).condition.dim == 64
     assert cli.main(["train", "--model", "vae", "--prior", "learned", "--epochs", "1",
                      "--out", str(tmp_path / "v")]) == 2
-    assert "--prior applies to the conditional VAEs" in capsys.readouterr().err
+    assert "--prior learned does not apply to --model vae (choose fixed or vamp)" in capsys.readouterr().err

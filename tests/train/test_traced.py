@@ -40,9 +40,10 @@ def eager(vae, elbo, x, seed, **kwargs):
 @pytest.mark.parametrize("elbo", [Trace_ELBO(), Trace_ELBO(num_particles=3),
                                   Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)],
                          ids=["one particle", "3 particles", "4 vectorized"])
-@pytest.mark.parametrize("guide", ["diagonal", "full", "flow"])
-def test_same_loss_and_gradients_as_trace_elbo(x, elbo, guide):
-    vae = build(guide=guide)
+@pytest.mark.parametrize("guide, prior", [("diagonal", None), ("full", None), ("flow", None),
+                                          ("diagonal", "vamp"), ("flow", "vamp")])
+def test_same_loss_and_gradients_as_trace_elbo(x, elbo, guide, prior):
+    vae = build(guide=guide, prior=prior, **({"pseudo_inputs": 7} if prior else {}))
     ref_loss, ref_grads = eager(vae, elbo, x, seed=7, num_data=1000)
     traced = TracedELBO(vae, vae.model, vae.guide, elbo, loss_scale=1 / 1000, compile=False)
     pyro.set_rng_seed(7)
