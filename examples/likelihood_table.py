@@ -79,6 +79,7 @@ def evaluation(name, opts):
     cmd = ["evaluate", str(out), "-K", str(opts.eval_samples), "--seed", str(opts.seed), "--no-progress"]
     cmd += (["--iwae-k", *ks] if ks else []) + (["--data", opts.data] if opts.data else [])
     cmd += ["--limit", str(opts.eval_limit)] if opts.eval_limit else []
+    cmd += ["--traced"] if opts.traced else []
     print("pyro-vae " + " ".join(cmd), flush=True)
     if pyro_vae(cmd) != 0:
         sys.exit(f"pyro-vae evaluate {out} failed")
@@ -115,6 +116,8 @@ def main(argv=None):
     p.add_argument("--eval-samples", type=int, default=5000, help="K, importance samples per image")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N validation images (default: all)")
     p.add_argument("--train-only", action="store_true", help="train, do not evaluate")
+    p.add_argument("--traced", action="store_true",
+                   help="evaluate with pyro-vae evaluate --traced: the same estimates from a compiled graph")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", default=None, help="write the Markdown table to this file")
