@@ -142,7 +142,8 @@ def model_config(args, image_shape, binary):
         if prior not in allowed.get(args.model, ()):
             choices = allowed.get(args.model)
             raise UsageError(f"--prior {prior} does not apply to --model {args.model}"
-                             + (f" (choose {' or '.join(choices)})" if choices else " (its prior is fixed)"))
+                             + (f" (choose {' or '.join(choices)})" if choices else
+                                f" (--model {args.model} takes no --prior: p(z) = N(0, I))"))
         if prior != "fixed" or args.model.startswith("cvae"):
             config["prior"] = prior
         if prior == "vamp":

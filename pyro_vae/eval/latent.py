@@ -80,6 +80,9 @@ def latent_frame(model, codes, standardize="auto"):
 
     :param standardize: True (z-score with ``codes``), False (identity) or ``"auto"``:
         True for an :class:`~pyro_vae.models.Autoencoder`, False otherwise."""
+    if getattr(model, "prior_kind", "fixed") == "vamp":
+        raise ValueError("the latent-space measures compare the codes with N(0, I), and this model's prior is the "
+                         "VampPrior, a mixture: they do not apply to it")
     if standardize == "auto":
         standardize = isinstance(model, Autoencoder)
     return LatentFrame.fit(codes) if standardize else LatentFrame.identity(codes.shape[-1])

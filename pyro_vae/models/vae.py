@@ -74,8 +74,27 @@ def _check_num_data(num_data, batch_size):
 VAE_PRIORS = ("fixed", "vamp")
 
 
+def _check_vamp_encoder(encoder, x_dim, z_dim, family):
+    """The VampPrior reads (μ, log σ²) from the first two outputs of the guide's encoder:
+    refuse, when the model is built, an encoder that does not give two ``(B, z_dim)`` heads."""
+    if encoder is None:
+        raise ValueError(f"the VampPrior's components come from the guide's encoder, and the guide {family} "
+                         "has none (no .encoder attribute)")
+    param = next(iter(encoder.parameters()), None)
+    probe = torch.zeros(1, x_dim, dtype=param.dtype if param is not None else torch.get_default_dtype(),
+                        device=param.device if param is not None else None)
+    with torch.no_grad():
+        out = encoder(probe)
+    heads = [o for o in out[:2]] if isinstance(out, (tuple, list)) else []
+    if len(heads) < 2 or any(not torch.is_tensor(h) or tuple(h.shape) != (1, z_dim) for h in heads):
+        raise ValueError(f"the VampPrior needs the guide's encoder to give (loc, log_var, ...), two heads of "
+                         f"shape (batch, {z_dim}) first; the {family} encoder gives "
+                         f"{[tuple(o.shape) for o in out] if isinstance(out, (tuple, list)) else type(out).__name__}")
+
+
 class VAE(PyroModule):
-    """A VAE: prior N(0, I), a decoder and likelihood p(x|z), an amortized guide q(z|x).
+    """A VAE: a prior p(z) (N(0, I), or the VampPrior), a decoder and likelihood p(x|z), an
+    amortized guide q(z|x).
 
     :param nn.Module encoder: the guide family's encoder, e.g. ``x -> (loc, log_var)``
         for the diagonal family (see :mod:`pyro_vae.networks`).
@@ -91,9 +110,10 @@ class VAE(PyroModule):
         ``"vae"``, ``"vae_1"``, … for successive models, so that two models never share
         parameters).
     :param str prior: ``"fixed"`` (default), p(z) = N(0, I); or ``"vamp"``, the VampPrior
-        p(z) = (1/K) Σ_k q_φ(z | u_k) of K learned pseudo-inputs u_k
+        p(z) = (1/K) Σ_k N(z; μ_φ(u_k), diag σ²_φ(u_k)) of K learned pseudo-inputs u_k
         (:class:`~pyro_vae.priors.VampPrior`): the model then shares the guide's encoder,
-        and the Gaussians of its (μ, log σ²) heads are the prior's components.
+        and the Gaussians of its (μ, log σ²) heads are the prior's components, which for
+        the diagonal guide are q_φ(z|u_k) (for a flow guide, its base Gaussians).
     :param int pseudo_inputs: K, for ``prior="vamp"``.
 
     ``vae.model`` and ``vae.guide`` are ordinary Pyro callables (``pyro_method`` s of a
@@ -134,9 +154,7 @@ class VAE(PyroModule):
         if prior == "vamp":
             if self.x_dim is None:
                 raise ValueError("pass x_dim to build a VampPrior (its pseudo-inputs have D entries)")
-            if getattr(self.q, "encoder", None) is None:
-                raise ValueError(f"the VampPrior's components come from the guide's encoder, and the guide "
-                                 f"{type(self.q).__name__} has none (no .encoder attribute)")
+            _check_vamp_encoder(getattr(self.q, "encoder", None), self.x_dim, self.z_dim, type(self.q).__name__)
         #: the VampPrior's pseudo-inputs, or None for p(z) = N(0, I)
         self.vamp = VampPrior(self.x_dim, pseudo_inputs) if prior == "vamp" else None
         #: ``"fixed"`` or ``"vamp"``

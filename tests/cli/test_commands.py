@@ -94,7 +94,7 @@ def test_train_with_the_vamp_prior_then_evaluate_and_resume(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "cvae", "--prior", "vamp"], "--prior vamp does not apply to --model cvae (choose fixed or learned)"),
     (["--prior", "learned"], "--prior learned does not apply to --model vae (choose fixed or vamp)"),
-    (["--model", "ae", "--prior", "vamp"], "--prior vamp does not apply to --model ae (its prior is fixed)"),
+    (["--model", "ae", "--prior", "fixed"], "--model ae takes no --prior: p(z) = N(0, I)"),
     (["--pseudo-inputs", "10"], "--pseudo-inputs is the VampPrior's K: it needs --prior vamp"),
     (["--prior", "vamp", "--pseudo-inputs", "0"], "--pseudo-inputs"),
 ])
