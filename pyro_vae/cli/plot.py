@@ -88,6 +88,9 @@ def run(args):
     loaded, names = [], []
     for run_dir in args.run_dirs:
         model, run = load_run(run_dir, args.device)
+        if getattr(model, "prior_kind", "fixed") == "vamp":
+            raise UsageError(f"{run_dir} holds a VAE with the VampPrior; pyro-vae plot measures the latent space "
+                             "against p(z) = N(0, I), which is not this model's prior")
         write_missing_run_figures(model, run, run_dir, args.data)
         if hasattr(model, "prepare_data"):
             raise UsageError(f"{run_dir} holds a conditional model ({run['model'].get('model')}); pyro-vae plot "

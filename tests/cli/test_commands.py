@@ -103,3 +103,13 @@ def test_prior_options_that_do_not_apply_are_refused_before_anything_is_written(
     assert exit_code(["train", *argv, "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_plot_refuses_a_vamp_prior_run_before_writing(tmp_path, capsys):
+    out = tmp_path / "vamp"
+    assert main(["train", "--prior", "vamp", "--pseudo-inputs", "5", "--binarize", "static", "--hidden", "16",
+                 "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert exit_code(["plot", str(out), "--out", str(tmp_path / "plots"), "--no-classifier"]) == 2
+    assert "VampPrior; pyro-vae plot measures the latent space against p(z) = N(0, I)" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()
