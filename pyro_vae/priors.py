@@ -6,8 +6,9 @@ learned pseudo-inputs u_1..u_K,
     p_λ(z) = (1/K) Σ_k N(z; μ_φ(u_k), diag σ²_φ(u_k)),
 
 which is (1/K) Σ_k q_φ(z|u_k) for the diagonal guide (for the other guides, the Gaussians
-of the encoder's (μ, log σ²) heads, e.g. a flow's base distributions), so the prior is pulled towards the aggregate posterior (1/N) Σ_n q_φ(z|x_n) that the
-ELBO's KL term would have it be. Its parameters are the pseudo-inputs λ = (u_k), clamped to
+of the encoder's (μ, log σ²) heads, e.g. a flow's base distributions), so the prior is
+pulled towards the aggregate posterior (1/N) Σ_n q_φ(z|x_n) that the ELBO's KL term would
+have it be. Its parameters are the pseudo-inputs λ = (u_k), clamped to
 the data's range [0, 1], and the encoder's weights, which the model shares with the guide.
 """
 
@@ -38,8 +39,9 @@ class DiagonalGaussianMixture(TorchDistribution):
     time and memory ``(points × K)`` rather than ``(points × K × d)`` as Pyro's
     ``MixtureSameFamily`` takes. The products cancel terms as large as Σ_j (z_j² + μ_kj²)/σ_kj²,
     so the log-density is computed in float64 whatever the inputs' dtype (float32 would err
-    by nats at σ ≈ 0.01) and rounded once to the inputs' dtype. Not reparameterized (``sample`` draws a component, then a
-    Gaussian); a VAE's prior is scored at the guide's z, never sampled for a gradient.
+    by nats at σ ≈ 0.01) and rounded once to the inputs' dtype. Not reparameterized
+    (``sample`` draws a component, then a Gaussian); a VAE's prior is scored at the
+    guide's z, never sampled for a gradient.
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "logits": constraints.real}

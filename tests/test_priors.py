@@ -194,7 +194,8 @@ def test_a_numpy_integer_k_is_taken_and_an_encoder_without_two_heads_is_refused_
     from pyro_vae import MLPDecoder, MLPEncoder, VAE
 
     encoder, decoder = MLPEncoder(12, 2, (8,), out_dims=(2,)), MLPDecoder(2, 12, (8,))
-    with pytest.raises(ValueError, match=r"two heads of shape \(batch, 2\) first; the PointMass encoder gives \[\(1, 2\)\]"):
+    message = r"two heads of shape \(batch, 2\) first; the PointMass encoder gives \[\(1, 2\)\]"
+    with pytest.raises(ValueError, match=message):
         VAE(encoder, decoder, 2, guide=PointMass, x_dim=12, prior="vamp")
 
 

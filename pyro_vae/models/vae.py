@@ -85,7 +85,7 @@ def _check_vamp_encoder(encoder, x_dim, z_dim, family):
                         device=param.device if param is not None else None)
     with torch.no_grad():
         out = encoder(probe)
-    heads = [o for o in out[:2]] if isinstance(out, (tuple, list)) else []
+    heads = list(out[:2]) if isinstance(out, (tuple, list)) else []
     if len(heads) < 2 or any(not torch.is_tensor(h) or tuple(h.shape) != (1, z_dim) for h in heads):
         raise ValueError(f"the VampPrior needs the guide's encoder to give (loc, log_var, ...), two heads of "
                          f"shape (batch, {z_dim}) first; the {family} encoder gives "
