@@ -19,6 +19,9 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
+#: The VampPrior's number of pseudo-inputs K unless one is given (Tomczak & Welling's MNIST setting).
+PSEUDO_INPUTS = 500
+
 
 class DiagonalGaussianMixture(TorchDistribution):
     r"""p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), K components in d dimensions, the same
@@ -129,7 +132,7 @@ class VampPrior(nn.Module):
     to :meth:`forward`, so that each of its weights has one name in Pyro's param store.
     """
 
-    def __init__(self, x_dim, num_components=500, init_mean=0.05, init_std=0.01):
+    def __init__(self, x_dim, num_components=PSEUDO_INPUTS, init_mean=0.05, init_std=0.01):
         super().__init__()
         try:
             k = None if isinstance(num_components, bool) else operator.index(num_components)

@@ -9,6 +9,7 @@ from ..data import DATASETS, load_dataset
 from ..guides import GUIDES
 from ..models import MODEL_BUILDERS, build_model
 from ..objectives import ALIASES, OBJECTIVES
+from ..priors import PSEUDO_INPUTS
 from ..train import LR_SCHEDULES, Trainer, checkpoints
 from ..train import distributed
 from .resume import resume_args, run_options
@@ -42,7 +43,7 @@ def add_arguments(p):
                    help="p(z) = N(0, I) (fixed); for the VAE also vamp, the VampPrior; for the conditional VAEs "
                         "also learned, a prior network p(z|c); if not given: learned for cvae-quadrant, else fixed")
     m.add_argument("--pseudo-inputs", type=positive_int, default=None, metavar="K",
-                   help="the VampPrior's pseudo-inputs (--prior vamp); if not given: 500")
+                   help=f"the VampPrior's pseudo-inputs (--prior vamp); if not given: {PSEUDO_INPUTS}")
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
@@ -147,7 +148,7 @@ def model_config(args, image_shape, binary):
         if prior != "fixed" or args.model.startswith("cvae"):
             config["prior"] = prior
         if prior == "vamp":
-            config["pseudo_inputs"] = k if k is not None else 500
+            config["pseudo_inputs"] = k if k is not None else PSEUDO_INPUTS
     return config
 
 

@@ -15,6 +15,7 @@ import math
 from ..guides import PointMass, guide_family
 from ..likelihoods import make_likelihood
 from ..networks import MLPDecoder, MLPEncoder, make_networks
+from ..priors import PSEUDO_INPUTS
 from .cvae import PRIORS, ConditionalVAE, LabelCondition, QuadrantCondition
 from .vae import VAE, Autoencoder
 
@@ -65,14 +66,13 @@ def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likeliho
     family = guide_family(guide)
     if pseudo_inputs is not None and prior != "vamp":
         raise ValueError(f"pseudo_inputs={pseudo_inputs!r} is the VampPrior's K; pass prior='vamp' to use it")
-    vamp = dict(prior="vamp", pseudo_inputs=500 if pseudo_inputs is None else pseudo_inputs) \
-        if prior == "vamp" else {}
+    vamp = dict(pseudo_inputs=PSEUDO_INPUTS if pseudo_inputs is None else pseudo_inputs) if prior == "vamp" else {}
     encoder, decoder = make_networks(network, image_shape, z_dim, hidden_dims,
                                      encoder_out_dims=family.encoder_out_dims(z_dim))
     vae = VAE(encoder, decoder, z_dim, likelihood=lik, guide=family, guide_kwargs=guide_kwargs, x_dim=x_dim,
-              name=name, prior=prior or "fixed", **({"pseudo_inputs": vamp["pseudo_inputs"]} if vamp else {}))
+              name=name, prior=prior or "fixed", **vamp)
     vae.config = _config("vae", image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
-                         guide_kwargs=guide_kwargs or {}, **vamp)
+                         guide_kwargs=guide_kwargs or {}, **(dict(prior="vamp", **vamp) if vamp else {}))
     return vae
 
 

@@ -27,7 +27,7 @@ from pyro.nn import PyroModule, pyro_method
 
 from ..guides import PointMass, guide_family
 from ..likelihoods import make_likelihood
-from ..priors import VampPrior
+from ..priors import PSEUDO_INPUTS, VampPrior
 
 _COUNTERS = {}
 
@@ -133,7 +133,7 @@ class VAE(PyroModule):
     """
 
     def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal", x_dim=None,
-                 guide_kwargs=None, name=None, prior="fixed", pseudo_inputs=500):
+                 guide_kwargs=None, name=None, prior="fixed", pseudo_inputs=PSEUDO_INPUTS):
         super().__init__(name=unique_name(type(self).__name__.lower()) if name is None else name)
         #: a copy (``copy.deepcopy``, unpickling) of a model named automatically gets a new name
         self._auto_name = name is None
