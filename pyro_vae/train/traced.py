@@ -11,7 +11,7 @@ it, ``compute_log_prob`` and ``compute_score_parts``) once for each call signatu
 ``make_fx`` with fake tensors, with the module's parameters and buffers swapped in by
 ``torch.func.functional_call`` and the backward taken by ``torch.autograd.grad``. The
 result is one aten graph from (parameters, buffers, data) to (loss, gradients), which
-inductor compiles. Later calls with the same signature replay it; Pyro's Python does not
+inductor compiles directly (no dynamo: the graph is already aten). Later calls with the same signature replay it; Pyro's Python does not
 run again.
 
 What Pyro decided at trace time is part of the graph: the plates' sizes, the scale N/B,
@@ -45,6 +45,7 @@ from pathlib import Path
 
 import pyro
 import torch
+import torch.utils._pytree as pytree
 from pyro.infer import Trace_ELBO
 from torch.func import functional_call
 
@@ -192,8 +193,24 @@ def _trace(fn, inputs, compile):
                            "without traced") from None
     log1p_free(graph)
     if compile:
-        graph = torch.compile(graph, options={"fallback_random": True}, fullgraph=True, dynamic=False)
+        graph = _inductor(graph, inputs)
     return graph
+
+
+def _inductor(graph, inputs):
+    """``graph`` (an aten graph from ``make_fx``) compiled by inductor directly
+    (``torch._inductor.compile``, for graphs captured without dynamo), random ops left as
+    calls into torch's generator (``fallback_random``). Dynamo would trace the graph's
+    Python again and guard every call on its inputs; the graph needs neither. Inductor is
+    shown the fake tensors ``make_fx`` traced with (each placeholder's ``meta["val"]``),
+    whose shape environment lets it find a compiled graph in its cache."""
+    import torch._inductor  # about a second to import: only when a graph is compiled
+
+    leaves, spec = pytree.tree_flatten(inputs)
+    placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) == len(leaves):
+        leaves = [n.meta.get("val", leaf) if torch.is_tensor(leaf) else leaf for n, leaf in zip(placeholders, leaves)]
+    return torch._inductor.compile(graph, list(pytree.tree_unflatten(leaves, spec)), options={"fallback_random": True})
 
 
 def _where(error):
@@ -292,7 +309,7 @@ class TracedELBO:
         ``num_particles`` and ``vectorize_particles`` are traced as they are.
     :param float loss_scale: the loss is multiplied by this before differentiation
         (e.g. 1/N for a per-data-point loss).
-    :param bool compile: compile each graph with inductor (``torch.compile``,
+    :param bool compile: compile each graph with inductor (``torch._inductor.compile``,
         ``fallback_random``); False replays the traced aten graph as it is.
 
     ``traced(*args, **kwargs)`` returns ``(loss, grads)``: the 0-d loss tensor (times
