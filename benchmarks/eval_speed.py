@@ -12,7 +12,10 @@ median of the repeats is compared.
     python benchmarks/eval_speed.py --data ../shared/data --limit 200 --threads 1
 
 ``log_likelihood(..., traced=True)`` (the log weights of each chunk shape from one traced,
-compiled graph) is timed beside them, unless ``--no-traced``.
+compiled graph) is timed beside them, unless ``--no-traced``. On CPU its graphs compute
+the matrix products with oneDNN (``pyro_vae.train.traced.onednn_matmuls``) rather than
+with the BLAS behind ``torch.addmm``, so the same bare products as oneDNN calls are timed
+too, and each contender is given as a ratio to both.
 
 The model is the 784-400-50 MLP VAE (``--run RUN_DIR`` for a trained one; the weights
 do not change the time).
@@ -37,9 +40,12 @@ def linear_layers(decoder):
 
 
 @torch.no_grad()
-def bare_matmuls(layers, n, num_samples, batch_size, chunk_size, device):
-    """Push n × num_samples rows through ``layers`` as ``addmm`` calls, in chunks of
-    ``min(chunk_size, …) × batch_size`` rows, as log_likelihood does; return seconds."""
+def bare_matmuls(layers, n, num_samples, batch_size, chunk_size, device, onednn=False):
+    """Push n × num_samples rows through ``layers`` as ``addmm`` calls (``onednn``: as
+    oneDNN products, :func:`pyro_vae.train.traced.onednn_matmul`, which the traced graphs
+    use on CPU), in chunks of ``min(chunk_size, …) × batch_size`` rows, as log_likelihood
+    does; return seconds."""
+    product = _onednn_addmm if onednn else torch.addmm
     z_dim = layers[0].in_features
     z = torch.randn(chunk_size * batch_size, z_dim, device=device)
     t0 = time.perf_counter()
@@ -50,11 +56,18 @@ def bare_matmuls(layers, n, num_samples, batch_size, chunk_size, device):
             c = min(chunk_size, num_samples - done)
             h = z[: c * b]
             for layer in layers:
-                h = torch.addmm(layer.bias, h, layer.weight.t())
+                h = product(layer.bias, h, layer.weight.t())
             done += c
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def _onednn_addmm(bias, a, b):
+    """bias + a @ b as the traced graphs compute it on CPU (oneDNN)."""
+    from pyro_vae.train.traced import onednn_matmul
+
+    return onednn_matmul(a, b, bias)
 
 
 def main(argv=None):
@@ -108,10 +121,18 @@ def main(argv=None):
     if not args.no_traced:
         warmup, _ = timed(lambda: log_likelihood(vae, warm, num_samples=args.chunk_size, batch_size=args.batch_size,
                                                  chunk_size=args.chunk_size, traced=True))
+    from pyro_vae.train.traced import onednn_available
+
+    onednn = device.type == "cpu" and onednn_available()
     bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device)
-    times = {"log_likelihood": [], "log_likelihood, traced=True": [], "bare decoder addmm": []}
+    times = {"log_likelihood": [], "log_likelihood, traced=True": [], "bare decoder addmm": [],
+             "bare decoder oneDNN": []}
     if args.no_traced:
         del times["log_likelihood, traced=True"]
+    if onednn:
+        bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device, onednn=True)
+    else:
+        del times["bare decoder oneDNN"]
     nll = {}
     for _ in range(args.repeats):
         t, nll["log_likelihood"] = timed(lambda: -log_likelihood(vae, x, **kw).mean().item())
@@ -121,8 +142,11 @@ def main(argv=None):
             times["log_likelihood, traced=True"].append(t)
         times["bare decoder addmm"].append(bare_matmuls(layers, n, args.num_samples, args.batch_size,
                                                         args.chunk_size, device))
+        if onednn:
+            times["bare decoder oneDNN"].append(bare_matmuls(layers, n, args.num_samples, args.batch_size,
+                                                             args.chunk_size, device, onednn=True))
     med = {k: statistics.median(v) for k, v in times.items()}
-    mm = med["bare decoder addmm"]
+    mm, dnn = med["bare decoder addmm"], med.get("bare decoder oneDNN")
     shapes = " -> ".join([str(layers[0].in_features)] + [str(m.out_features) for m in layers])
     print(f"{n} images x K={args.num_samples} samples = {n * args.num_samples:,} decoder rows ({shapes}), "
           f"batch {args.batch_size} images x chunk {args.chunk_size} samples, device {device}, "
@@ -133,7 +157,8 @@ def main(argv=None):
             extra = f"   NLL {nll['log_likelihood']:.4f} nats"
         elif name.endswith("traced=True"):
             extra = f"   NLL {nll['traced']:.4f} nats; first call on one chunk (compiling) {warmup:.1f} s"
-        print(f"{name:28s} {t:9.2f} s   ratio to the bare matmuls {t / mm:.2f}{extra}")
+        to_dnn = f", to oneDNN's {t / dnn:.2f}" if dnn else ""
+        print(f"{name:28s} {t:9.2f} s   ratio to the bare addmm {t / mm:.2f}{to_dnn}{extra}")
     return {k: t / mm for k, t in med.items()}
 
 

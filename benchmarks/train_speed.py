@@ -17,9 +17,10 @@ particle) on the same network with the same initial weights and batches, when ja
 numpyro are installed (``pip install -e .[bench]``); and the Trainer with each of its
 speed options on its own (``--no-levers`` skips them): a foreach Adam, a fused Adam
 (``fused=True``), compiled networks (``compile=True``); and the traced step
-(``traced=True``, alone and with ``fused=True``; ``--no-traced`` skips it). The warm-up column is the first
-(uncounted) round's time over its steps at the median rate: compilation, first-call
-allocations.
+(``traced=True``, alone and with ``fused=True``, and the latter with aten's matrix
+products in place of oneDNN's; ``--no-traced`` skips them). The warm-up column is the
+first (uncounted) round's time over its steps at the median rate: compilation,
+first-call allocations.
 """
 
 import argparse
@@ -166,10 +167,12 @@ LEVERS = (
     ("pyro_vae Trainer, compile=True", {"compile": True}, False),
     ("pyro_vae Trainer, fused+compile", {"fused": True, "compile": True}, False),
 )
-#: the traced step (``traced=True``), alone and with the fused Adam
+#: the traced step (``traced=True``), alone and with the fused Adam, and (benchmark only)
+#: with aten's matrix products (MKL) in place of oneDNN's: (name, Trainer keywords, oneDNN)
 TRACED = (
-    ("pyro_vae Trainer, traced=True", {"traced": True}),
-    ("pyro_vae Trainer, traced+fused", {"traced": True, "fused": True}),
+    ("pyro_vae Trainer, traced=True", {"traced": True}, True),
+    ("pyro_vae Trainer, traced+fused", {"traced": True, "fused": True}, True),
+    ("traced+fused, aten matmuls", {"traced": True, "fused": True}, False),
 )
 
 
@@ -216,11 +219,15 @@ def main(argv=None):
                 t.optimizer = torch.optim.Adam(lever_vae.parameters(), lr=1e-3, foreach=True)
             contenders[name] = t.step
     if not args.no_traced:
-        for name, kwargs in TRACED:
+        for name, kwargs, onednn in TRACED:
             torch.manual_seed(0)
             traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-            contenders[name] = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size,
-                                       seed=0, **kwargs).step
+            t = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0, **kwargs)
+            if not onednn:
+                if not t.traced.onednn:
+                    continue  # no oneDNN in this build: the same as traced+fused
+                t.traced.onednn, t.traced.graphs = False, {}  # traced again, with aten's products
+            contenders[name] = t.step
     if not args.no_numpyro:
         step = numpyro_step(enc, dec, n, train.x[: args.batch_size])
         if step is not None:

@@ -11,8 +11,8 @@ it, ``compute_log_prob`` and ``compute_score_parts``) once for each call signatu
 ``make_fx`` with fake tensors, with the module's parameters and buffers swapped in by
 ``torch.func.functional_call`` and the backward taken by ``torch.autograd.grad``. The
 result is one aten graph from (parameters, buffers, data) to (loss, gradients), which
-inductor compiles directly (no dynamo: the graph is already aten). Later calls with the same signature replay it; Pyro's Python does not
-run again.
+inductor compiles directly (no dynamo: the graph is already aten). Later calls with the
+same signature replay it; Pyro's Python does not run again.
 
 What Pyro decided at trace time is part of the graph: the plates' sizes, the scale N/B,
 the sites and their distributions, whether a site is observed. The graph is traced
@@ -42,6 +42,7 @@ import math
 import numbers
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import pyro
 import torch
@@ -134,7 +135,7 @@ def log1p_free(graph):
             threshold = node.args[2] if len(node.args) > 2 else node.kwargs.get("threshold", 20)
             with g.inserting_before(node):
                 bx = x if beta == 1 else g.call_function(_aten.mul.Scalar, (x, beta))
-                soft = _log1p(g, g.call_function(_aten.exp.default, (bx,)))
+                soft = _log1p_exp(g, bx)
                 if beta != 1:
                     soft = g.call_function(_aten.div.Scalar, (soft, beta))
                 new = g.call_function(_aten.where.self, (g.call_function(_aten.gt.Scalar, (bx, threshold)), x, soft))
@@ -149,9 +150,8 @@ def log1p_free(graph):
                 linear = g.call_function(_aten.sub.Tensor, (
                     g.call_function(_aten.mul.Tensor, (g.call_function(_aten.rsub.Scalar, (y, 1)), x)),
                     g.call_function(_aten.clamp_max.default, (x, 0))))
-                e = g.call_function(_aten.exp.default, (g.call_function(_aten.neg.default, (
-                    g.call_function(_aten.abs.default, (x,)),)),))
-                new = g.call_function(_aten.add.Tensor, (linear, _log1p(g, e)))
+                minus_abs = g.call_function(_aten.neg.default, (g.call_function(_aten.abs.default, (x,)),))
+                new = g.call_function(_aten.add.Tensor, (linear, _log1p_exp(g, minus_abs)))
         else:
             continue
         node.replace_all_uses_with(new)
@@ -163,19 +163,91 @@ def log1p_free(graph):
     return done
 
 
-def _log1p(g, u):
-    """Graph nodes for log1p(u), u ≥ 0, as ``where(w == 1, u, log(w) * (u / (w − 1)))``, w = 1 + u."""
-    w = g.call_function(_aten.add.Scalar, (u, 1))
-    ratio = g.call_function(_aten.div.Tensor, (u, g.call_function(_aten.sub.Scalar, (w, 1))))
-    corrected = g.call_function(_aten.mul.Tensor, (g.call_function(_aten.log.default, (w,)), ratio))
-    return g.call_function(_aten.where.self, (g.call_function(_aten.eq.Scalar, (w, 1)), u, corrected))
+def _log1p_exp(g, t):
+    """Graph nodes for log1p(u), u = e^t, as ``where(w == 1, u, log(w) * (u / (w − 1)))``,
+    w = 1 + u. Each use of u and w is a node of its own: inductor merges the copies
+    within the kernel that reads them, where one node used thrice would be written to
+    memory whole (on CPU it stores a reused exp rather than computing it again)."""
+    def u():
+        return g.call_function(_aten.exp.default, (t,))
+
+    def w():
+        return g.call_function(_aten.add.Scalar, (u(), 1))
+
+    ratio = g.call_function(_aten.div.Tensor, (u(), g.call_function(_aten.sub.Scalar, (w(), 1))))
+    corrected = g.call_function(_aten.mul.Tensor, (g.call_function(_aten.log.default, (w(),)), ratio))
+    return g.call_function(_aten.where.self, (g.call_function(_aten.eq.Scalar, (w(), 1)), u(), corrected))
+
+
+@torch.library.custom_op("pyro_vae::onednn_matmul", mutates_args=())
+def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """a @ b (+ bias): the float32 matrix product (M, K) · (K, N) → (M, N), contiguous,
+    computed by oneDNN (``torch.ops.mkldnn._linear_pointwise(a, bᵀ, bias)``, the kernel of
+    ``torch.nn.Linear`` on mkldnn tensors) rather than by the BLAS behind ``torch.mm``.
+    An opaque op to inductor, whose own lowering of the oneDNN product takes constant
+    weights only."""
+    return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
+
+
+@onednn_matmul.register_fake
+def _(a, b, bias):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+def onednn_available():
+    """Whether this torch build has oneDNN for CPU matrix products."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_matmuls(graph):
+    """Rewrite, in place, the aten graph's float32 CPU ``mm(a, b)`` and ``addmm(bias, a, b)``
+    (β = α = 1, bias of shape (N,)) nodes as :func:`onednn_matmul`: the same product
+    Σ_k a_ik b_kj (+ bias_j) in float32, summed in another order (so equal to float32
+    rounding, not bit for bit). oneDNN picks its kernels by the instructions the CPU
+    has; the BLAS torch is built with (MKL) may not use AVX-512 on every x86 CPU, and
+    where it does not, oneDNN runs these products about twice as fast (docs/speed.md).
+    Other dtypes, devices and empty operands are left as they are.
+
+    :returns: the number of nodes rewritten.
+    """
+    g = graph.graph
+    done = 0
+    for node in list(g.nodes):
+        if node.op != "call_function" or node.target not in (_aten.mm.default, _aten.addmm.default):
+            continue
+        out = node.meta.get("val")
+        if out is None or out.device.type != "cpu" or out.dtype != torch.float32 or out.numel() == 0:
+            continue
+        if node.target is _aten.addmm.default:
+            if len(node.args) != 3 or any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
+                continue
+            bias, a, b = node.args
+            bias_val = bias.meta.get("val") if isinstance(bias, torch.fx.Node) else None
+            if bias_val is None or tuple(bias_val.shape) != (out.shape[1],) or bias_val.dtype != torch.float32:
+                continue
+        else:
+            (a, b), bias = node.args, None
+        a_val = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+        if a_val is None or a_val.shape[1] == 0:
+            continue  # K = 0: the product is zeros (or the bias), left to aten
+        with g.inserting_before(node):
+            new = g.call_function(torch.ops.pyro_vae.onednn_matmul.default, (a, b, bias))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        g.erase_node(node)
+        done += 1
+    if done:
+        g.lint()
+        graph.recompile()
+    return done
 
 
 _DATA_DEPENDENT = ("DataDependentOutputException", "GuardOnDataDependentSymNode", "DynamicOutputShapeException")
 
 
-def _trace(fn, inputs, compile):
-    """``make_fx`` of ``fn(*inputs)`` on fake tensors, its softplus and Bernoulli
+def _trace(fn, inputs, compile, onednn):
+    """``make_fx`` of ``fn(*inputs)`` on fake tensors, its CPU matrix products moved to
+    oneDNN by :func:`onednn_matmuls` if ``onednn``, its softplus and Bernoulli
     log-densities rewritten by :func:`log1p_free`, compiled by inductor if ``compile``
     (random ops left as calls into torch's generator)."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -191,6 +263,8 @@ def _trace(fn, inputs, compile):
         raise TracingError(f"the model/guide pair cannot be traced into one graph ({type(e).__name__}: "
                            f"{first[:200]}{_where(e)}); its Python may depend on the data's values; run it "
                            "without traced") from None
+    if onednn:
+        onednn_matmuls(graph)  # first: it reads the shapes make_fx recorded on each node
     log1p_free(graph)
     if compile:
         graph = _inductor(graph, inputs)
@@ -251,11 +325,14 @@ class TracedFunction:
     :param fn: the function; its structure may depend on the shapes and non-tensor values
         of its arguments, not on the data's values.
     :param bool compile: compile each graph with inductor; False replays it as traced.
+    :param bool onednn: compute float32 CPU matrix products with oneDNN
+        (:func:`onednn_matmuls`); default: where this torch build has it.
     """
 
-    def __init__(self, modules, fn, compile=True):
+    def __init__(self, modules, fn, compile=True, onednn=None):
         modules = [modules] if isinstance(modules, torch.nn.Module) else list(modules)
         self._call, self.compile, self.graphs = _Call(modules, fn), bool(compile), {}
+        self.onednn = onednn_available() if onednn is None else bool(onednn)
 
     def _state(self):
         return {**{k: p.detach() for k, p in self._call.named_parameters()}, **dict(self._call.named_buffers())}
@@ -273,7 +350,7 @@ class TracedFunction:
                 with torch.no_grad(), pyro.validation_enabled(False):
                     return functional_call(self._call, state, (args, kwargs))
 
-            self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile)
+            self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, self.onednn)
         with torch.no_grad():
             return self.graphs[key](self._state(), args, kwargs)
 
@@ -311,13 +388,15 @@ class TracedELBO:
         (e.g. 1/N for a per-data-point loss).
     :param bool compile: compile each graph with inductor (``torch._inductor.compile``,
         ``fallback_random``); False replays the traced aten graph as it is.
+    :param bool onednn: compute float32 CPU matrix products with oneDNN
+        (:func:`onednn_matmuls`); default: where this torch build has it.
 
     ``traced(*args, **kwargs)`` returns ``(loss, grads)``: the 0-d loss tensor (times
     ``loss_scale``) and one gradient per parameter of :attr:`params`, None for a parameter
     the loss does not depend on (as ``.grad`` stays None in eager Pyro).
     """
 
-    def __init__(self, module, model, guide, elbo=None, loss_scale=1.0, compile=True):
+    def __init__(self, module, model, guide, elbo=None, loss_scale=1.0, compile=True, onednn=None):
         elbo = Trace_ELBO() if elbo is None else elbo
         if type(elbo) is not Trace_ELBO:
             raise TracingError(f"traced steps reproduce Trace_ELBO (objective 'elbo'), not "
@@ -326,6 +405,7 @@ class TracedELBO:
             raise ValueError(f"loss_scale must be a finite number, got {loss_scale}")
         self._surrogate = _Surrogate(module, model, guide, elbo)
         self.loss_scale, self.compile = float(loss_scale), bool(compile)
+        self.onednn = onednn_available() if onednn is None else bool(onednn)
         #: the module's parameters, in the order of the returned gradients (None for those
         #: without ``requires_grad`` when traced)
         self.params = dict(self._surrogate.named_parameters())
@@ -363,7 +443,7 @@ class TracedELBO:
             return loss.detach(), [g for g in grads if g is not None]
 
         params = {k: p.detach() for k, p in self.params.items()}
-        graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile)
+        graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile, self.onednn)
         self.graphs[key] = (graph, list(used))
         return self.graphs[key]
 

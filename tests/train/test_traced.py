@@ -12,6 +12,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.amortized import AmortizedGuide, ModelGuide
 from pyro_vae.train import TracedELBO, Trainer, TracingError
+from pyro_vae.train.traced import onednn_available, onednn_matmuls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,6 +206,57 @@ def test_log1p_free_keeps_small_scales_small():
     got, want = graph(x), torch.nn.functional.softplus(x.double())
     assert (got > 0).all()
     torch.testing.assert_close(got.double(), want, rtol=5e-7, atol=0)
+
+
+def test_onednn_matmuls_rewrites_float32_cpu_products_and_keeps_their_values():
+    """mm and addmm (β = α = 1, bias (N,)) of float32 become oneDNN products equal to
+    float64's to float32 rounding of a sum of K terms; what oneDNN's op does not
+    compute (another β, a bias of another shape, float64) stays aten's."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    assert onednn_available()  # the pinned torch has it on x86: the default traced graphs use it
+
+    def f(a, b, bias, bias2d, a64, b64):
+        return (torch.mm(a, b), torch.addmm(bias, a, b), torch.mm(a.t().contiguous().t(), b.t().t()),
+                torch.addmm(bias, a, b, beta=0.5), torch.addmm(bias2d, a, b), torch.mm(a64, b64))
+
+    g = torch.Generator().manual_seed(0)
+    a, b, bias = (torch.randn(37, 300, generator=g), torch.randn(300, 23, generator=g),
+                  torch.randn(23, generator=g))
+    inputs = (a, b, bias, bias.expand(37, 23).clone(), a.double(), b.double())
+    graph = make_fx(f, tracing_mode="fake")(*inputs)
+    assert onednn_matmuls(graph) == 3
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.pyro_vae.onednn_matmul.default) == 3
+    assert targets.count(torch.ops.aten.addmm.default) == 2 and targets.count(torch.ops.aten.mm.default) == 1
+    got, want = graph(*inputs), f(*(t.double() for t in inputs))
+    # |error| ≤ K·u·Σ|a||b| (u = 2⁻²⁴), the bound of any summation order; observed far below
+    bound = 300 * 2.0**-24 * (a.abs().double() @ b.abs().double()) + 1e-6
+    for got_i, want_i in zip(got[:3], want[:3]):
+        assert got_i.dtype == torch.float32 and got_i.is_contiguous()
+        assert ((got_i.double() - want_i).abs() <= bound).all()
+        assert ((got_i.double() - want_i).abs() <= 0.05 * bound).all()  # within a twentieth of it
+    for got_i, want_i in zip(got[3:], want[3:]):
+        torch.testing.assert_close(got_i.double(), want_i, rtol=1e-5, atol=1e-4)
+
+
+def test_the_trainers_traced_graph_computes_its_products_with_onednn_and_gives_aten_s_values(x):
+    """The default traced graph on CPU holds oneDNN products only; its loss and gradients
+    equal those of the graph with aten's products (onednn=False) to float32 rounding."""
+    vae = build()
+    out = {}
+    for onednn in (False, True):
+        traced = TracedELBO(vae, vae.model, vae.guide, loss_scale=1 / 1000, compile=False, onednn=onednn)
+        pyro.set_rng_seed(3)
+        out[onednn] = traced(x, num_data=1000)
+        graph = next(iter(traced.graphs.values()))[0]
+        targets = {n.target for n in graph.graph.nodes if n.op == "call_function"}
+        assert (torch.ops.pyro_vae.onednn_matmul.default in targets) == onednn
+        assert (targets & {torch.ops.aten.mm.default, torch.ops.aten.addmm.default} == set()) == onednn
+    assert TracedELBO(vae, vae.model, vae.guide).onednn  # the default where oneDNN is there
+    assert out[True][0].item() == pytest.approx(out[False][0].item(), rel=1e-6)
+    for g_dnn, g_aten in zip(out[True][1], out[False][1]):
+        torch.testing.assert_close(g_dnn, g_aten, rtol=1e-5, atol=1e-7)
 
 
 def test_a_conditional_vae_traces_and_its_label_check_runs_under_validation():
