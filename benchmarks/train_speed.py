@@ -59,7 +59,7 @@ def hand_written_step(encoder, decoder, optimizer, x):
     return loss.item()
 
 
-def breakdown_steps(build, n):
+def breakdown_steps(build, n, device):
     """Two steps between the hand-written loop and the Trainer, each on its own copy of the
     same initial network: the VAE's own distributions (Pyro's Normal and Bernoulli for
     guide, prior, likelihood) without Pyro's handlers, and Pyro's traces of ``vae.guide``
@@ -69,7 +69,7 @@ def breakdown_steps(build, n):
     steps = {}
     for name, step in (("distributions, no Pyro", _bare_step), ("Pyro traces, no ELBO class", _traced_step)):
         torch.manual_seed(0)
-        vae = build((1, 28, 28), z_dim=50, hidden_dims=(400,))
+        vae = build((1, 28, 28), z_dim=50, hidden_dims=(400,)).to(device)
         opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
         steps[name] = functools.partial(step, vae, opt, n)
     return steps
@@ -107,9 +107,10 @@ def numpyro_step(enc, dec, n, x0):
     examples write them, with the initial weights of ``enc``/``dec`` (the torch networks'
     copies), ``Trace_ELBO`` with one particle and ``numpyro.optim.Adam(1e-3)``, the update
     jit-compiled (``jax.jit(svi.update)``; each batch shape is traced once). The step takes
-    the torch batch (a view as a NumPy array, copied to a JAX array) and returns −ELBO per
-    data point, which waits for the step to finish. None, with a one-line note, when jax
-    or numpyro is missing."""
+    the torch batch (on CPU a view as a NumPy array, copied to a JAX array; on a GPU shared
+    with JAX through DLPack, no copy) and returns −ELBO per data point, which waits for the
+    step to finish. None, with a one-line note, when jax or numpyro is missing, or when the
+    batch is on a GPU that JAX does not see."""
     try:
         import jax
         import jax.numpy as jnp
@@ -122,8 +123,22 @@ def numpyro_step(enc, dec, n, x0):
         print(f"NumPyro contender skipped: {e.name} is not installed (pip install -e .[bench])")
         return None
 
+    if x0.is_cuda:
+        try:
+            jax.dlpack.from_dlpack(x0.contiguous())
+        except Exception as e:  # JAX without CUDA
+            print(f"NumPyro contender skipped: JAX cannot take the GPU batch ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:120]})")
+            return None
+
+        def to_jax(x):
+            return jax.dlpack.from_dlpack(x.contiguous())
+    else:
+        def to_jax(x):
+            return jnp.asarray(x.numpy())
+
     def linear(m):
-        return jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy())
+        return jnp.asarray(m.weight.detach().cpu().numpy().T), jnp.asarray(m.bias.detach().cpu().numpy())
 
     init = {}
     for prefix, layers in (("enc", (enc.body[0][0], enc.head)), ("dec", (dec.net[0], dec.net[2]))):
@@ -150,11 +165,11 @@ def numpyro_step(enc, dec, n, x0):
             numpyro.sample("z", ndist.Normal(loc, jnp.exp(0.5 * log_var)).to_event(1))
 
     svi = NSVI(model, guide, numpyro.optim.Adam(1e-3), NTrace_ELBO())
-    state = [svi.init(jax.random.PRNGKey(0), jnp.asarray(x0.numpy()))]
+    state = [svi.init(jax.random.PRNGKey(0), to_jax(x0))]
     update = jax.jit(svi.update)
 
     def step(x):
-        state[0], loss = update(state[0], jnp.asarray(x.numpy()))
+        state[0], loss = update(state[0], to_jax(x))
         return float(loss) / n
 
     return step
@@ -183,6 +198,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--round-steps", type=int, default=20, help="steps per contender per round")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (every contender, NumPyro's JAX too)")
     p.add_argument("--no-svi", action="store_true", help="skip the pyro.optim/SVI reference")
     p.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro contender")
     p.add_argument("--no-levers", action="store_true", help="skip the Trainer's speed options")
@@ -193,14 +209,18 @@ def main(argv=None):
                         "class: where the Trainer's remaining time over the hand-written loop goes")
     args = p.parse_args(argv)
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is available")
     train = load_dataset("binarized-mnist", "train", root=args.data)
     if args.limit:
         train.x = train.x[: args.limit]
+    train = train.to(device)
     torch.manual_seed(0)
-    vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+    vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,)).to(device)
     enc, dec = copy.deepcopy(vae.q.encoder), copy.deepcopy(vae.decoder)
     hand_opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
-    trainer = Trainer(vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0)
+    trainer = Trainer(vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0, device=device)
 
     n = len(train)
     contenders = {
@@ -208,13 +228,14 @@ def main(argv=None):
         "pyro_vae Trainer": lambda x: trainer.step(x),
     }
     if args.breakdown:
-        for name, step in breakdown_steps(build_vae, n).items():
+        for name, step in breakdown_steps(build_vae, n, device).items():
             contenders[name] = step
     if not args.no_levers:
         for name, kwargs, foreach in LEVERS:
             torch.manual_seed(0)  # the same initial weights as the others
             lever_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-            t = Trainer(lever_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0, **kwargs)
+            t = Trainer(lever_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0,
+                        device=device, **kwargs)
             if foreach:
                 t.optimizer = torch.optim.Adam(lever_vae.parameters(), lr=1e-3, foreach=True)
             contenders[name] = t.step
@@ -222,7 +243,8 @@ def main(argv=None):
         for name, kwargs, onednn in TRACED:
             torch.manual_seed(0)
             traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-            t = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0, **kwargs)
+            t = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0,
+                        device=device, **kwargs)
             if not onednn:
                 if not t.traced.onednn:
                     continue  # no oneDNN in this build: the same as traced+fused
@@ -234,7 +256,7 @@ def main(argv=None):
             contenders["NumPyro SVI, jit"] = step
     if not args.no_svi:
         torch.manual_seed(0)  # the same initial weights as the others
-        svi_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+        svi_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,)).to(device)
         pyro.clear_param_store()
         svi = SVI(svi_vae.model, svi_vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
         contenders["Pyro SVI + pyro.optim.Adam"] = lambda x: svi.step(x, num_data=n) / n
@@ -274,7 +296,7 @@ def main(argv=None):
     np_name = "NumPyro SVI, jit"
     vs_numpyro = ({k: statistics.median(a / b for a, b in zip(v, per_step[np_name])) for k, v in per_step.items()}
                   if np_name in per_step else None)
-    print(f"binarized MNIST, {len(train)} images, batch {args.batch_size}, 784-400-50 MLP, "
+    print(f"binarized MNIST, {len(train)} images, batch {args.batch_size}, 784-400-50 MLP, device {device}, "
           f"{torch.get_num_threads()} threads, {args.epochs} epochs per contender in {rounds} alternating rounds "
           f"of {args.round_steps} steps; s/epoch = median s/step × {steps_per_epoch} steps")
     print("paired: median over rounds of each round's time ratio to the hand-written loop [quartiles]; "
