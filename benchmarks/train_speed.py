@@ -19,8 +19,9 @@ speed options on its own (``--no-levers`` skips them): a foreach Adam, a fused A
 (``fused=True``), compiled networks (``compile=True``); and the traced step
 (``traced=True``, alone and with ``fused=True``, and the latter with aten's matrix
 products in place of oneDNN's; ``--no-traced`` skips them). The warm-up column is the
-first (uncounted) round's time over its steps at the median rate: compilation,
-first-call allocations.
+first (uncounted) round's time over its steps at the median rate (compilation, first-call
+allocations), plus, for a traced trainer, the time to build it, when it traces and
+compiles the first batch shape.
 """
 
 import argparse
@@ -239,16 +240,20 @@ def main(argv=None):
             if foreach:
                 t.optimizer = torch.optim.Adam(lever_vae.parameters(), lr=1e-3, foreach=True)
             contenders[name] = t.step
+    built = {}  # seconds to build a traced trainer, which traces its first batch shape
     if not args.no_traced:
         for name, kwargs, onednn in TRACED:
             torch.manual_seed(0)
             traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+            t0 = time.perf_counter()
             t = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0,
                         device=device, **kwargs)
+            built[name] = time.perf_counter() - t0  # the first batch shape traced and compiled
             if not onednn:
                 if not t.traced.onednn:
                     continue  # no oneDNN in this build: the same as traced+fused
-                t.traced.onednn, t.traced.graphs = False, {}  # traced again, with aten's products
+                t.traced.onednn, t.traced.graphs = False, {}  # traced again in round 0, with aten's products
+                built[name] = 0.0
             contenders[name] = t.step
     if not args.no_numpyro:
         step = numpyro_step(enc, dec, n, train.x[: args.batch_size])
@@ -301,12 +306,12 @@ def main(argv=None):
           f"of {args.round_steps} steps; s/epoch = median s/step × {steps_per_epoch} steps")
     print("paired: median over rounds of each round's time ratio to the hand-written loop [quartiles]; "
           "/Trainer, /NumPyro: the same against the plain Trainer, NumPyro; "
-          "warm-up: round 0's time beyond its steps at the median rate")
+          "warm-up: round 0's time beyond its steps at the median rate, plus a traced trainer's build")
     print(f"{'contender':32s} {'s/epoch':>8s} {'paired':>7s} {'[quartiles]':>13s} {'/Trainer':>8s} {'/NumPyro':>8s} "
           f"{'warm-up s':>9s} {'-ELBO, last epoch':>18s}")
     for name in contenders:
         med = statistics.median(times[name])
-        extra = warmup[name] - args.round_steps * statistics.median(per_step[name])
+        extra = built.get(name, 0.0) + warmup[name] - args.round_steps * statistics.median(per_step[name])
         q1, q3 = spread[name]
         vs = f"{vs_numpyro[name]:8.3f}" if vs_numpyro else f"{'-':>8s}"
         print(f"{name:32s} {med:8.3f} {paired[name]:7.3f} [{q1:5.3f},{q3:5.3f}] {vs_trainer[name]:8.3f} {vs} {extra:9.2f} "
