@@ -93,10 +93,10 @@ def _is_zero(x):
 
 
 def _signature(value):
-    """What a graph is specialized to: a tensor's shape, dtype, device and grad flag; the
-    value of anything else (``num_data``, flags), containers element by element."""
+    """What a graph is specialized to: a tensor's shape, strides, dtype, device and grad
+    flag; the value of anything else (``num_data``, flags), containers element by element."""
     if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+        return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
     if isinstance(value, (tuple, list)):
         return (type(value).__name__, tuple(_signature(v) for v in value))
     if isinstance(value, dict):
@@ -186,6 +186,7 @@ def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor]
     ``torch.nn.Linear`` on mkldnn tensors) rather than by the BLAS behind ``torch.mm``.
     An opaque op to inductor, whose own lowering of the oneDNN product takes constant
     weights only."""
+    bias = None if bias is None else bias.contiguous()  # the kernel reads the bias as contiguous
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
 
 
@@ -195,8 +196,10 @@ def _(a, b, bias):
 
 
 def onednn_available():
-    """Whether this torch build has oneDNN for CPU matrix products."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this torch build has oneDNN for CPU matrix products, and it is not turned off
+    (``torch.backends.mkldnn.flags(enabled=False)``)."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def onednn_matmuls(graph):
@@ -339,7 +342,9 @@ class TracedFunction:
 
     def __call__(self, *args, **kwargs):
         _check_no_handlers()
-        key = (_signature((args, kwargs)), _module_state(self._call))
+        kwargs = dict(sorted(kwargs.items()))  # the graph takes its inputs in the order traced
+        onednn = self.onednn and onednn_available()
+        key = (_signature((args, kwargs)), _module_state(self._call), onednn)
         if key not in self.graphs:
             if pyro.poutine.util.is_validation_enabled():  # Pyro's checks, eagerly, drawing nothing
                 devices = [a.device for a in args if torch.is_tensor(a) and a.is_cuda][:1]
@@ -350,7 +355,7 @@ class TracedFunction:
                 with torch.no_grad(), pyro.validation_enabled(False):
                     return functional_call(self._call, state, (args, kwargs))
 
-            self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, self.onednn)
+            self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, onednn)
         with torch.no_grad():
             return self.graphs[key](self._state(), args, kwargs)
 
@@ -421,7 +426,9 @@ class TracedELBO:
         :raises TracingError: if the program cannot be traced, naming why.
         """
         _check_no_handlers()
-        key = (_signature((args, kwargs)), _module_state(self._surrogate))
+        kwargs = dict(sorted(kwargs.items()))  # the graph takes its inputs in the order traced
+        onednn = self.onednn and onednn_available()
+        key = (_signature((args, kwargs)), _module_state(self._surrogate), onednn)
         if key in self.graphs:
             return self.graphs[key]
         model, guide, elbo = self._surrogate._program
@@ -443,12 +450,13 @@ class TracedELBO:
             return loss.detach(), [g for g in grads if g is not None]
 
         params = {k: p.detach() for k, p in self.params.items()}
-        graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile, self.onednn)
+        graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile, onednn)
         self.graphs[key] = (graph, list(used))
         return self.graphs[key]
 
     def __call__(self, *args, **kwargs):
         graph, names = self.trace(*args, **kwargs)  # the module's modes and flags are part of its key
+        kwargs = dict(sorted(kwargs.items()))
         params = {k: p.detach() for k, p in self.params.items()}
         with torch.no_grad():
             loss, grads = graph(params, self._buffers(), args, kwargs)

@@ -163,15 +163,16 @@ class Trainer:
         See ``docs/speed.md`` for what each option costs and buys.
     :param bool traced: compute each step's loss and gradients with
         :class:`~pyro_vae.train.traced.TracedELBO`: ``Trace_ELBO``'s program traced once per
-        batch shape into one graph with its backward, compiled by inductor, and replayed
-        (the draws come from torch's global generator as in eager Pyro, so checkpoints
-        resume the same stream). The same loss and gradients up to float rounding. For the
-        ``"elbo"`` objective with a fully reparameterized guide and a program whose Python
-        depends on the data's shapes only; refused (one-line error, when the trainer is
-        built) otherwise, and with ``kl_warmup``, ``compile`` or data-parallel training.
-        Each batch shape compiles once, on its first step (seconds; see ``docs/speed.md``).
-        Pyro's validation, when on, runs eagerly on the first batch of each shape, on a
-        forked random generator, so that it changes no draw.
+        batch shape into one graph with its backward (its float32 CPU matrix products on
+        oneDNN), compiled by inductor, and replayed (the draws come from torch's global
+        generator as in eager Pyro, so checkpoints resume the same stream). The same loss
+        and gradients up to float rounding. For the ``"elbo"`` objective with a fully
+        reparameterized guide and a program whose Python depends on the data's shapes only;
+        refused (one-line error, when the trainer is built) otherwise, and with
+        ``kl_warmup``, ``compile`` or data-parallel training. Each batch shape compiles once
+        (seconds; see ``docs/speed.md``): the first when the trainer is built, any other on
+        its first step. Pyro's validation, when on, runs eagerly on the first batch of each
+        shape, on a forked random generator, so that it changes no draw.
     :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
         the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
     :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``

@@ -87,6 +87,23 @@ def test_one_graph_per_signature(x):
         assert loss == pytest.approx(Trace_ELBO().loss(vae.model, vae.guide, x, num_data=2000), rel=1e-6)
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["replayed", "compiled"])
+def test_keyword_order_and_strides_are_part_of_the_signature(compile):
+    """A graph's tensor inputs come in the order traced: keywords given in another order
+    reach the same inputs; a tensor of the same shape with other strides (a column of a
+    matrix) gets a graph of its own."""
+    from pyro_vae.train.traced import TracedFunction
+
+    f = TracedFunction(torch.nn.Linear(1, 1), lambda *, a, b: a - 2 * b, compile=compile)
+    a, b = torch.ones(4), torch.zeros(4)
+    torch.testing.assert_close(f(a=a, b=b), a)
+    torch.testing.assert_close(f(b=b, a=a), a)
+    assert len(f.graphs) == 1
+    column = torch.arange(8.0).reshape(4, 2)[:, 0]
+    torch.testing.assert_close(f(a=column, b=b), column)
+    assert len(f.graphs) == 2
+
+
 def test_a_program_that_reads_the_data_values_is_refused(x):
     vae = build()
 
@@ -218,25 +235,26 @@ def test_onednn_matmuls_rewrites_float32_cpu_products_and_keeps_their_values():
 
     def f(a, b, bias, bias2d, a64, b64):
         return (torch.mm(a, b), torch.addmm(bias, a, b), torch.mm(a.t().contiguous().t(), b.t().t()),
+                torch.addmm(bias2d[0], a, b), torch.addmm(bias[:1].expand(23), a, b),  # strided biases
                 torch.addmm(bias, a, b, beta=0.5), torch.addmm(bias2d, a, b), torch.mm(a64, b64))
 
     g = torch.Generator().manual_seed(0)
     a, b, bias = (torch.randn(37, 300, generator=g), torch.randn(300, 23, generator=g),
                   torch.randn(23, generator=g))
-    inputs = (a, b, bias, bias.expand(37, 23).clone(), a.double(), b.double())
+    inputs = (a, b, bias, torch.randn(23, 37, generator=g).t(), a.double(), b.double())
     graph = make_fx(f, tracing_mode="fake")(*inputs)
-    assert onednn_matmuls(graph) == 3
+    assert onednn_matmuls(graph) == 5
     targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.pyro_vae.onednn_matmul.default) == 3
+    assert targets.count(torch.ops.pyro_vae.onednn_matmul.default) == 5
     assert targets.count(torch.ops.aten.addmm.default) == 2 and targets.count(torch.ops.aten.mm.default) == 1
     got, want = graph(*inputs), f(*(t.double() for t in inputs))
     # |error| ≤ K·u·Σ|a||b| (u = 2⁻²⁴), the bound of any summation order; observed far below
     bound = 300 * 2.0**-24 * (a.abs().double() @ b.abs().double()) + 1e-6
-    for got_i, want_i in zip(got[:3], want[:3]):
+    for got_i, want_i in zip(got[:5], want[:5]):
         assert got_i.dtype == torch.float32 and got_i.is_contiguous()
         assert ((got_i.double() - want_i).abs() <= bound).all()
         assert ((got_i.double() - want_i).abs() <= 0.05 * bound).all()  # within a twentieth of it
-    for got_i, want_i in zip(got[3:], want[3:]):
+    for got_i, want_i in zip(got[5:], want[5:]):
         torch.testing.assert_close(got_i.double(), want_i, rtol=1e-5, atol=1e-4)
 
 
@@ -254,6 +272,11 @@ def test_the_trainers_traced_graph_computes_its_products_with_onednn_and_gives_a
         assert (torch.ops.pyro_vae.onednn_matmul.default in targets) == onednn
         assert (targets & {torch.ops.aten.mm.default, torch.ops.aten.addmm.default} == set()) == onednn
     assert TracedELBO(vae, vae.model, vae.guide).onednn  # the default where oneDNN is there
+    traced = TracedELBO(vae, vae.model, vae.guide, loss_scale=1 / 1000, compile=False)
+    with torch.backends.mkldnn.flags(enabled=False):  # turned off by the user: aten's products
+        traced(x, num_data=1000)
+    graph = next(iter(traced.graphs.values()))[0]
+    assert torch.ops.pyro_vae.onednn_matmul.default not in {n.target for n in graph.graph.nodes}
     assert out[True][0].item() == pytest.approx(out[False][0].item(), rel=1e-6)
     for g_dnn, g_aten in zip(out[True][1], out[False][1]):
         torch.testing.assert_close(g_dnn, g_aten, rtol=1e-5, atol=1e-7)
