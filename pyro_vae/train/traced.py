@@ -309,10 +309,12 @@ class _Call(torch.nn.Module):
     def __init__(self, modules, fn):
         super().__init__()
         self.owners = torch.nn.ModuleList(modules)
-        self._fn = fn
+        # in a tuple, not registered: ``fn`` may itself be one of the modules, which
+        # ``functional_call`` would then swap twice under two names and not restore
+        self._fn = (fn,)
 
     def forward(self, args, kwargs):
-        return self._fn(*args, **kwargs)
+        return self._fn[0](*args, **kwargs)
 
 
 class TracedFunction:
@@ -362,8 +364,11 @@ class TracedFunction:
 
 def _module_state(module):
     """What a graph is specialized to besides its arguments: each submodule's train/eval
-    mode (dropout, batch norm) and each parameter's ``requires_grad``."""
-    return (tuple(m.training for m in module.modules()), tuple(p.requires_grad for p in module.parameters()))
+    mode (dropout, batch norm), each parameter's ``requires_grad``, and the signature of
+    every parameter and buffer (shapes, strides, dtypes, devices)."""
+    params = tuple(module.parameters())
+    return (tuple(m.training for m in module.modules()), tuple(p.requires_grad for p in params),
+            tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*params, *module.buffers())))
 
 
 def _check_no_handlers():

@@ -104,6 +104,23 @@ def test_keyword_order_and_strides_are_part_of_the_signature(compile):
     assert len(f.graphs) == 2
 
 
+@pytest.mark.parametrize("as_module", [False, True], ids=["a function of it", "the module itself"])
+def test_a_parameter_of_another_layout_gets_a_graph_of_its_own(as_module):
+    """The parameters' strides are part of a graph's key too (a weight stored transposed);
+    the function traced may be the module itself, whose parameters stay its own."""
+    from pyro_vae.train.traced import TracedFunction
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 2)
+    f = TracedFunction(linear, linear if as_module else lambda x: linear(x))
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(f(x), linear(x).detach())
+    assert all(type(p) is torch.nn.Parameter for p in linear.parameters())
+    linear.weight.data = linear.weight.data.t().contiguous().t()  # same values, strides (1, 2)
+    torch.testing.assert_close(f(x), linear(x).detach())
+    assert len(f.graphs) == 2
+
+
 def test_a_program_that_reads_the_data_values_is_refused(x):
     vae = build()
 
