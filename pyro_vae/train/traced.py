@@ -343,10 +343,7 @@ class TracedFunction:
         return {**{k: p.detach() for k, p in self._call.named_parameters()}, **dict(self._call.named_buffers())}
 
     def __call__(self, *args, **kwargs):
-        _check_no_handlers()
-        kwargs = dict(sorted(kwargs.items()))  # the graph takes its inputs in the order traced
-        onednn = self.onednn and onednn_available()
-        key = (_signature((args, kwargs)), _module_state(self._call), onednn)
+        kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
         if key not in self.graphs:
             if pyro.poutine.util.is_validation_enabled():  # Pyro's checks, eagerly, drawing nothing
                 devices = [a.device for a in args if torch.is_tensor(a) and a.is_cuda][:1]
@@ -360,6 +357,16 @@ class TracedFunction:
             self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, onednn)
         with torch.no_grad():
             return self.graphs[key](self._state(), args, kwargs)
+
+
+def _prepare(module, onednn, args, kwargs):
+    """For a call of a traced program: Pyro handlers refused, the keyword arguments sorted
+    (a graph takes its inputs in the order traced), whether its products go to oneDNN,
+    and the key of its graph."""
+    _check_no_handlers()
+    kwargs = dict(sorted(kwargs.items()))
+    onednn = onednn and onednn_available()
+    return kwargs, onednn, (_signature((args, kwargs)), _module_state(module), onednn)
 
 
 def _module_state(module):
@@ -430,10 +437,7 @@ class TracedELBO:
 
         :raises TracingError: if the program cannot be traced, naming why.
         """
-        _check_no_handlers()
-        kwargs = dict(sorted(kwargs.items()))  # the graph takes its inputs in the order traced
-        onednn = self.onednn and onednn_available()
-        key = (_signature((args, kwargs)), _module_state(self._surrogate), onednn)
+        kwargs, onednn, key = _prepare(self._surrogate, self.onednn, args, kwargs)
         if key in self.graphs:
             return self.graphs[key]
         model, guide, elbo = self._surrogate._program
