@@ -16,19 +16,27 @@ same signature replay it; Pyro's Python does not run again.
 
 What Pyro decided at trace time is part of the graph: the plates' sizes, the scale N/B,
 the sites and their distributions, whether a site is observed. The graph is traced
-again for each new *signature*: the shapes, dtypes and devices of the tensor arguments,
-the values of every other argument (``num_data=N`` included), each submodule's
-train/eval mode and each parameter's ``requires_grad``. A call inside Pyro handlers
-(``poutine.scale`` around it) is refused: apply them inside the model and guide. An ELBO
-of vectorized particles without ``max_plate_nesting`` has it guessed eagerly before the
-first trace (Pyro's guess runs the program once, drawing as the first eager call of that
-ELBO does). Values of the data are
-never seen while tracing (fake tensors), so a program whose Python depends on them
-(``.item()``, ``if x.sum() > 0``, data-dependent shapes) cannot be traced and is refused
-with :class:`TracingError`, as is a guide site without ``rsample`` (its score-function
-term would need the ELBO's value in the graph). Tensors that a module holds as plain
-attributes, neither parameters nor buffers (a flow's fixed permutation), enter the graph
-as the constants they are at trace time.
+again for each new *signature*: the shapes, strides, dtypes and devices of the tensor
+arguments, the values of every other argument (``num_data=N`` included), each
+submodule's train/eval mode, each parameter's ``requires_grad`` and the layout of every
+parameter and buffer. A call inside Pyro handlers (``poutine.scale`` around it) is
+refused: apply them inside the model and guide. An ELBO of vectorized particles without
+``max_plate_nesting`` has it guessed eagerly before the first trace (Pyro's guess runs
+the program once, drawing as the first eager call of that ELBO does).
+
+Before each trace the program runs once eagerly, on forked random generators and without
+gradients: its own errors are raised as they are, and modules that build their
+parameters on a first call (autoguides) build them for real. A parameter the program
+reads that is not the module's (``pyro.param`` from the param store, a module not passed
+in) is refused: the graph would hold it as a constant. Values of the data are never seen
+while tracing (fake tensors), so a program whose Python decides on them (``float(x.sum())``,
+``if x.sum() > 0``, ``.numpy()``) cannot be traced and is refused with
+:class:`TracingError`, as is a guide site without ``rsample`` (its score-function term
+would need the ELBO's value in the graph). Everything else the program reads from Python
+is baked in as it is at trace time: tensors that a module holds as plain attributes,
+neither parameters nor buffers (a flow's fixed permutation), and plain numbers held as
+attributes or globals (a KL weight β read from ``self.beta``): pass a value that changes
+as an argument, whose value is part of the signature.
 
 Random draws: the graph calls the same aten random ops in the same order as eager Pyro,
 and inductor is asked to keep them as calls into torch's global generator
@@ -47,6 +55,7 @@ from typing import Optional
 import pyro
 import torch
 import torch.utils._pytree as pytree
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch.func import functional_call
 
@@ -101,6 +110,11 @@ def _signature(value):
         return (type(value).__name__, tuple(_signature(v) for v in value))
     if isinstance(value, dict):
         return ("dict", tuple((k, _signature(v)) for k, v in sorted(value.items())))
+    try:
+        hash(value)
+    except TypeError:
+        raise TracingError(f"an argument of type {type(value).__name__} is neither a tensor nor hashable: a traced "
+                           "graph is specialized to the values of its other arguments; pass it as a tensor") from None
     return ("value", type(value).__name__, value)
 
 
@@ -260,8 +274,8 @@ def _trace(fn, inputs, compile, onednn):
     except TracingError:
         raise
     except Exception as e:  # data-dependent Python: .item(), bool of a tensor, data-dependent shapes
-        if type(e).__name__ not in _DATA_DEPENDENT:
-            raise  # a bug of the program itself: its own error, unchanged
+        if type(e).__name__ not in _DATA_DEPENDENT and "not supported for tensor subclasses" not in str(e):
+            raise  # a bug of the program itself: its own error, unchanged (.numpy() is a read of values)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TracingError(f"the model/guide pair cannot be traced into one graph ({type(e).__name__}: "
                            f"{first[:200]}{_where(e)}); its Python may depend on the data's values; run it "
@@ -345,11 +359,13 @@ class TracedFunction:
     def __call__(self, *args, **kwargs):
         kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
         if key not in self.graphs:
-            if pyro.poutine.util.is_validation_enabled():  # Pyro's checks, eagerly, drawing nothing
-                devices = [a.device for a in args if torch.is_tensor(a) and a.is_cuda][:1]
-                with torch.random.fork_rng(devices=devices), torch.no_grad():
-                    self._call(args, kwargs)
+            # once eagerly, drawing nothing: Pyro's checks (when on), the program's own
+            # errors, and modules that build their parameters on a first call built for real
+            with _forked_rng(args), torch.no_grad():
+                self._call(args, kwargs)
+            kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
 
+        if key not in self.graphs:
             def run(state, args, kwargs):
                 with torch.no_grad(), pyro.validation_enabled(False):
                     return functional_call(self._call, state, (args, kwargs))
@@ -357,6 +373,12 @@ class TracedFunction:
             self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, onednn)
         with torch.no_grad():
             return self.graphs[key](self._state(), args, kwargs)
+
+
+def _forked_rng(args):
+    """``torch.random.fork_rng`` over the CPU generator and the GPU of the first CUDA tensor in ``args``."""
+    devices = [a.device for a in args if torch.is_tensor(a) and a.is_cuda][:1]
+    return torch.random.fork_rng(devices=devices)
 
 
 def _prepare(module, onednn, args, kwargs):
@@ -423,14 +445,39 @@ class TracedELBO:
         self._surrogate = _Surrogate(module, model, guide, elbo)
         self.loss_scale, self.compile = float(loss_scale), bool(compile)
         self.onednn = onednn_available() if onednn is None else bool(onednn)
-        #: the module's parameters, in the order of the returned gradients (None for those
-        #: without ``requires_grad`` when traced)
-        self.params = dict(self._surrogate.named_parameters())
         #: one entry per traced signature: ``(graph, names of the parameters it differentiates)``
         self.graphs = {}
 
+    @property
+    def params(self):
+        """The module's parameters now, by name, in the order of the returned gradients
+        (None for those without ``requires_grad`` when traced)."""
+        return dict(self._surrogate.named_parameters())
+
     def _buffers(self):
         return {k: b for k, b in self._surrogate.named_buffers()}
+
+    def _check_parameters(self, args, kwargs):
+        """Run the program once eagerly (forked generators, no gradients, a scoped param
+        store), building any parameters a module makes on its first call, and refuse one
+        that reads a parameter which is not the module's (``pyro.param`` from the param
+        store, a module not passed in): the graph would hold it as a constant."""
+        model, guide, elbo = self._surrogate._program
+        with _forked_rng(args), torch.no_grad(), pyro.get_param_store().scope(), \
+                pyro.validation_enabled(False), poutine.trace(param_only=True) as capture:
+            for _ in elbo._get_traces(model, guide, args, kwargs):
+                pass
+        own = {id(t) for t in (*self._surrogate.parameters(), *self._surrogate.buffers())}  # those built too
+        foreign = []
+        for name, site in capture.trace.nodes.items():
+            value = site["value"]
+            if id(value.unconstrained() if hasattr(value, "unconstrained") else value) not in own:
+                foreign.append(name)
+        if foreign:
+            raise TracingError(f"the program reads parameters that are not the traced module's "
+                               f"({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}): a traced graph would "
+                               "hold them as constants, untrained; make them parameters of the module (a "
+                               "PyroModule, or nn.Parameter), or run without traced")
 
     def trace(self, *args, **kwargs):
         """Trace (if not yet traced) the graph of this call signature; returns it.
@@ -447,6 +494,10 @@ class TracedELBO:
             # does; the graph is then free of it
             with torch.no_grad(), pyro.get_param_store().scope(), pyro.validation_enabled(False):
                 elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+        self._check_parameters(args, kwargs)
+        kwargs, onednn, key = _prepare(self._surrogate, self.onednn, args, kwargs)  # parameters may be new
+        if key in self.graphs:
+            return self.graphs[key]
         trained = [k for k, p in self.params.items() if p.requires_grad]
         used = []
 
@@ -459,7 +510,8 @@ class TracedELBO:
             return loss.detach(), [g for g in grads if g is not None]
 
         params = {k: p.detach() for k, p in self.params.items()}
-        graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile, onednn)
+        with torch.enable_grad():  # the backward is traced, whatever the caller's grad mode
+            graph = _trace(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile, onednn)
         self.graphs[key] = (graph, list(used))
         return self.graphs[key]
 
@@ -470,4 +522,4 @@ class TracedELBO:
         with torch.no_grad():
             loss, grads = graph(params, self._buffers(), args, kwargs)
         by_name = dict(zip(names, grads))
-        return loss, [by_name.get(k) for k in self.params]
+        return loss, [by_name.get(k) for k in params]

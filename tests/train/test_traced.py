@@ -409,3 +409,120 @@ def test_a_call_inside_pyro_handlers_is_refused_and_a_bug_is_the_programs_own_er
 
     with pytest.raises(KeyError, match="no such site"):
         TracedELBO(m, broken, m.guide, compile=False)(x)
+
+
+class _Regression(torch.nn.Module):
+    """y ~ Normal(lin(x) · w, σ): a module of Pyro model code as a user writes it."""
+
+    def __init__(self, param_sigma=False):
+        super().__init__()
+        self.lin, self.param_sigma = torch.nn.Linear(3, 1), param_sigma
+
+    def model(self, x, y):
+        sigma = pyro.param("sigma", torch.tensor(1.0), constraint=dist.constraints.positive) \
+            if self.param_sigma else 1.0
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("y", dist.Normal(self.lin(x).squeeze(-1) * w, sigma), obs=y)
+
+
+def _regression_data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(20, 3, generator=g), torch.randn(20, generator=g)
+
+
+def test_a_parameter_from_the_param_store_is_refused_not_frozen():
+    """pyro.param from Pyro's param store is not the module's: the graph would hold its
+    initial value as a constant, so tracing is refused, naming it."""
+    from pyro.infer.autoguide import AutoNormal
+
+    m = _Regression(param_sigma=True)
+    guide = AutoNormal(m.model)
+    with pytest.raises(TracingError, match=r"not the traced module's \(sigma\)"):
+        TracedELBO(torch.nn.ModuleList([m, guide]), m.model, guide)(*_regression_data())
+    outside = AutoNormal(_Regression().model)  # a guide that is not part of the module
+    with pytest.raises(TracingError, match="AutoNormal.locs.w"):
+        TracedELBO(_Regression(), _Regression().model, outside)(*_regression_data())
+
+
+def test_a_guide_built_on_its_first_call_and_a_parameter_replaced_later_are_the_modules_own():
+    """An autoguide built lazily, inside the module, is built for real before tracing (its
+    parameters are real and differentiated); a parameter replaced after the TracedELBO was
+    made is the one read; the first trace may come under torch.no_grad()."""
+    from pyro.infer.autoguide import AutoNormal
+
+    torch.manual_seed(0)
+    m = _Regression()
+    guide = AutoNormal(m.model)
+    pair = torch.nn.ModuleDict({"m": m, "g": guide})
+    traced = TracedELBO(pair, m.model, guide, compile=False)
+    x, y = _regression_data()
+    with torch.no_grad():
+        pyro.set_rng_seed(2)
+        loss, grads = traced(x, y)
+    assert all(type(p) is torch.nn.Parameter for p in pair.parameters())
+    assert len(grads) == 4 and all(g is not None for g in grads)
+    pyro.set_rng_seed(2)
+    with pyro.get_param_store().scope():
+        assert loss.item() == pytest.approx(Trace_ELBO().loss(m.model, guide, x, y), rel=1e-6)
+    m.lin.bias = torch.nn.Parameter(torch.tensor([3.0]))
+    pyro.set_rng_seed(2)
+    loss = traced(x, y)[0].item()
+    pyro.set_rng_seed(2)
+    with pyro.get_param_store().scope():
+        assert loss == pytest.approx(Trace_ELBO().loss(m.model, guide, x, y), rel=1e-6)
+
+
+def test_errors_of_the_program_are_its_own_and_reading_values_is_refused():
+    """A shape bug raises the program's own eager error, not the fake tensors'; .numpy()
+    is a read of the data's values; a NumPy array argument is refused in one line."""
+    import numpy as np
+
+    class Bug(_Regression):
+        def model(self, x, y):
+            with pyro.plate("d", x.shape[0]):
+                pyro.sample("y", dist.Normal(self.lin(x.t()).sum(), 1.0), obs=y)
+
+        def guide(self, x, y):
+            pass
+
+    bug = Bug()
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        TracedELBO(bug, bug.model, bug.guide)(*_regression_data())
+
+    class Reads(Bug):
+        def model(self, x, y):
+            shift = float(x.numpy().mean())
+            with pyro.plate("d", x.shape[0]):
+                pyro.sample("y", dist.Normal(self.lin(x).squeeze(-1) + shift, 1.0), obs=y)
+
+    reads = Reads()
+    with pytest.raises(TracingError, match=r"numpy\(\).*test_traced.py.*reads the data|numpy\(\) is not supported"):
+        TracedELBO(reads, reads.model, reads.guide)(*_regression_data())
+    with pytest.raises(TracingError, match="ndarray is neither a tensor nor hashable"):
+        TracedELBO(reads, reads.model, reads.guide)(*_regression_data(), extra=np.zeros(3))
+
+
+def test_log_likelihood_traced_with_a_guide_built_on_its_first_call_and_validation_off():
+    """Without Pyro's validation too, a guide that builds itself on its first call is built
+    for real before tracing: the traced estimates are those of eager evaluation."""
+    from pyro_vae.amortized import AmortizedGuide
+    from pyro_vae.eval import log_likelihood
+
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Softplus(), torch.nn.Linear(16, 12))
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 0.5).to_event(1), obs=x)
+
+    x = torch.randn(6, 12)
+    guide = AmortizedGuide(model, hidden_dims=(8,))
+    with pyro.validation_enabled(False):
+        pyro.set_rng_seed(4)
+        traced = log_likelihood(model, guide, x, num_samples=50, traced=True)
+        assert all(type(p) is torch.nn.Parameter for p in guide.parameters())
+        pyro.set_rng_seed(4)
+        eager = log_likelihood(model, guide, x, num_samples=50)
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-4)
