@@ -46,6 +46,7 @@ fuses elementwise work, so values agree with eager ``Trace_ELBO`` to float round
 bit for bit.
 """
 
+import contextlib
 import math
 import numbers
 import traceback
@@ -361,7 +362,7 @@ class TracedFunction:
         if key not in self.graphs:
             # once eagerly, drawing nothing: Pyro's checks (when on), the program's own
             # errors, and modules that build their parameters on a first call built for real
-            with _forked_rng(args), torch.no_grad():
+            with _forked_rng(args), torch.no_grad(), _buffers_kept(self._call):
                 self._call(args, kwargs)
             kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
 
@@ -373,6 +374,19 @@ class TracedFunction:
             self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, onednn)
         with torch.no_grad():
             return self.graphs[key](self._state(), args, kwargs)
+
+
+@contextlib.contextmanager
+def _buffers_kept(module):
+    """The module's buffers (batch-norm statistics, counters) restored after the block: an
+    eager run that only checks the program leaves no trace in them."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 def _forked_rng(args):
@@ -463,7 +477,7 @@ class TracedELBO:
         that reads a parameter which is not the module's (``pyro.param`` from the param
         store, a module not passed in): the graph would hold it as a constant."""
         model, guide, elbo = self._surrogate._program
-        with _forked_rng(args), torch.no_grad(), pyro.get_param_store().scope(), \
+        with _forked_rng(args), torch.no_grad(), _buffers_kept(self._surrogate), pyro.get_param_store().scope(), \
                 pyro.validation_enabled(False), poutine.trace(param_only=True) as capture:
             for _ in elbo._get_traces(model, guide, args, kwargs):
                 pass

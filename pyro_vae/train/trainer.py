@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
-from .traced import TracedELBO
+from .traced import TracedELBO, _buffers_kept
 from ..objectives import make_objective, objective_label
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -362,10 +362,11 @@ class Trainer:
 
     def _validate_program(self, batch):
         """Run the objective's loss once eagerly with Pyro's validation, on forked random
-        generators and without gradients: the checks of an eager first step, leaving the
-        draws of the traced steps as they would be without it."""
+        generators, without gradients and with the model's buffers restored after it: the
+        checks of an eager first step, leaving the draws and the batch-norm statistics of
+        the traced steps as they would be without it."""
         devices = [batch[0].device] if batch[0].is_cuda else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), _buffers_kept(self.vae):
             self._loss(batch)
 
     def _loss(self, batch):

@@ -12,7 +12,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.amortized import AmortizedGuide, ModelGuide
 from pyro_vae.train import TracedELBO, Trainer, TracingError
-from pyro_vae.train.traced import onednn_available, onednn_matmuls
+from pyro_vae.train.traced import TracedFunction, onednn_available, onednn_matmuls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,8 +92,6 @@ def test_keyword_order_and_strides_are_part_of_the_signature(compile):
     """A graph's tensor inputs come in the order traced: keywords given in another order
     reach the same inputs; a tensor of the same shape with other strides (a column of a
     matrix) gets a graph of its own."""
-    from pyro_vae.train.traced import TracedFunction
-
     f = TracedFunction(torch.nn.Linear(1, 1), lambda *, a, b: a - 2 * b, compile=compile)
     a, b = torch.ones(4), torch.zeros(4)
     torch.testing.assert_close(f(a=a, b=b), a)
@@ -108,8 +106,6 @@ def test_keyword_order_and_strides_are_part_of_the_signature(compile):
 def test_a_parameter_of_another_layout_gets_a_graph_of_its_own(as_module):
     """The parameters' strides are part of a graph's key too (a weight stored transposed);
     the function traced may be the module itself, whose parameters stay its own."""
-    from pyro_vae.train.traced import TracedFunction
-
     torch.manual_seed(0)
     linear = torch.nn.Linear(3, 2)
     f = TracedFunction(linear, linear if as_module else lambda x: linear(x))
@@ -526,3 +522,29 @@ def test_log_likelihood_traced_with_a_guide_built_on_its_first_call_and_validati
         pyro.set_rng_seed(4)
         eager = log_likelihood(model, guide, x, num_samples=50)
     torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-4)
+
+
+def test_the_eager_run_before_a_trace_leaves_batch_norm_statistics_as_they_were():
+    """The eager run that checks the program (and builds lazy parameters) before each trace
+    updates no buffer: a batch-norm layer's running statistics move only with the steps."""
+
+    class Normed(_Regression):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(3)
+
+        def model(self, x, y):
+            with pyro.plate("d", x.shape[0]):
+                pyro.sample("y", dist.Normal(self.lin(self.norm(x)).squeeze(-1), 1.0), obs=y)
+
+        def guide(self, x, y):
+            pass
+
+    m = Normed()
+    x, y = _regression_data()
+    TracedELBO(m, m.model, m.guide, compile=False).trace(x, y)
+    assert m.norm.num_batches_tracked.item() == 0
+    torch.testing.assert_close(m.norm.running_mean, torch.zeros(3))
+    traced = TracedFunction(m, lambda x: m.norm(x), compile=False)
+    traced(x)
+    assert m.norm.num_batches_tracked.item() == 1  # the replay itself is one call
