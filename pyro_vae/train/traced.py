@@ -24,9 +24,10 @@ refused: apply them inside the model and guide. An ELBO of vectorized particles 
 ``max_plate_nesting`` has it guessed eagerly before the first trace (Pyro's guess runs
 the program once, drawing as the first eager call of that ELBO does).
 
-Before each trace the program runs once eagerly, on forked random generators and without
-gradients: its own errors are raised as they are, and modules that build their
-parameters on a first call (autoguides) build them for real. A parameter the program
+Before each trace of :class:`TracedELBO` the program runs once eagerly, on forked random
+generators, without gradients and with the buffers restored after it: its own errors are
+raised as they are. Autoguides that have not met the model yet are built before it, on
+the real generator, as their first eager call would build them. A parameter the program
 reads that is not the module's (``pyro.param`` from the param store, a module not passed
 in) is refused: the graph would hold it as a constant. Values of the data are never seen
 while tracing (fake tensors), so a program whose Python decides on them (``float(x.sum())``,
@@ -336,9 +337,10 @@ class TracedFunction:
     """``fn(*args, **kwargs)``, a function of tensors without gradients (e.g. the log
     importance weights of a model/guide pair), traced once per call signature with the
     parameters and buffers of ``modules`` as inputs of the graph, and replayed compiled;
-    the same tracing rules and refusals as :class:`TracedELBO`. With Pyro's validation on,
-    the first call of each signature also runs ``fn`` eagerly with its checks, on forked
-    random generators, so that the draws of the replays are those without it.
+    the same tracing rules and refusals as :class:`TracedELBO`. The first call of each
+    signature runs ``fn`` eagerly (with Pyro's checks when validation is on) and returns
+    its value; the graph is traced after it and replayed from the next call on, drawing
+    from torch's generator as the eager calls would.
 
     :param modules: the :class:`torch.nn.Module` (or list of them) whose parameters and
         buffers ``fn`` reads.
@@ -359,21 +361,34 @@ class TracedFunction:
 
     def __call__(self, *args, **kwargs):
         kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
-        if key not in self.graphs:
-            # once eagerly, drawing nothing: Pyro's checks (when on), the program's own
-            # errors, and modules that build their parameters on a first call built for real
-            with _forked_rng(args), torch.no_grad(), _buffers_kept(self._call):
-                self._call(args, kwargs)
-            kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
-
-        if key not in self.graphs:
-            def run(state, args, kwargs):
-                with torch.no_grad(), pyro.validation_enabled(False):
-                    return functional_call(self._call, state, (args, kwargs))
-
-            self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, onednn)
+        if key in self.graphs:
+            with torch.no_grad():
+                return self.graphs[key](self._state(), args, kwargs)
+        # the first call of a signature runs eagerly, as it would without tracing (Pyro's
+        # checks when on, the program's own errors, the draws, modules that build their
+        # parameters on a first call); the graph traced after it serves the next calls
         with torch.no_grad():
-            return self.graphs[key](self._state(), args, kwargs)
+            value = self._call(args, kwargs)
+        kwargs, onednn, key = _prepare(self._call, self.onednn, args, kwargs)
+
+        def run(state, args, kwargs):
+            with torch.no_grad(), pyro.validation_enabled(False):
+                return functional_call(self._call, state, (args, kwargs))
+
+        self.graphs[key] = _trace(run, (self._state(), args, kwargs), self.compile, onednn)
+        return value
+
+
+def _setup_autoguides(module, args, kwargs):
+    """Build every autoguide among ``module``'s submodules that has not met the model yet
+    (``AutoGuide._setup_prototype``, what its first call does), on the real generator, as
+    the first eager step would: its initial draws are then those of eager Pyro."""
+    from pyro.infer.autoguide import AutoGuide
+
+    for m in module.modules():
+        if isinstance(m, AutoGuide) and getattr(m, "prototype_trace", True) is None:
+            with pyro.get_param_store().scope(), pyro.validation_enabled(False):
+                m._setup_prototype(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -477,6 +492,7 @@ class TracedELBO:
         that reads a parameter which is not the module's (``pyro.param`` from the param
         store, a module not passed in): the graph would hold it as a constant."""
         model, guide, elbo = self._surrogate._program
+        _setup_autoguides(self._surrogate, args, kwargs)
         with _forked_rng(args), torch.no_grad(), _buffers_kept(self._surrogate), pyro.get_param_store().scope(), \
                 pyro.validation_enabled(False), poutine.trace(param_only=True) as capture:
             for _ in elbo._get_traces(model, guide, args, kwargs):

@@ -449,18 +449,20 @@ def test_a_guide_built_on_its_first_call_and_a_parameter_replaced_later_are_the_
 
     torch.manual_seed(0)
     m = _Regression()
-    guide = AutoNormal(m.model)
+    guide, twin = AutoNormal(m.model), AutoNormal(m.model)  # the twin is built eagerly
     pair = torch.nn.ModuleDict({"m": m, "g": guide})
     traced = TracedELBO(pair, m.model, guide, compile=False)
     x, y = _regression_data()
     with torch.no_grad():
         pyro.set_rng_seed(2)
         loss, grads = traced(x, y)
+        after_traced = torch.randn(3)
     assert all(type(p) is torch.nn.Parameter for p in pair.parameters())
     assert len(grads) == 4 and all(g is not None for g in grads)
     pyro.set_rng_seed(2)
-    with pyro.get_param_store().scope():
-        assert loss.item() == pytest.approx(Trace_ELBO().loss(m.model, guide, x, y), rel=1e-6)
+    with pyro.get_param_store().scope():  # the first eager call: built, then stepped, same draws
+        assert loss.item() == pytest.approx(Trace_ELBO().loss(m.model, twin, x, y), rel=1e-6)
+    torch.testing.assert_close(torch.randn(3), after_traced)
     m.lin.bias = torch.nn.Parameter(torch.tensor([3.0]))
     pyro.set_rng_seed(2)
     loss = traced(x, y)[0].item()
@@ -514,13 +516,13 @@ def test_log_likelihood_traced_with_a_guide_built_on_its_first_call_and_validati
             pyro.sample("x", dist.Normal(dec(z), 0.5).to_event(1), obs=x)
 
     x = torch.randn(6, 12)
-    guide = AmortizedGuide(model, hidden_dims=(8,))
+    guide, twin = AmortizedGuide(model, hidden_dims=(8,)), AmortizedGuide(model, hidden_dims=(8,))
     with pyro.validation_enabled(False):
         pyro.set_rng_seed(4)
-        traced = log_likelihood(model, guide, x, num_samples=50, traced=True)
+        traced = log_likelihood(model, guide, x, num_samples=50, chunk_size=10, traced=True)
         assert all(type(p) is torch.nn.Parameter for p in guide.parameters())
-        pyro.set_rng_seed(4)
-        eager = log_likelihood(model, guide, x, num_samples=50)
+        pyro.set_rng_seed(4)  # the twin built by its first eager call, from the same draws
+        eager = log_likelihood(model, twin, x, num_samples=50, chunk_size=10)
     torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-4)
 
 
