@@ -115,35 +115,15 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     opts = ["--epochs", "3", "--hidden", "16", "--z-dim", "4", "--batch-size", "64", "--binarize", "dynamic",
             "--lr", "0.003", "--checkpoint-every", "4", "--no-progress", "--seed", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    killed = tmp_path / "killed"
+    # meanwhile (below), the uninterrupted run, in this process with one thread as well
+    full_run = [lambda: main(["train", *opts, "--out", str(tmp_path / "full")])]
     rnd = random.Random()
-    target = rnd.randrange(4, 2 * STEPS_PER_EPOCH + 1, 4)  # a checkpoint step, at least 24 steps before the end
-    delay = rnd.uniform(0.0, 0.1)
-    print(f"killing after the checkpoint of step {target} and {delay:.3f} s more")
-    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *opts, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        # meanwhile, the uninterrupted run, in this process with one thread as well
-        assert main(["train", *opts, "--out", str(tmp_path / "full")]) == 0
-        step = 0
-        while step < target:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                step = json.loads((killed / "run.json").read_text())["step"]
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.002)
-        time.sleep(delay)
-        assert proc.poll() is None, "the run ended before it was killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    at_kill = load_checkpoint(killed / "checkpoint.pt")
-    assert target <= at_kill["step"] < 3 * STEPS_PER_EPOCH
+    for attempt in range(5):  # a kill that comes after the run's last step is drawn again
+        killed = tmp_path / f"killed{attempt}"
+        at_kill = _kill_at_random_moment(rnd, opts, env, killed, full_run)
+        if at_kill is not None and at_kill["step"] < 3 * STEPS_PER_EPOCH:
+            break
+    assert at_kill is not None and at_kill["step"] < 3 * STEPS_PER_EPOCH, "every kill came after the run's end"
     r = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--resume", str(killed), "--no-progress"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -155,6 +135,42 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
         assert torch.equal(full["model"][name], resumed["model"][name]), name
     assert resumed["history"]["train_loss"] == full["history"]["train_loss"]
     assert resumed["history"]["valid_loss"] == full["history"]["valid_loss"]
+
+
+def _kill_at_random_moment(rnd, opts, env, killed, full_run):
+    """Start ``pyro-vae train`` into ``killed``, run ``full_run`` (if still to run) while it
+    trains, and SIGKILL it after a randomly chosen checkpoint plus a random delay; returns
+    its last checkpoint, or None if it ended before the kill."""
+    target = rnd.randrange(4, 2 * STEPS_PER_EPOCH + 1, 4)  # a checkpoint step, at least 24 steps before the end
+    delay = rnd.uniform(0.0, 0.1)
+    print(f"killing after the checkpoint of step {target} and {delay:.3f} s more")
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *opts, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while full_run:
+            assert full_run.pop()() == 0
+        step = 0
+        while step < target:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                step = json.loads((killed / "run.json").read_text())["step"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.002)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            return None  # the run ended before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = load_checkpoint(killed / "checkpoint.pt")
+    assert target <= at_kill["step"] <= 3 * STEPS_PER_EPOCH
+    return at_kill
 
 
 class NaNAfter(torch.nn.Module):
