@@ -170,11 +170,21 @@ def log1p_free(graph):
                 new = g.call_function(_aten.add.Tensor, (linear, _log1p_exp(g, minus_abs)))
         else:
             continue
-        node.replace_all_uses_with(new)
-        g.erase_node(node)
-        done += 1
+        done += _replace(node, new)
+    return _recompiled(graph, done)
+
+
+def _replace(node, new):
+    """Node ``new`` in place of ``node`` for all its users, ``node`` erased; returns 1."""
+    node.replace_all_uses_with(new)
+    node.graph.erase_node(node)
+    return 1
+
+
+def _recompiled(graph, done):
+    """``graph`` checked and its code regenerated if ``done`` nodes were rewritten; returns ``done``."""
     if done:
-        g.lint()
+        graph.graph.lint()
         graph.recompile()
     return done
 
@@ -252,13 +262,8 @@ def onednn_matmuls(graph):
         with g.inserting_before(node):
             new = g.call_function(torch.ops.pyro_vae.onednn_matmul.default, (a, b, bias))
         new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        g.erase_node(node)
-        done += 1
-    if done:
-        g.lint()
-        graph.recompile()
-    return done
+        done += _replace(node, new)
+    return _recompiled(graph, done)
 
 
 _DATA_DEPENDENT = ("DataDependentOutputException", "GuardOnDataDependentSymNode", "DynamicOutputShapeException")
