@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
-from .traced import TracedELBO, _buffers_kept
+from .traced import TracedELBO, _buffers_kept, _forked_rng
 from ..objectives import make_objective, objective_label
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -365,8 +365,7 @@ class Trainer:
         generators, without gradients and with the model's buffers restored after it: the
         checks of an eager first step, leaving the draws and the batch-norm statistics of
         the traced steps as they would be without it."""
-        devices = [batch[0].device] if batch[0].is_cuda else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), _buffers_kept(self.vae):
+        with _forked_rng(batch), torch.no_grad(), _buffers_kept(self.vae):
             self._loss(batch)
 
     def _loss(self, batch):
@@ -634,8 +633,7 @@ def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
     check = getattr(vae, "check_parameters", None)  # a ModelGuide: are all parameters its modules'?
     if setup is None and check is None:
         return
-    devices = [data.x.device] if data.x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), pyro.get_param_store().scope(), torch.no_grad():
+    with _forked_rng((data.x,)), pyro.get_param_store().scope(), torch.no_grad():
         first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
         kwargs = {"num_data": num_data} if pass_num_data else {}
         if setup is not None:
