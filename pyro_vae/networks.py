@@ -32,6 +32,38 @@ def _activation(name):
     return name()
 
 
+class GatedLinear(nn.Module):
+    r"""A gated dense layer (Dauphin et al. 2017, as the VampPrior paper uses it):
+
+        h = (W x + b) ⊙ σ(V x + c),
+
+    one linear map for the values and one for the gates, ``(*batch, d_in) -> (*batch, d_out)``.
+
+    :param int d_in: input size.
+    :param int d_out: output size.
+    """
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.linear = nn.Linear(d_in, 2 * d_out)
+
+    def forward(self, x):
+        value, gate = self.linear(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+def hidden_stack(dims: Sequence[int], activation="softplus") -> nn.Sequential:
+    """The hidden layers ``dims[0] -> ... -> dims[-1]``, each followed by ``activation``;
+    ``activation="gated"`` makes each one a :class:`GatedLinear` instead."""
+    layers = []
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        if activation == "gated":
+            layers.append(GatedLinear(d_in, d_out))
+        else:
+            layers += [nn.Linear(d_in, d_out), _activation(activation)]
+    return nn.Sequential(*layers)
+
+
 def mlp(dims: Sequence[int], activation="softplus") -> nn.Sequential:
     """A multilayer perceptron ``dims[0] -> ... -> dims[-1]``, with ``activation``
     between layers and none after the last."""

@@ -34,7 +34,8 @@ def add_arguments(p):
                    help="the Gaussian likelihood's scale: fixed, or learned per pixel; if not given: 0.25 for "
                         "digits (on its pixels that are always 0 a learned scale shrinks without bound), "
                         "else learned")
-    m.add_argument("--network", default="mlp", choices=["mlp", "conv"], help="encoder and decoder networks")
+    m.add_argument("--network", default="mlp", choices=["mlp", "conv", "gated"],
+                   help="encoder and decoder networks (gated: MLPs of gated dense layers, --model hvae)")
     m.add_argument("--hidden", type=positive_int, nargs="+", default=None,
                    help="hidden layer sizes of the MLP; if not given: 400, or 128 for 8×8 digits")
     m.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits")
@@ -132,14 +133,16 @@ def model_config(args, image_shape, binary):
     likelihood = args.likelihood
     if likelihood == "auto":
         likelihood = "bernoulli" if binary else "gaussian"
-    config = dict(model=args.model, image_shape=list(image_shape), z_dim=args.z_dim or (8 if small else 50),
-                  network=args.network, hidden_dims=args.hidden or ([128] if small else [400]),
+    hvae = args.model == "hvae"  # two layers of 40 latents, MLPs of 300-300 (the VampPrior paper's sizes)
+    config = dict(model=args.model, image_shape=list(image_shape),
+                  z_dim=args.z_dim or (8 if small else 40 if hvae else 50), network=args.network,
+                  hidden_dims=args.hidden or ([128] if small else [300, 300] if hvae else [400]),
                   likelihood=likelihood, guide=args.guide, scale=args.scale)
     prior, k = getattr(args, "prior", None), getattr(args, "pseudo_inputs", None)
     if k is not None and prior != "vamp":
         raise UsageError("--pseudo-inputs is the VampPrior's K: it needs --prior vamp")
     if prior is not None:
-        allowed = {"vae": ("fixed", "vamp"), "cvae": ("fixed", "learned"), "cvae-quadrant": ("fixed", "learned")}
+        allowed = {"vae": ("fixed", "vamp"), "hvae": ("fixed", "vamp"), "cvae": ("fixed", "learned"), "cvae-quadrant": ("fixed", "learned")}
         if prior not in allowed.get(args.model, ()):
             choices = allowed.get(args.model)
             raise UsageError(f"--prior {prior} does not apply to --model {args.model}"

@@ -12,11 +12,14 @@ gives the networks, and ``model.config`` keeps the settings, so that
 
 import math
 
+import torch
+
 from ..guides import PointMass, guide_family
 from ..likelihoods import make_likelihood
-from ..networks import MLPDecoder, MLPEncoder, make_networks
+from ..networks import MLPDecoder, MLPEncoder, MultiHead, hidden_stack, make_networks
 from ..priors import PSEUDO_INPUTS
 from .cvae import PRIORS, ConditionalVAE, LabelCondition, QuadrantCondition
+from .hvae import HierarchicalVAE
 from .vae import VAE, Autoencoder
 
 
@@ -140,9 +143,83 @@ def build_cvae_quadrant(image_shape, z_dim=50, network="mlp", hidden_dims=(400,)
                               hidden_dims, likelihood, guide, scale, guide_kwargs, prior, {}, model, name)
 
 
+#: The hierarchical VAE's networks: MLPs of gated dense layers (as in the VampPrior paper) or softplus ones.
+HVAE_NETWORKS = ("gated", "mlp")
+
+
+def _trunk(d_in, hidden_dims, network, out_dims):
+    """``d_in -> hidden_dims -> heads of out_dims``: gated layers, or linear + softplus."""
+    hidden_dims = tuple(int(h) for h in hidden_dims)
+    activation = "gated" if network == "gated" else "softplus"
+    return MultiHead(hidden_stack((int(d_in),) + hidden_dims, activation), hidden_dims[-1], out_dims)
+
+
+class _Decoder(torch.nn.Module):
+    """``[z1, z2] -> θ``: a hidden stack and a linear output layer of size ``x_dim``."""
+
+    def __init__(self, z_dim, x_dim, hidden_dims, network):
+        super().__init__()
+        hidden_dims = tuple(int(h) for h in hidden_dims)
+        activation = "gated" if network == "gated" else "softplus"
+        self.net = torch.nn.Sequential(hidden_stack((int(z_dim),) + hidden_dims, activation),
+                                       torch.nn.Linear(hidden_dims[-1], int(x_dim)))
+        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+def build_hvae(image_shape, z_dim=40, z1_dim=None, network="gated", hidden_dims=(300, 300),
+               likelihood="bernoulli", guide="diagonal", guide1=None, scale=None, guide_kwargs=None, prior=None,
+               pseudo_inputs=None, model=None, name=None):
+    """A :class:`~pyro_vae.models.HierarchicalVAE` (``model="hvae"``), two stochastic layers.
+
+    Each of its four networks, q(z2 | x), q(z1 | x, z2), p(z1 | z2) and p(x | z1, z2), is an
+    MLP with the hidden widths ``hidden_dims`` on the concatenation of its inputs: gated
+    dense layers h = (Wx + b) ⊙ σ(Vx + c) (``network="gated"``, Tomczak & Welling's
+    choice, with their sizes 300-300 and d1 = d2 = 40 as defaults) or linear layers with
+    softplus (``"mlp"``).
+
+    :param int z_dim: d2, the top layer's size.
+    :param int z1_dim: d1, the bottom layer's size (default: ``z_dim``).
+    :param guide: the guide family of z2 (and of z1 unless ``guide1`` is given).
+    :param guide1: the guide family of z1.
+    :param str prior: None or ``"fixed"``, p(z2) = N(0, I); ``"vamp"``, the VampPrior on z2.
+
+    Other settings as :func:`build_vae`.
+    """
+    _check_kind(model, "hvae", "build_hvae")
+    if network not in HVAE_NETWORKS:
+        raise ValueError(f"the hierarchical VAE's networks are MLPs: network {network!r} is not supported "
+                         f"(choose {' or '.join(map(repr, HVAE_NETWORKS))})")
+    if not hidden_dims:
+        raise ValueError("the hierarchical VAE's networks need at least one hidden layer (hidden_dims)")
+    if pseudo_inputs is not None and prior != "vamp":
+        raise ValueError(f"pseudo_inputs={pseudo_inputs!r} is the VampPrior's K; pass prior='vamp' to use it")
+    image_shape, x_dim, lik = _observation(image_shape, likelihood, scale)
+    z2_dim = int(z_dim)
+    z1_dim = z2_dim if z1_dim is None else int(z1_dim)
+    family2 = guide_family(guide)
+    family1 = guide_family(guide if guide1 is None else guide1)
+    encoder2 = _trunk(x_dim, hidden_dims, network, family2.encoder_out_dims(z2_dim))
+    encoder1 = _trunk(x_dim + z2_dim, hidden_dims, network, family1.encoder_out_dims(z1_dim))
+    encoder2.x_dim, encoder1.x_dim = x_dim, x_dim + z2_dim
+    prior1 = _trunk(z2_dim, hidden_dims, network, (z1_dim, z1_dim))
+    decoder = _Decoder(z1_dim + z2_dim, x_dim, tuple(hidden_dims)[::-1], network)
+    vamp = dict(pseudo_inputs=PSEUDO_INPUTS if pseudo_inputs is None else pseudo_inputs) if prior == "vamp" else {}
+    hvae = HierarchicalVAE(encoder2, encoder1, prior1, decoder, z1_dim, z2_dim, likelihood=lik, guide=family2,
+                           guide1=family1, x_dim=x_dim, guide_kwargs=guide_kwargs, name=name,
+                           prior=prior or "fixed", **vamp)
+    hvae.config = _config("hvae", image_shape, z2_dim, network, hidden_dims, likelihood, guide, scale,
+                          z1_dim=z1_dim, guide1=guide1 if guide1 is None or isinstance(guide1, str) else guide1.__name__,
+                          guide_kwargs=guide_kwargs or {},
+                          **(dict(prior="vamp", **vamp) if vamp else {}))
+    return hvae
+
+
 #: The builder of each model kind a run folder can hold, by ``config["model"]``.
 MODEL_BUILDERS = {"vae": build_vae, "ae": build_autoencoder, "cvae": build_cvae,
-                  "cvae-quadrant": build_cvae_quadrant}
+                  "cvae-quadrant": build_cvae_quadrant, "hvae": build_hvae}
 
 
 def build_model(config):
