@@ -134,7 +134,15 @@ class HierarchicalVAE(VAE):
         return self.posterior_z1(x, z2).mean, z2
 
     def decode(self, z, mean=True):
-        """Decode ``z = [z1, z2]`` (``(*batch, d1 + d2)``): E[x | z1, z2] if ``mean`` else a draw."""
+        """Decode ``z = [z1, z2]`` (``(*batch, d1 + d2)``), or the top layer ``z = z2`` alone
+        (``(*batch, d2)``, with z1 = E[z1 | z2] of p(z1 | z2): what latent maps and
+        interpolations of the encoding :meth:`encode` gives decode): E[x | z1, z2] if
+        ``mean``, else a draw from p(x | z1, z2)."""
+        if z.shape[-1] == self.z2_dim:
+            z = self.decoder_input(self.prior_z1(z).mean, z)
+        elif z.shape[-1] != self.z1_dim + self.z2_dim:
+            raise ValueError(f"decode takes [z1, z2] of size {self.z1_dim + self.z2_dim} or z2 of size "
+                             f"{self.z2_dim}, got shape {tuple(z.shape)}")
         theta = self.decoder(z)
         return self.likelihood.mean(theta) if mean else self.likelihood(theta).sample()
 

@@ -52,6 +52,11 @@ def test_each_layer_has_its_sites_in_the_data_plate(guide, prior):
     assert m.sample(7).shape == (7, D) and m.reconstruct(x).shape == (B, D)
     z1, z2 = m.encode_layers(x)
     assert z1.shape == (B, D1) and z2.shape == (B, D2)
+    with torch.no_grad():
+        top = m.decode(z2)  # the top layer alone: z1 at the mean of p(z1 | z2)
+        assert torch.equal(top, m.decode(torch.cat([m.prior_z1(z2).mean, z2], -1)))
+    with pytest.raises(ValueError, match="decode takes"):
+        m.decode(torch.zeros(B, D1))
 
 
 def test_the_elbo_equals_a_hand_computation():
