@@ -30,6 +30,8 @@ EXAMPLES = {
     "guides": (["--dataset", "digits", "--limit", "300", "--guides", "diagonal", "full", "flow", "--epochs", "1",
                 "--z-dim", "2", "--hidden", "32", "--eval-points", "3", "--nll-samples", "20", "--khat-samples", "20",
                 "--nuts-samples", "20", "--gap-points", "2", "--gap-steps", "3"], []),
+    "hvae": (["--epochs", "1", "--hidden", "16", "--eval-points", "20", "--nll-samples", "10", "--no-progress"],
+             ["samples_one_layer.png", "samples_two_layers.png"]),
     "iwae": (["--data", "{data}", "--k", "1", "5", "--epochs", "1", "--hidden", "16", "--train-limit", "500",
               "--eval-limit", "20", "--eval-samples", "50", "--no-progress"], ["results.json", "iwae_bounds.png"]),
     "likelihood_table": (["--dataset", "digits", "--epochs", "1", "--eval-samples", "10", "--traced",
