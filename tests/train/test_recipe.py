@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_vae import build_vae
+from pyro_vae import build_vae, load_dataset
 from pyro_vae.train.checkpoints import CheckpointError, load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.train.runs import load_run, run_weights
@@ -133,6 +133,33 @@ def test_keep_best_keeps_the_lowest_validation_epochs_weights_and_fit_loads_them
     history = fit(vae, train, valid, epochs=5, progress=False, batch_size=64, lr=3e-3, keep_best=True)
     assert history.valid_loss == losses
     for a, b in zip(params(vae), snapshots[best]):
+        assert torch.equal(a, b)
+
+
+def test_keep_best_keeps_the_best_epoch_not_the_last_when_validation_rises():
+    """16 training images, 4 a batch, lr 1e-2: the model overfits, so the validation loss
+    falls, then rises; the kept weights are the lowest epoch's and differ from the last's."""
+    import dataclasses
+    train = load_dataset("digits", "train", binarize="static")
+    valid = load_dataset("digits", "valid", binarize="static")
+    few = dataclasses.replace(train, x=train.x[:16], y=train.y[:16])
+    torch.manual_seed(0)
+    t = Trainer(build_vae((1, 8, 8), z_dim=4, hidden_dims=(64,)), few, valid, batch_size=4, lr=1e-2, seed=0,
+                keep_best=True)
+    snapshots = []
+    t.run(40, progress=False, callback=lambda tr: snapshots.append(params(tr.vae)))
+    losses = t.history.valid_loss
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert best < len(losses) - 1 and losses[-1] > losses[best] + 0.5  # best and last differ here
+    assert t.best["epoch"] == best + 1 and t.best["valid_loss"] == losses[best]
+    for a, b in zip(t.best["model"].values(), snapshots[best]):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(t.best["model"].values(), snapshots[-1]))
+
+    torch.manual_seed(0)
+    vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(64,))
+    fit(vae, few, valid, epochs=40, progress=False, batch_size=4, lr=1e-2, keep_best=True)
+    for a, b in zip(params(vae), snapshots[best]):  # fit leaves the best epoch's weights in the model
         assert torch.equal(a, b)
 
 
