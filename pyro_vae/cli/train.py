@@ -1,5 +1,10 @@
 """``pyro-vae train``: train a model on a data set and write its run folder."""
 
+import contextlib
+import json
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -186,7 +191,12 @@ def run(args):
     # --overwrite check and the folder's writability are checked under it
     lock = _lock_for_training(out, args.overwrite, bool(args.resume))
     try:
-        return _train(args, device, out, timeout)
+        with _sigterm_raises():
+            return _train(args, device, out, timeout)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what the last checkpoint holds, and how to go on
+        if lock is not None:  # stopped before its first checkpoint: no folder left behind
+            lock.release(remove_created=True)
+        return _interrupted(e, out)
     except BaseException:
         if lock is not None:  # a failed start leaves no folder behind
             lock.release(remove_created=True)
@@ -194,6 +204,51 @@ def run(args):
     finally:
         if lock is not None:
             lock.release()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, as SIGINT raises :class:`KeyboardInterrupt`."""
+
+    signal = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(error, out):
+    """One line on stderr: the signal, what ``out``'s last checkpoint holds and the command
+    that continues it. Returns the shell's code for the signal: 128 + 2 (SIGINT) or
+    128 + 15 (SIGTERM)."""
+    sig = getattr(error, "signal", signal.SIGINT)
+    if distributed.is_main():
+        try:
+            run = json.loads((out / checkpoints.RUN_JSON).read_text())
+        except (OSError, ValueError):
+            run = None
+        if run is not None and (out / checkpoints.CHECKPOINT).exists():
+            step = run.get("step")
+            held = (f"its last checkpoint holds {run.get('epoch')} complete epochs"
+                    + (f" (step {step})" if step is not None else ""))
+            line = f"{held}; continue with: pyro-vae train --resume {out}"
+        else:
+            line = "no checkpoint was saved yet: nothing to resume"
+        sys.stderr.write(f"pyro-vae train: stopped by {signal.Signals(sig).name}; {line}\n")
+        sys.stderr.flush()
+    return 128 + int(sig)
 
 
 def _train(args, device, out, timeout):
