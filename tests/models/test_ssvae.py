@@ -127,3 +127,36 @@ def test_classify_and_sample_shapes():
     pred = m.classify(x)
     assert pred.shape == (3,) and pred.dtype == torch.int64
     assert ((pred >= 0) & (pred < K)).all()
+
+
+def _train(out, epochs, resume=False):
+    from pyro_vae.cli import main
+
+    if resume:
+        return main(["train", "--resume", str(out), "--epochs", str(epochs), "--no-progress"])
+    return main(["train", "--model", "ssvae", "--labels", "50", "--hidden", "16", "--z-dim", "2",
+                 "--batch-size", "200", "--epochs", str(epochs), "--seed", "0", "--no-keep-best",
+                 "--no-progress", "--out", str(out)])
+
+
+def test_cli_resume_is_bit_identical(tmp_path):
+    """Two epochs straight against one epoch then ``--resume`` to two: the same weights, bit for bit."""
+    assert _train(tmp_path / "straight", 2) == 0
+    assert _train(tmp_path / "split", 1) == 0
+    assert _train(tmp_path / "split", 2, resume=True) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("extra", [["--objective", "iwae"], ["--traced"]])
+def test_cli_refuses_what_does_not_apply(tmp_path, extra, capsys):
+    from pyro_vae.cli import main
+
+    code = main(["train", "--model", "ssvae", "--labels", "50", "--epochs", "1", "--no-progress",
+                 "--out", str(tmp_path / "r"), *extra])
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("ssvae" in err[0] or "semi-supervised" in err[0]), err
