@@ -42,6 +42,7 @@ EXAMPLES = {
                       "--grid", "4"], []),
     "resume": (["--epochs", "2", "--checkpoint-every", "5", "--max-delay", "0.3"], ["whole/checkpoint.pt",
                                                                                     "killed/checkpoint.pt"]),
+    "ssvae": (["--labels", "20", "--epochs", "1", "--hidden", "16", "--z-dim", "2"], ["ssvae_samples.png"]),
     "score_function": (["--phis", "0", "1", "--repeats", "5", "--dataset", "digits", "--limit", "200",
                         "--epochs", "1"], None),
 }

@@ -49,6 +49,8 @@ def run(args):
     check_device(args.device)
     model, run = load_run(args.run_dir, args.device, weights=args.weights)
     check_split(run.get("data", {}).get("dataset", "digits"), args.split)  # digits, mnist10k: no test split
+    if getattr(model, "classify", None) is not None:  # the semi-supervised VAE: accuracy and −U(x)
+        return _evaluate_ssvae(model, run, args)
     ks = args.iwae_k
     if ks is None:
         train_cfg = run.get("train", {})
@@ -73,6 +75,42 @@ def run(args):
     print(f"  {f'NLL (K={K})':16s}{report['nll']:9.3f} ± {report['nll_stderr']:.3f}  "
           f"(Monte Carlo part ± {report['nll_mc_stderr']:.3f}; median ESS {report['median_ess']:.0f})")
     print(f"  {'active units':16s}{report['active_units']:>9d} of {report['latent_units']}")
+    out = Path(args.out or Path(args.run_dir) / f"eval_{args.split}.json")
+    checkpoints.save_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate_ssvae(model, run, args):
+    """The semi-supervised VAE on a split: the accuracy of argmax_y q(y|x) against the labels,
+    and −U(x), the −ELBO with y summed out (no labels given, so no α term), one draw of z per
+    point and class; printed and saved as JSON."""
+    import time
+
+    import torch
+
+    from ..models.ssvae import ssvae_objective
+    from ..train.trainer import evaluate_loss
+    from ..data import ImageData
+
+    t0 = time.perf_counter()
+    data, data_cfg = run_data(run, args.split, args.data, args.limit)
+    if data.y is None:
+        raise UsageError(f"{data.name} has no labels: the accuracy of q(y|x) needs them")
+    x = data.x.to(args.device)
+    with torch.no_grad():
+        pred = torch.cat([model.classify(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
+    correct = (pred.cpu() == data.y).double()
+    accuracy, acc_se = correct.mean().item(), (correct.std() / len(correct) ** 0.5).item()
+    pyro.set_rng_seed(args.seed)
+    unlabelled = ImageData(x=data.x, image_shape=data.image_shape, name=data.name).to(args.device)
+    neg_elbo = evaluate_loss(model, unlabelled, ssvae_objective(), batch_size=args.batch_size, with_labels=True)
+    result = dict(run_dir=str(args.run_dir), dataset=data_cfg.dataset, split=args.split, weights=args.weights,
+                  n=len(data), accuracy=accuracy, accuracy_stderr=acc_se, neg_elbo=neg_elbo,
+                  seconds=time.perf_counter() - t0)
+    print(f"{data.name}: {len(data)} data points, {result['seconds']:.1f} s")
+    print(f"  {'accuracy':16s}{100 * accuracy:9.2f} % ± {100 * acc_se:.2f}  (argmax_y q(y|x) against the labels)")
+    print(f"  {'-ELBO':16s}{neg_elbo:9.3f}  nats per data point (y summed out, no labels)")
     out = Path(args.out or Path(args.run_dir) / f"eval_{args.split}.json")
     checkpoints.save_json(out, result)
     print(f"wrote {out}")

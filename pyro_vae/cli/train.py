@@ -13,6 +13,9 @@ from ..config import DataConfig, TrainConfig
 from ..data import DATASETS, load_dataset
 from ..guides import GUIDES
 from ..models import MODEL_BUILDERS, build_model
+from ..models.ssvae import ALPHA as SSVAE_ALPHA, ssvae_objective
+from ..data.semisupervised import semisupervised
+from ..data import ImageData
 from ..objectives import ALIASES, OBJECTIVES
 from ..priors import PSEUDO_INPUTS
 from ..train import LR_SCHEDULES, Trainer, checkpoints
@@ -50,6 +53,14 @@ def add_arguments(p):
                         "also learned, a prior network p(z|c); if not given: learned for cvae-quadrant, else fixed")
     m.add_argument("--pseudo-inputs", type=positive_int, default=None, metavar="K",
                    help=f"the VampPrior's pseudo-inputs (--prior vamp); if not given: {PSEUDO_INPUTS}")
+    s = p.add_argument_group("semi-supervised (--model ssvae)")
+    s.add_argument("--labels", type=positive_int, default=None, metavar="N",
+                   help="--model ssvae: keep N training labels, balanced per class (the rest unlabelled)")
+    s.add_argument("--label-seed", type=int, default=0, help="--model ssvae: seed of the choice of the N labels")
+    s.add_argument("--alpha", type=nonnegative_float, default=None,
+                   help=f"--model ssvae: weight α per labelled point of log q(y|x); if not given: {SSVAE_ALPHA:g}")
+    s.add_argument("--labelled-every", type=positive_int, default=1, metavar="K",
+                   help="--model ssvae: one labelled batch after every K unlabelled ones")
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
@@ -101,6 +112,7 @@ def _validate_train_args(args):
     if key not in OBJECTIVES:
         raise UsageError(f"unknown --objective {args.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
     check_device(args.device)
+    _validate_ssvae_args(args)
     if args.kl_warmup and key not in ("elbo", "meanfield", "tracegraph"):
         raise UsageError(f"--kl-warmup scales the KL term of an ELBO; --objective {args.objective} has none")
     if getattr(args, "traced", False):
@@ -109,6 +121,26 @@ def _validate_train_args(args):
         for flag, on in (("--kl-warmup", args.kl_warmup), ("--compile", args.compile)):
             if on:
                 raise UsageError(f"--traced does not combine with {flag}")
+
+
+def _validate_ssvae_args(args):
+    """--labels goes with --model ssvae and it alone; the options that do not apply to an
+    enumerated label refuse in one line."""
+    ssvae = getattr(args, "model", None) == "ssvae"
+    if not ssvae:
+        for flag, dest in (("--labels", "labels"), ("--alpha", "alpha")):
+            if getattr(args, dest, None) is not None:
+                raise UsageError(f"{flag} is an option of --model ssvae, not --model {args.model}")
+        return
+    if getattr(args, "labels", None) is None:
+        raise UsageError("--model ssvae needs --labels N, the number of training labels to keep")
+    try:
+        ssvae_objective(args.objective, args.particles)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for flag, on in (("--traced", getattr(args, "traced", False)), ("--kl-warmup", args.kl_warmup)):
+        if on:
+            raise UsageError(f"{flag} does not apply to --model ssvae (its label y is enumerated by TraceEnum_ELBO)")
 
 
 #: ``pyro-vae train``'s defaults for the digits data set (8×8, 17 grey levels): the
@@ -143,6 +175,8 @@ def model_config(args, image_shape, binary):
                   z_dim=args.z_dim or (8 if small else 40 if hvae else 50), network=args.network,
                   hidden_dims=args.hidden or ([128] if small else [300, 300] if hvae else [400]),
                   likelihood=likelihood, guide=args.guide, scale=args.scale)
+    if args.model == "ssvae":
+        config["alpha"] = SSVAE_ALPHA if getattr(args, "alpha", None) is None else args.alpha
     prior, k = getattr(args, "prior", None), getattr(args, "pseudo_inputs", None)
     if k is not None and prior != "vamp":
         raise UsageError("--pseudo-inputs is the VampPrior's K: it needs --prior vamp")
@@ -262,11 +296,16 @@ def _train(args, device, out, timeout):
     torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
     model = build_model(config)
     conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c)
-    if conditional:
+    objective = args.objective
+    if config["model"] == "ssvae":  # N labels kept; validated without labels, −U(x) with y summed out
+        train = semisupervised(train, args.labels, seed=args.label_seed, labelled_every=args.labelled_every)
+        valid = ImageData(x=valid.x, image_shape=valid.image_shape, name=f"{valid.name} (unlabelled)")
+        objective = ssvae_objective(args.objective, args.particles)
+    elif conditional:
         train, valid = model.prepare_data(train), model.prepare_data(valid)
     if args.lr_schedule != "constant" and args.schedule_epochs is None:
         args.schedule_epochs = args.epochs  # stored resolved: a resume with more epochs keeps the schedule
-    trainer = Trainer(model, train, valid, objective=args.objective, num_particles=args.particles, lr=args.lr,
+    trainer = Trainer(model, train, valid, objective=objective, num_particles=args.particles, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
                       with_labels=conditional, fused=args.fused, compile=args.compile, traced=args.traced,
                       lr_schedule=args.lr_schedule, schedule_epochs=args.schedule_epochs, lr_final=args.lr_final,

@@ -20,6 +20,7 @@ from ..networks import MLPDecoder, MLPEncoder, MultiHead, hidden_stack, make_net
 from ..priors import PSEUDO_INPUTS
 from .cvae import PRIORS, ConditionalVAE, LabelCondition, QuadrantCondition
 from .hvae import HierarchicalVAE
+from .ssvae import ALPHA, Classifier, SemiSupervisedVAE
 from .vae import VAE, Autoencoder
 
 
@@ -143,6 +144,27 @@ def build_cvae_quadrant(image_shape, z_dim=50, network="mlp", hidden_dims=(400,)
                               hidden_dims, likelihood, guide, scale, guide_kwargs, prior, {}, model, name)
 
 
+def build_ssvae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
+                guide="diagonal", scale=None, guide_kwargs=None, num_classes=10, alpha=ALPHA, model=None, name=None):
+    """The semi-supervised VAE M2 (``model="ssvae"``, :class:`~pyro_vae.models.SemiSupervisedVAE`):
+    the class-conditional VAE's networks (:func:`build_cvae`: encoder [x, e_y], decoder
+    [z, e_y], prior N(0, I)) and a classifier q(y|x), an MLP of the same hidden widths.
+
+    :param float alpha: α, the weight per labelled point of log q(y|x) in the training loss.
+
+    Other settings as :func:`build_cvae`."""
+    _check_kind(model, "ssvae", "build_ssvae")
+    cvae = _build_conditional(LabelCondition(num_classes), "cvae", image_shape, z_dim, network, hidden_dims,
+                              likelihood, guide, scale, guide_kwargs, "fixed", {}, None, name)
+    classifier = Classifier(cvae.x_dim, num_classes, hidden_dims)
+    ssvae = SemiSupervisedVAE(cvae.q.encoder, cvae.decoder, z_dim, cvae.condition, classifier, alpha=alpha,
+                              likelihood=cvae.likelihood, guide=guide_family(guide), guide_kwargs=guide_kwargs,
+                              x_dim=cvae.x_dim, name=name)
+    ssvae.config = dict(cvae.config, model="ssvae", num_classes=int(num_classes), alpha=float(alpha))
+    ssvae.config.pop("prior")
+    return ssvae
+
+
 #: The hierarchical VAE's networks: MLPs of gated dense layers (as in the VampPrior paper) or softplus ones.
 HVAE_NETWORKS = ("gated", "mlp")
 
@@ -219,7 +241,7 @@ def build_hvae(image_shape, z_dim=40, z1_dim=None, network="gated", hidden_dims=
 
 #: The builder of each model kind a run folder can hold, by ``config["model"]``.
 MODEL_BUILDERS = {"vae": build_vae, "ae": build_autoencoder, "cvae": build_cvae,
-                  "cvae-quadrant": build_cvae_quadrant, "hvae": build_hvae}
+                  "cvae-quadrant": build_cvae_quadrant, "hvae": build_hvae, "ssvae": build_ssvae}
 
 
 def build_model(config):
