@@ -56,10 +56,11 @@ from typing import Optional
 
 import pyro
 import torch
-import torch.utils._pytree as pytree
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch.func import functional_call
+
+from .. import _compat
 
 
 class TracingError(ValueError):
@@ -80,7 +81,7 @@ class _Surrogate(torch.nn.Module):
     def forward(self, args, kwargs):
         model, guide, elbo = self._program
         surrogate = 0.0
-        for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in _compat.get_traces(elbo, model, guide, args, kwargs):
             particle = 0.0
             for site in model_trace.nodes.values():
                 if site["type"] == "sample":
@@ -213,7 +214,7 @@ def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor]
     An opaque op to inductor, whose own lowering of the oneDNN product takes constant
     weights only."""
     bias = None if bias is None else bias.contiguous()  # the kernel reads the bias as contiguous
-    return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
+    return _compat.linear_pointwise(a, b.t(), bias)
 
 
 @onednn_matmul.register_fake
@@ -225,7 +226,7 @@ def onednn_available():
     """Whether this torch build has oneDNN for CPU matrix products, and it is not turned off
     (``torch.backends.mkldnn.flags(enabled=False)``)."""
     return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and _compat.has_linear_pointwise())
 
 
 def onednn_matmuls(graph):
@@ -274,10 +275,9 @@ def _trace(fn, inputs, compile, onednn):
     oneDNN by :func:`onednn_matmuls` if ``onednn``, its softplus and Bernoulli
     log-densities rewritten by :func:`log1p_free`, compiled by inductor if ``compile``
     (random ops left as calls into torch's generator)."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
+    _compat.check_compiled()
     try:
-        graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+        graph = _compat.make_fx_fake(fn)(*inputs)
     except TracingError:
         raise
     except Exception as e:  # data-dependent Python: .item(), bool of a tensor, data-dependent shapes
@@ -302,13 +302,12 @@ def _inductor(graph, inputs):
     Python again and guard every call on its inputs; the graph needs neither. Inductor is
     shown the fake tensors ``make_fx`` traced with (each placeholder's ``meta["val"]``),
     whose shape environment lets it find a compiled graph in its cache."""
-    import torch._inductor  # about a second to import: only when a graph is compiled
-
+    pytree = _compat.pytree()
     leaves, spec = pytree.tree_flatten(inputs)
     placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
     if len(placeholders) == len(leaves):
         leaves = [n.meta.get("val", leaf) if torch.is_tensor(leaf) else leaf for n, leaf in zip(placeholders, leaves)]
-    return torch._inductor.compile(graph, list(pytree.tree_unflatten(leaves, spec)), options={"fallback_random": True})
+    return _compat.inductor_compile(graph, list(pytree.tree_unflatten(leaves, spec)), {"fallback_random": True})
 
 
 def _where(error):
@@ -393,7 +392,7 @@ def _setup_autoguides(module, args, kwargs):
     for m in module.modules():
         if isinstance(m, AutoGuide) and getattr(m, "prototype_trace", True) is None:
             with pyro.get_param_store().scope(), pyro.validation_enabled(False):
-                m._setup_prototype(*args, **kwargs)
+                _compat.setup_prototype(m, *args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -437,8 +436,7 @@ def _module_state(module):
 def _check_no_handlers():
     """Refuse a call inside Pyro handlers (``poutine.scale``, ``mask``, ...): they would be
     baked into the graph of the first call and not seen by later ones."""
-    from pyro.poutine.runtime import _PYRO_STACK
-
+    _PYRO_STACK = _compat.pyro_stack()
     if _PYRO_STACK:
         names = ", ".join(type(h).__name__ for h in _PYRO_STACK)
         raise TracingError(f"a traced program is called inside Pyro handlers ({names}), which a replayed graph "
@@ -500,7 +498,7 @@ class TracedELBO:
         _setup_autoguides(self._surrogate, args, kwargs)
         with _forked_rng(args), torch.no_grad(), _buffers_kept(self._surrogate), pyro.get_param_store().scope(), \
                 pyro.validation_enabled(False), poutine.trace(param_only=True) as capture:
-            for _ in elbo._get_traces(model, guide, args, kwargs):
+            for _ in _compat.get_traces(elbo, model, guide, args, kwargs):
                 pass
         own = {id(t) for t in (*self._surrogate.parameters(), *self._surrogate.buffers())}  # those built too
         foreign = []
@@ -528,7 +526,7 @@ class TracedELBO:
             # eagerly here, drawing from the generator as the first eager call of the ELBO
             # does; the graph is then free of it
             with torch.no_grad(), pyro.get_param_store().scope(), pyro.validation_enabled(False):
-                elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+                _compat.guess_max_plate_nesting(elbo, model, guide, args, kwargs)
         self._check_parameters(args, kwargs)
         kwargs, onednn, key = _prepare(self._surrogate, self.onednn, args, kwargs)  # parameters may be new
         if key in self.graphs:

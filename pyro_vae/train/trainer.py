@@ -29,6 +29,7 @@ from pyro import poutine
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .. import _compat
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
@@ -353,7 +354,7 @@ class Trainer:
             value = self._step(batch, share)
             self._validated.add(key)
             return value
-        torch_default = torch.distributions.Distribution._validate_args
+        torch_default = _compat.default_validate_args()
         try:
             with pyro.validation_enabled(False):
                 return self._step(batch, share)
