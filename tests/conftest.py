@@ -11,12 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def fresh_pyro():
-    """Every test starts with an empty param store and seeded RNGs."""
+    """Every test starts with an empty param store and seeded RNGs, and leaves Pyro's
+    validation flag and torch's default for distributions' argument checks as it found them."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    pyro_flag = pyro.poutine.util.is_validation_enabled()
+    torch_flag = torch.distributions.Distribution._validate_args
     yield
     pyro.clear_param_store()
+    pyro.enable_validation(pyro_flag)
+    torch.distributions.Distribution.set_default_validate_args(torch_flag)
 
 
 def _shared_data():

@@ -99,15 +99,11 @@ def test_validation_on_neither_warns_nor_raises():
     m = tiny(alpha=1.0)
     x = (torch.rand(4, 4, generator=torch.Generator().manual_seed(6)) < 0.5).float()
     obj = ssvae_objective()
-    pyro.enable_validation(True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            obj.loss(m.model, m.guide, x)
-            obj.loss(m.model, m.guide, x, torch.tensor([0, 1, 2, 0]))
-            obj.loss(m.model, m.guide, x, torch.full((4,), -1))
-    finally:
-        pyro.enable_validation(False)
+    with pyro.validation_enabled(True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        obj.loss(m.model, m.guide, x)
+        obj.loss(m.model, m.guide, x, torch.tensor([0, 1, 2, 0]))
+        obj.loss(m.model, m.guide, x, torch.full((4,), -1))
 
 
 def test_refusals():
