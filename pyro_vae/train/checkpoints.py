@@ -24,11 +24,14 @@ epoch, step within the epoch, history) every N steps and at each epoch end, so t
 was (bit for bit on a CPU).
 """
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -216,6 +219,22 @@ def atomic_write(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Within: ``signals`` are blocked (held pending by the kernel) and are delivered
+    when the block ends, so that a Ctrl-C or SIGTERM arriving during a save cannot split
+    ``checkpoint.pt`` from its ``run.json``. Outside the main thread, or where the
+    platform has no ``pthread_sigmask``, nothing changes."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def save_json(path, obj):
@@ -503,8 +522,9 @@ class Checkpointer:
 
     Each save writes ``checkpoint.pt`` (:meth:`~pyro_vae.train.trainer.Trainer.state_dict`,
     tensors only) and then ``run.json`` (``run`` with the history, epoch and step), each
-    atomically (:func:`atomic_write`): a kill at any moment leaves the previous pair or
-    the new checkpoint, never a broken file. Parameters that hold NaN or inf are never
+    atomically (:func:`atomic_write`), with SIGINT and SIGTERM held until both are
+    written (:func:`signals_deferred`): a kill at any moment leaves the previous pair or
+    the new checkpoint, never a broken file, and Ctrl-C never the one without the other. Parameters that hold NaN or inf are never
     saved (:meth:`~pyro_vae.train.trainer.Trainer.check_finite` stops the run instead), so
     the checkpoint on disk is always the last good one; its path is kept in the
     trainer's ``last_checkpoint`` for the error message of a run stopped by a NaN.
@@ -545,15 +565,20 @@ class Checkpointer:
         trainer.check_finite()
         state = trainer.state_dict()
         if self.main:
-            save_checkpoint(self.path, state)
-            run = dict(self.run, format=RUN_FORMAT, history=state["history"], epoch=trainer.epoch,
-                       step=trainer.step_count)
-            if "best" in state:  # the epoch whose weights load_run(..., weights="best") loads
-                run["best"] = dict(epoch=state["best"]["epoch"], valid_loss=state["best"]["valid_loss"])
-            try:
-                save_json(self.run_dir / RUN_JSON, run)
-            except OSError as e:
-                raise CheckpointError(f"could not write {self.run_dir / RUN_JSON}: {e.strerror}") from None
+            with signals_deferred():  # the pair is written whole; a signal meanwhile is raised after
+                self._write(state, trainer)
         where = (f"epoch {trainer.epoch + 1}, batch {trainer.epoch_step}" if trainer.epoch_step
                  else f"end of epoch {trainer.epoch}")
         trainer.last_checkpoint = f"{self.path} (saved after step {trainer.step_count}, {where})"
+
+    def _write(self, state, trainer):
+        """Write ``checkpoint.pt``, then ``run.json`` (rank 0)."""
+        save_checkpoint(self.path, state)
+        run = dict(self.run, format=RUN_FORMAT, history=state["history"], epoch=trainer.epoch,
+                   step=trainer.step_count)
+        if "best" in state:  # the epoch whose weights load_run(..., weights="best") loads
+            run["best"] = dict(epoch=state["best"]["epoch"], valid_loss=state["best"]["valid_loss"])
+        try:
+            save_json(self.run_dir / RUN_JSON, run)
+        except OSError as e:
+            raise CheckpointError(f"could not write {self.run_dir / RUN_JSON}: {e.strerror}") from None

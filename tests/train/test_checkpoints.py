@@ -152,6 +152,25 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+def test_a_signal_during_a_save_is_raised_after_both_files_are_written(tmp_path, monkeypatch):
+    import signal
+    from pyro_vae.train import checkpoints
+
+    train = load_dataset("digits", "train", binarize="dynamic", seed=0)
+    trainer = Trainer(build_vae((1, 8, 8), z_dim=2, hidden_dims=(16,)), train, batch_size=256)
+    written = []
+
+    def checkpoint_then_sigint(path, state):
+        written.append(path.name)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between checkpoint.pt and run.json
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", checkpoint_then_sigint)
+    monkeypatch.setattr(checkpoints, "save_json", lambda path, obj: written.append(path.name))
+    with pytest.raises(KeyboardInterrupt):
+        Checkpointer(tmp_path).save(trainer)
+    assert written == ["checkpoint.pt", "run.json"]  # the pair is whole; the signal came after
+
+
 def test_checkpointer_clears_the_temporary_files_of_a_killed_save(tmp_path):
     (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
     (tmp_path / ".run.json.xyz.tmp").write_bytes(b"{")
