@@ -13,9 +13,10 @@ median of the repeats is compared.
 
 ``log_likelihood(..., traced=True)`` (the log weights of each chunk shape from one traced,
 compiled graph) is timed beside them, unless ``--no-traced``. On CPU its graphs compute
-the matrix products with oneDNN (``pyro_vae.train.traced.onednn_matmuls``) rather than
-with the BLAS behind ``torch.addmm``, so the same bare products as oneDNN calls are timed
-too, and each contender is given as a ratio to both.
+the matrix products with aten's BLAS or with oneDNN
+(``pyro_vae.ops.graph_passes.onednn_matmuls``), whichever ``pyro_vae.ops.kernels`` timed
+faster for their shapes on this machine (printed after the table), so the same bare
+products as oneDNN calls are timed too, and each contender is given as a ratio to both.
 
 The model is the 784-400-50 MLP VAE (``--run RUN_DIR`` for a trained one; the weights
 do not change the time).
@@ -42,7 +43,7 @@ def linear_layers(decoder):
 @torch.no_grad()
 def bare_matmuls(layers, n, num_samples, batch_size, chunk_size, device, onednn=False):
     """Push n × num_samples rows through ``layers`` as ``addmm`` calls (``onednn``: as
-    oneDNN products, :func:`pyro_vae.train.traced.onednn_matmul`, which the traced graphs
+    oneDNN products, :func:`pyro_vae.ops.graph_passes.onednn_matmul`, which the traced graphs
     use on CPU), in chunks of ``min(chunk_size, …) × batch_size`` rows, as log_likelihood
     does; return seconds."""
     product = _onednn_addmm if onednn else torch.addmm
@@ -65,7 +66,7 @@ def bare_matmuls(layers, n, num_samples, batch_size, chunk_size, device, onednn=
 
 def _onednn_addmm(bias, a, b):
     """bias + a @ b as the traced graphs compute it on CPU (oneDNN)."""
-    from pyro_vae.train.traced import onednn_matmul
+    from pyro_vae.ops.graph_passes import onednn_matmul
 
     return onednn_matmul(a, b, bias)
 
@@ -121,7 +122,7 @@ def main(argv=None):
     if not args.no_traced:
         warmup, _ = timed(lambda: log_likelihood(vae, warm, num_samples=args.chunk_size, batch_size=args.batch_size,
                                                  chunk_size=args.chunk_size, traced=True))
-    from pyro_vae.train.traced import onednn_available
+    from pyro_vae.ops.graph_passes import onednn_available
 
     onednn = device.type == "cpu" and onednn_available()
     bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device)
@@ -159,6 +160,15 @@ def main(argv=None):
             extra = f"   NLL {nll['traced']:.4f} nats; first call on one chunk (compiling) {warmup:.1f} s"
         to_dnn = f", to oneDNN's {t / dnn:.2f}" if dnn else ""
         print(f"{name:28s} {t:9.2f} s   ratio to the bare addmm {t / mm:.2f}{to_dnn}{extra}")
+    if not args.no_traced:
+        from pyro_vae.ops import kernels
+
+        for c in kernels.choices()["matmul"].values():
+            print(f"traced graphs' products: {c['kernel']} (timed here: aten {c['seconds']['aten'] * 1e3:.3f} ms, "
+                  f"oneDNN {c['seconds']['onednn'] * 1e3:.3f} ms)")
+        for c in kernels.choices()["log1p_free"].values():
+            print(f"log1p-free rewrite: {'applied' if c['rewrite'] else 'not applied'} (timed here: plain "
+                  f"{c['seconds']['plain'] * 1e3:.3f} ms, rewritten {c['seconds']['log1p_free'] * 1e3:.3f} ms)")
     return {k: t / mm for k, t in med.items()}
 
 

@@ -3,7 +3,7 @@
 The products a training step at batch 256 computes (forward and backward; the largest is
 256×784 · 784×400) and the decoder's products of one evaluation chunk (10,000 latent
 rows), each timed as ``torch.mm`` (the BLAS torch is built with: MKL on x86), as
-:func:`pyro_vae.train.traced.onednn_matmul` (what traced graphs run on CPU) and, when jax
+:func:`pyro_vae.ops.graph_passes.onednn_matmul` (what traced graphs run on CPU) and, when jax
 is installed, as ``jax.jit(lambda a, b: a @ b)``. The three take turns, who goes first
 alternating; the median of the rounds is reported.
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from pyro_vae.train.traced import onednn_available, onednn_matmul
+from pyro_vae.ops.graph_passes import onednn_available, onednn_matmul
 
 #: (M, K, N) of a @ b: the step's forward and backward products, then one evaluation chunk's
 SHAPES = ((256, 784, 400), (256, 400, 784), (784, 256, 400), (400, 256, 784), (256, 400, 100), (256, 50, 400),

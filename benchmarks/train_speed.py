@@ -17,8 +17,10 @@ particle) on the same network with the same initial weights and batches, when ja
 numpyro are installed (``pip install -e .[bench]``); and the Trainer with each of its
 speed options on its own (``--no-levers`` skips them): a foreach Adam, a fused Adam
 (``fused=True``), compiled networks (``compile=True``); and the traced step
-(``traced=True``, alone and with ``fused=True``, and the latter with aten's matrix
-products in place of oneDNN's; ``--no-traced`` skips them). The warm-up column is the
+(``traced=True``: ``CompiledTrace_ELBO``, alone and with ``fused=True``; the latter with
+each of its measured choices forced either way: aten's or oneDNN's matrix products, the
+log1p-free rewrite off or on; ``--no-traced`` skips them), with the choices the timing made
+printed after the table. The warm-up column is the
 first (uncounted) round's time over its steps at the median rate (compilation, first-call
 allocations), plus, for a traced trainer, the time to build it, when it traces and
 compiles the first batch shape.
@@ -40,6 +42,9 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import build_vae, load_dataset
+from pyro_vae.objectives import CompiledTrace_ELBO
+from pyro_vae.ops import kernels
+from pyro_vae.ops.graph_passes import onednn_available
 from pyro_vae.train.trainer import Trainer
 
 LOG_2PI = math.log(2 * math.pi)
@@ -183,12 +188,16 @@ LEVERS = (
     ("pyro_vae Trainer, compile=True", {"compile": True}, False),
     ("pyro_vae Trainer, fused+compile", {"fused": True, "compile": True}, False),
 )
-#: the traced step (``traced=True``), alone and with the fused Adam, and (benchmark only)
-#: with aten's matrix products (MKL) in place of oneDNN's: (name, Trainer keywords, oneDNN)
+#: the traced step (``traced=True``: :class:`~pyro_vae.objectives.CompiledTrace_ELBO`, its
+#: kernels and rewrite chosen by timing), alone and with the fused Adam, and (benchmark
+#: only) each choice forced either way: (name, Trainer keywords, CompiledTrace_ELBO keywords)
 TRACED = (
-    ("pyro_vae Trainer, traced=True", {"traced": True}, True),
-    ("pyro_vae Trainer, traced+fused", {"traced": True, "fused": True}, True),
-    ("traced+fused, aten matmuls", {"traced": True, "fused": True}, False),
+    ("pyro_vae Trainer, traced=True", {"traced": True}, None),
+    ("pyro_vae Trainer, traced+fused", {"traced": True, "fused": True}, None),
+    ("traced+fused, aten matmuls", {"fused": True}, {"onednn": False}),
+    ("traced+fused, oneDNN matmuls", {"fused": True}, {"onednn": True}),
+    ("traced+fused, no log1p rewrite", {"fused": True}, {"rewrite": False}),
+    ("traced+fused, log1p rewrite", {"fused": True}, {"rewrite": True}),
 )
 
 
@@ -242,18 +251,18 @@ def main(argv=None):
             contenders[name] = t.step
     built = {}  # seconds to build a traced trainer, which traces its first batch shape
     if not args.no_traced:
-        for name, kwargs, onednn in TRACED:
+        for name, kwargs, forced in TRACED:
+            if forced and forced.get("onednn") and not (device.type == "cpu" and onednn_available()):
+                continue  # no oneDNN here: the same as aten's products
             torch.manual_seed(0)
             traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
+            if forced:
+                kwargs = dict(kwargs, objective=CompiledTrace_ELBO(max_plate_nesting=1, modules=[traced_vae],
+                                                                   **forced))
             t0 = time.perf_counter()
-            t = Trainer(traced_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0,
-                        device=device, **kwargs)
-            built[name] = time.perf_counter() - t0  # the first batch shape traced and compiled
-            if not onednn:
-                if not t.traced.onednn:
-                    continue  # no oneDNN in this build: the same as traced+fused
-                t.traced.onednn, t.traced.graphs = False, {}  # traced again in round 0, with aten's products
-                built[name] = 0.0
+            t = Trainer(traced_vae, train, **{"objective": "elbo", **kwargs}, lr=1e-3, batch_size=args.batch_size,
+                        seed=0, device=device)
+            built[name] = time.perf_counter() - t0  # the first batch shape traced (kernels timed) and compiled
             contenders[name] = t.step
     if not args.no_numpyro:
         step = numpyro_step(enc, dec, n, train.x[: args.batch_size])
@@ -321,11 +330,27 @@ def main(argv=None):
     if vs_numpyro:
         fastest = min((k for k in contenders if k.startswith("pyro_vae Trainer")), key=lambda k: vs_numpyro[k])
         print(f"fastest Trainer setting: {fastest}, {vs_numpyro[fastest]:.3f}× NumPyro (paired median)")
+    if not args.no_traced:
+        print(_kernel_choices())
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"seconds_per_step": per_step, "warmup_round_seconds": warmup, "round_steps": args.round_steps,
                        "threads": torch.get_num_threads()}, f, indent=1)
     return ratio
+
+
+def _kernel_choices():
+    """What the traced graphs of this run were given, by the timings that chose it."""
+    lines = ["kernels chosen by timing on this machine (pyro_vae.ops.kernels, median seconds):"]
+    for shapes, c in kernels.choices()["matmul"].items():
+        t = c["seconds"]
+        lines.append(f"  {len(shapes)} products: {c['kernel']} (aten {t['aten'] * 1e3:.3f} ms, "
+                     f"oneDNN {t['onednn'] * 1e3:.3f} ms)")
+    for c in kernels.choices()["log1p_free"].values():
+        t = c["seconds"]
+        lines.append(f"  log1p-free rewrite: {'applied' if c['rewrite'] else 'not applied'} (plain graph "
+                     f"{t['plain'] * 1e3:.3f} ms, rewritten {t['log1p_free'] * 1e3:.3f} ms)")
+    return "\n".join(lines)
 
 
 def _quartiles(values):

@@ -6,6 +6,7 @@ The compiled (traced) path rests on names that neither torch nor Pyro promise to
 - ``make_fx(..., _allow_non_fake_inputs=True)``: tracing with real parameters beside fake data;
 - ``torch.ops.mkldnn._linear_pointwise``: oneDNN's float32 matrix product;
 - ``torch.utils._pytree``: flattening a graph's nested inputs;
+- ``torch.fx.Graph._codegen``: the pytree calling convention a copied ``make_fx`` graph keeps;
 - ``ELBO._get_traces`` and ``ELBO._guess_max_plate_nesting``: Pyro's own tracing of a model/guide pair;
 - ``AutoGuide._setup_prototype``: building an autoguide before its first call;
 - ``pyro.poutine.runtime._PYRO_STACK``: the active Pyro handlers;
@@ -75,6 +76,15 @@ def inductor_compile(graph, inputs, options):
     import torch._inductor  # about a second to import: only when a graph is compiled
 
     return torch._inductor.compile(graph, inputs, options=options)
+
+
+def copy_graph_module(graph):
+    """A copy of a ``make_fx`` graph module (nodes, their metadata, and ``Graph._codegen``,
+    which takes and returns the nested inputs and outputs), to rewrite apart from it."""
+    new = torch.fx.Graph()
+    new._codegen = graph.graph._codegen
+    new.output(new.graph_copy(graph.graph, {}))
+    return torch.fx.GraphModule(graph, new)
 
 
 def has_linear_pointwise():

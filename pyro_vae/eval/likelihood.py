@@ -214,7 +214,7 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
     :param ks: the K of the IWAE bounds L_K to estimate; each must divide S.
     :param int max_plate_nesting: plates of the model and guide (1: the data plate).
     :param bool traced: compute the log weights of each chunk shape from one traced graph,
-        compiled by inductor and replayed (:class:`~pyro_vae.train.traced.TracedFunction`:
+        compiled by inductor and replayed (:class:`~pyro_vae.ops.compile.TracedFunction`:
         Pyro's traces run once per shape, the draws still come from torch's generator);
         the same values up to float rounding, seconds of compilation per shape. For a
         model and guide whose parameters live in modules and whose Python depends on the
@@ -309,7 +309,7 @@ def _log_weights(pair, objective, traced):
     if not pair.modules:
         raise ValueError("traced=True traces the parameters of the modules behind model and guide, and these "
                          "are plain functions; evaluate them without traced")
-    from ..train.traced import TracedFunction
+    from ..ops.compile import TracedFunction
 
     return TracedFunction(pair.modules, log_weights)
 

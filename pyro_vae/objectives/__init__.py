@@ -15,6 +15,8 @@ r"""Training objectives, chosen by name. Each is a Pyro ELBO object (or has the 
 
 - ``"tracegraph"`` (``TraceGraph_ELBO``): the ELBO whose gradient uses the
   score-function estimator at non-reparameterized sites.
+- :class:`CompiledTrace_ELBO`: ``Trace_ELBO`` whose loss and gradients run as one
+  compiled graph per call signature (:mod:`.compiled`); passed as an object.
 - ``"iwae"`` (:class:`IWAE_ELBO`, K = ``num_particles``): the importance weighted
   bound of Burda, Grosse & Salakhutdinov (2015), per data point,
 
@@ -28,6 +30,7 @@ All losses are −ELBO summed over the batch and scaled by N/B by the data plate
 import pyro.infer
 
 from ..guides import PointMass
+from .compiled import CompiledTrace_ELBO, TracedELBO, TracingError
 from .fisher import FisherDivergence, fisher_objective
 from .iwae import IWAE_ELBO
 
@@ -92,3 +95,7 @@ def objective_label(objective, model=None):
     if isinstance(getattr(model, "q", None), PointMass):
         return "reconstruction"
     return "-ELBO"
+
+
+__all__ = ["ALIASES", "OBJECTIVES", "CompiledTrace_ELBO", "FisherDivergence", "IWAE_ELBO", "TracedELBO",
+           "TracingError", "fisher_objective", "make_objective", "objective_label"]

@@ -33,8 +33,8 @@ from .. import _compat
 from . import distributed as dp
 from . import rng
 from .checkpoints import CheckpointError, check_config, load_state_dict
-from .traced import TracedELBO, _buffers_kept, _forked_rng
-from ..objectives import make_objective, objective_label
+from ..objectives import CompiledTrace_ELBO, TracingError, make_objective, objective_label
+from ..ops.compile import forked_rng
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -162,18 +162,19 @@ class Trainer:
         after training. Same values up to float rounding. Off by default: for the MLP on
         CPU it is slower than eager and adds tens of seconds of compilation.
         See ``docs/speed.md`` for what each option costs and buys.
-    :param bool traced: compute each step's loss and gradients with
-        :class:`~pyro_vae.train.traced.TracedELBO`: ``Trace_ELBO``'s program traced once per
-        batch shape into one graph with its backward (its float32 CPU matrix products on
-        oneDNN), compiled by inductor, and replayed (the draws come from torch's global
-        generator as in eager Pyro, so checkpoints resume the same stream). The same loss
-        and gradients up to float rounding. For the ``"elbo"`` objective with a fully
-        reparameterized guide and a program whose Python depends on the data's shapes only;
-        refused (one-line error, when the trainer is built) otherwise, and with
+    :param bool traced: step with :class:`~pyro_vae.objectives.CompiledTrace_ELBO` in place
+        of the ``"elbo"`` objective (``Trace_ELBO`` with its particles): its program traced
+        once per batch shape into one graph with its backward, compiled by inductor and
+        replayed, the graph's kernels chosen by timing them here (:mod:`pyro_vae.ops.kernels`;
+        the draws come from torch's global generator as in eager Pyro, so checkpoints
+        resume the same stream). The same loss and gradients up to float rounding. For a
+        fully reparameterized guide and a program whose Python depends on the data's shapes
+        only; refused (one-line error, when the trainer is built) otherwise, and with
         ``kl_warmup``, ``compile`` or data-parallel training. Each batch shape compiles once
         (seconds; see ``docs/speed.md``): the first when the trainer is built, any other on
-        its first step. Pyro's validation, when on, runs eagerly on the first batch of each
-        shape, on a forked random generator, so that it changes no draw.
+        its first step. Pyro's validation, when on, runs in the eager run before each
+        trace, on a forked random generator, so that it changes no draw. A
+        :class:`~pyro_vae.objectives.CompiledTrace_ELBO` passed as ``objective`` does the same.
     :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
         the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
     :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``
@@ -235,6 +236,7 @@ class Trainer:
             _check(vae, valid)
         self.num_data = len(train)
         self._pass_num_data = _takes_num_data(vae.model) and _takes_num_data(vae.guide)
+        self._pair = None  # (model, guide) at β = 1, built once: a compiled ELBO keeps its graphs per pair
         _check_baseline(vae, len(train), batch_size)
         self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
@@ -253,11 +255,11 @@ class Trainer:
             self.averaged = AveragedModel(self.vae, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         if self.compiled:
             _compile_networks(self.vae)
-        self.loss_fn, self.differentiable = loss_function(self.objective)
-        #: the :class:`~pyro_vae.train.traced.TracedELBO` of a traced trainer, else None
-        self.traced = None
         if traced:
-            self.traced = self._make_traced(train, batch_size, with_labels, kl_warmup)
+            self.objective = self._compiled(self.objective)
+        self.loss_fn, self.differentiable = loss_function(self.objective)
+        if isinstance(self.objective, CompiledTrace_ELBO):
+            self._trace_first_batch(batch_size, with_labels, kl_warmup)
         try:
             opt_cls = OPTIMIZERS[optimizer]
         except KeyError:
@@ -289,28 +291,42 @@ class Trainer:
         # validation; not saved: a resumed run validates its first step again
         self._validated = set()
 
-    def _make_traced(self, train, batch_size, with_labels, kl_warmup):
-        """The traced loss of this trainer's objective, traced on the first batch's shape
-        (so that a program it cannot take is refused before any step)."""
+    def _compiled(self, objective):
+        """The ``"elbo"`` objective as a :class:`~pyro_vae.objectives.CompiledTrace_ELBO`
+        with the same particles and plate nesting."""
+        if isinstance(objective, CompiledTrace_ELBO):
+            return objective
+        if type(objective) is not pyro.infer.Trace_ELBO:
+            raise TracingError(f"traced steps reproduce Trace_ELBO (objective 'elbo'), not "
+                               f"{type(objective).__name__}; train it without traced")
+        return CompiledTrace_ELBO(num_particles=objective.num_particles,
+                                  max_plate_nesting=objective.max_plate_nesting,
+                                  vectorize_particles=objective.vectorize_particles, modules=[self.vae])
+
+    def _trace_first_batch(self, batch_size, with_labels, kl_warmup):
+        """Trace the compiled objective's graph on the first batch's shape, so that a
+        program it cannot take is refused before any step."""
         why = ("kl_warmup (β changes every step)" if kl_warmup else "compile (the traced step is compiled whole)"
                if self.compiled else "data-parallel training" if self.world_size > 1 else None)
         if why:
             raise ValueError(f"traced=True does not combine with {why}")
-        model, guide = self._program()
-        traced = TracedELBO(self.vae, model, guide, self.objective, loss_scale=1 / self.num_data)
         first = next(_batches(self.train_data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
-        traced.trace(*first, **self._loss_kwargs())
-        return traced
+        with pyro.get_param_store().scope():
+            self.objective.trace(*self._program(), *first, **self._loss_kwargs())
 
     def _program(self, beta=1.0):
         """``(model, guide)`` as the objective sees them: the KL term's sites scaled by β
         (:class:`ScaleLatent`) when β < 1, and every site by N/B (B read from the batch)
         when model and guide take no ``num_data``."""
+        if beta >= 1 and self._pair is not None:
+            return self._pair
         model, guide = self.vae.model, self.vae.guide
         if beta < 1:
             model, guide = ScaleLatent(beta)(model), ScaleLatent(beta)(guide)
         if not self._pass_num_data:
             model, guide = _scaled_by_batch(model, self.num_data), _scaled_by_batch(guide, self.num_data)
+        if beta >= 1:
+            self._pair = (model, guide)
         return model, guide
 
     def _loss_kwargs(self):
@@ -345,11 +361,6 @@ class Trainer:
         key = (tuple(batch[0].shape), batch[0].device)
         if not pyro.poutine.util.is_validation_enabled():
             return self._step(batch, share)
-        if self.traced is not None:
-            if key not in self._validated:
-                self._validate_program(batch)
-                self._validated.add(key)
-            return self._step(batch, share)
         if key not in self._validated:
             value = self._step(batch, share)
             self._validated.add(key)
@@ -360,14 +371,6 @@ class Trainer:
                 return self._step(batch, share)
         finally:  # pyro.validation_enabled resets torch's default to Pyro's flag
             torch.distributions.Distribution.set_default_validate_args(torch_default)
-
-    def _validate_program(self, batch):
-        """Run the objective's loss once eagerly with Pyro's validation, on forked random
-        generators, without gradients and with the model's buffers restored after it: the
-        checks of an eager first step, leaving the draws and the batch-norm statistics of
-        the traced steps as they would be without it."""
-        with _forked_rng(batch), torch.no_grad(), _buffers_kept(self.vae):
-            self._loss(batch)
 
     def _loss(self, batch):
         """The objective's loss of the batch, which stands for the N training points."""
@@ -381,13 +384,6 @@ class Trainer:
             value = dp.all_reduce_gradients(self._params, self._local_loss_and_grads(batch, n), share)
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at {self._where()}")
-        elif self.traced is not None:
-            loss, grads = self.traced(*batch, **self._loss_kwargs())
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
-            for p, g in zip(self.traced.params.values(), grads):
-                p.grad = g
         elif self.differentiable:
             loss = self._loss(batch) / n
             value = loss.item()
@@ -634,7 +630,7 @@ def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
     check = getattr(vae, "check_parameters", None)  # a ModelGuide: are all parameters its modules'?
     if setup is None and check is None:
         return
-    with _forked_rng((data.x,)), pyro.get_param_store().scope(), torch.no_grad():
+    with forked_rng((data.x,)), pyro.get_param_store().scope(), torch.no_grad():
         first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
         kwargs = {"num_data": num_data} if pass_num_data else {}
         if setup is not None:

@@ -1,7 +1,9 @@
-"""``TracedELBO``: Trace_ELBO's loss and gradients replayed from one traced graph per call
-signature, and the programs it refuses. The graphs here are replayed as traced
+"""``CompiledTrace_ELBO`` and its engine ``TracedELBO``: Trace_ELBO's loss and gradients
+replayed from one traced graph per call signature, and the programs it refuses. The graphs here are replayed as traced
 (``compile=False``), which is exact; ``tests/train/test_fast.py`` holds the compiled
 trainer (``traced=True``) to plain ``Trace_ELBO`` and to a bit-identical resume."""
+
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -11,8 +13,9 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.amortized import AmortizedGuide, ModelGuide
-from pyro_vae.train import TracedELBO, Trainer, TracingError
-from pyro_vae.train.traced import TracedFunction, onednn_available, onednn_matmuls
+from pyro_vae.objectives import CompiledTrace_ELBO, TracedELBO, TracingError
+from pyro_vae.ops.compile import TracedFunction
+from pyro_vae.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,36 +90,6 @@ def test_one_graph_per_signature(x):
         assert loss == pytest.approx(Trace_ELBO().loss(vae.model, vae.guide, x, num_data=2000), rel=1e-6)
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["replayed", "compiled"])
-def test_keyword_order_and_strides_are_part_of_the_signature(compile):
-    """A graph's tensor inputs come in the order traced: keywords given in another order
-    reach the same inputs; a tensor of the same shape with other strides (a column of a
-    matrix) gets a graph of its own."""
-    f = TracedFunction(torch.nn.Linear(1, 1), lambda *, a, b: a - 2 * b, compile=compile)
-    a, b = torch.ones(4), torch.zeros(4)
-    torch.testing.assert_close(f(a=a, b=b), a)
-    torch.testing.assert_close(f(b=b, a=a), a)
-    assert len(f.graphs) == 1
-    column = torch.arange(8.0).reshape(4, 2)[:, 0]
-    torch.testing.assert_close(f(a=column, b=b), column)
-    assert len(f.graphs) == 2
-
-
-@pytest.mark.parametrize("as_module", [False, True], ids=["a function of it", "the module itself"])
-def test_a_parameter_of_another_layout_gets_a_graph_of_its_own(as_module):
-    """The parameters' strides are part of a graph's key too (a weight stored transposed);
-    the function traced may be the module itself, whose parameters stay its own."""
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(3, 2)
-    f = TracedFunction(linear, linear if as_module else lambda x: linear(x))
-    x = torch.randn(5, 3)
-    torch.testing.assert_close(f(x), linear(x).detach())
-    assert all(type(p) is torch.nn.Parameter for p in linear.parameters())
-    linear.weight.data = linear.weight.data.t().contiguous().t()  # same values, strides (1, 2)
-    torch.testing.assert_close(f(x), linear(x).detach())
-    assert len(f.graphs) == 2
-
-
 def test_a_program_that_reads_the_data_values_is_refused(x):
     vae = build()
 
@@ -125,7 +98,7 @@ def test_a_program_that_reads_the_data_values_is_refused(x):
             return vae.model(x, num_data=num_data)
         return vae.model(x[:1], num_data=num_data)
 
-    with pytest.raises(TracingError, match=r"cannot be traced.*test_traced.py:\d+: if x.sum\(\) > 0.*data's values"):
+    with pytest.raises(TracingError, match=r"cannot be traced.*test_compiled.py:\d+: if x.sum\(\) > 0.*data's values"):
         TracedELBO(vae, model, vae.guide, compile=False).trace(x, num_data=1000)
 
 
@@ -186,89 +159,18 @@ def test_a_users_model_trains_traced_as_it_does_eagerly():
 
 
 def test_pyro_validation_still_fires_on_the_first_batch():
-    """With validation on, the first batch of each shape runs Pyro's checks eagerly; data
-    outside the likelihood's support is then refused as in eager Pyro."""
+    """With validation on, the eager run before the first trace of each shape runs Pyro's
+    checks; data outside the likelihood's support is then refused as in eager Pyro, when
+    the trainer is built, or at the first step of a shape traced with validation off."""
     train = load_dataset("digits", "train")          # grey levels, not binary
-    trainer = Trainer(user_pair(), train, batch_size=499, seed=0, traced=True)
     x = train.x[:499]
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
-        trainer.step(x)
+        Trainer(user_pair(), train, batch_size=499, seed=0, traced=True)
     with pyro.validation_enabled(False):
+        trainer = Trainer(user_pair(), train, batch_size=499, seed=0, traced=True)
         assert torch.isfinite(torch.tensor(trainer.step(x)))   # unchecked, as eager Pyro without validation
-
-
-def test_log1p_free_keeps_softplus_and_the_bernoulli_log_density_to_float32_rounding():
-    """The rewritten graph against float64: absolute errors of the order of float32's
-    rounding of the values themselves, at the extremes of the logits too."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from pyro_vae.train.traced import log1p_free
-
-    def f(x, y):
-        return (torch.nn.functional.softplus(x), torch.nn.functional.softplus(x, beta=2.0, threshold=5.0),
-                dist.Bernoulli(logits=x, validate_args=False).log_prob(y))
-
-    x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([-1e-6, 0.0, 1e-6, 19.99, 20.01])])
-    y = torch.bernoulli(torch.full_like(x, 0.5), generator=torch.Generator().manual_seed(0))
-    graph = make_fx(f)(x, y)
-    assert log1p_free(graph) == 3
-    assert not any(n.target in (torch.ops.aten.softplus.default, torch.ops.aten.binary_cross_entropy_with_logits.default)
-                   for n in graph.graph.nodes)
-    got, want = graph(x, y), f(x.double(), y.double())
-    assert all(g.dtype == torch.float32 for g in got)
-    # softplus: a few float32 ulps in relative terms, tiny values (softplus(-40) = 4e-18) too
-    for g, w in zip(got[:2], want[:2]):
-        assert ((g.double() - w).abs() <= 5e-7 * w.abs() + 1e-30).all(), ((g.double() - w).abs() / w.abs()).max()
-    # the Bernoulli log-density (y − 1) x + min(x, 0) − log1p(e^−|x|) cancels terms of size |x|:
-    # a few ulps of |x| (its float64 value is no more accurate than that)
-    err = (got[2].double() - want[2]).abs()
-    assert (err <= 2.4e-7 * (1 + x.abs().double())).all(), err.max()
-
-
-def test_log1p_free_keeps_small_scales_small():
-    """softplus of very negative inputs, as a positive scale (Pyro's softplus_positive
-    transform, Normal(loc, softplus(raw))): a few ulps, not 0 (a Normal of scale 0)."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from pyro_vae.train.traced import log1p_free
-
-    x = torch.tensor([-14.0, -18.0, -30.0, -80.0])
-    graph = make_fx(torch.nn.functional.softplus)(x)
-    log1p_free(graph)
-    got, want = graph(x), torch.nn.functional.softplus(x.double())
-    assert (got > 0).all()
-    torch.testing.assert_close(got.double(), want, rtol=5e-7, atol=0)
-
-
-def test_onednn_matmuls_rewrites_float32_cpu_products_and_keeps_their_values():
-    """mm and addmm (β = α = 1, bias (N,)) of float32 become oneDNN products equal to
-    float64's to float32 rounding of a sum of K terms; what oneDNN's op does not
-    compute (another β, a bias of another shape, float64) stays aten's."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    assert onednn_available()  # the pinned torch has it on x86: the default traced graphs use it
-
-    def f(a, b, bias, bias2d, a64, b64):
-        return (torch.mm(a, b), torch.addmm(bias, a, b), torch.mm(a.t().contiguous().t(), b.t().t()),
-                torch.addmm(bias2d[0], a, b), torch.addmm(bias[:1].expand(23), a, b),  # strided biases
-                torch.addmm(bias, a, b, beta=0.5), torch.addmm(bias2d, a, b), torch.mm(a64, b64))
-
-    g = torch.Generator().manual_seed(0)
-    a, b, bias = (torch.randn(37, 300, generator=g), torch.randn(300, 23, generator=g),
-                  torch.randn(23, generator=g))
-    inputs = (a, b, bias, torch.randn(23, 37, generator=g).t(), a.double(), b.double())
-    graph = make_fx(f, tracing_mode="fake")(*inputs)
-    assert onednn_matmuls(graph) == 5
-    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.pyro_vae.onednn_matmul.default) == 5
-    assert targets.count(torch.ops.aten.addmm.default) == 2 and targets.count(torch.ops.aten.mm.default) == 1
-    got, want = graph(*inputs), f(*(t.double() for t in inputs))
-    # |error| ≤ K·u·Σ|a||b| (u = 2⁻²⁴), the bound of any summation order; observed far below
-    bound = 300 * 2.0**-24 * (a.abs().double() @ b.abs().double()) + 1e-6
-    for got_i, want_i in zip(got[:5], want[:5]):
-        assert got_i.dtype == torch.float32 and got_i.is_contiguous()
-        assert ((got_i.double() - want_i).abs() <= bound).all()
-        assert ((got_i.double() - want_i).abs() <= 0.05 * bound).all()  # within a twentieth of it
-    for got_i, want_i in zip(got[5:], want[5:]):
-        torch.testing.assert_close(got_i.double(), want_i, rtol=1e-5, atol=1e-4)
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        trainer.step(x)  # traced without validation: checked on its first call with it
 
 
 def test_the_trainers_traced_graph_computes_its_products_with_onednn_and_gives_aten_s_values(x):
@@ -284,7 +186,7 @@ def test_the_trainers_traced_graph_computes_its_products_with_onednn_and_gives_a
         targets = {n.target for n in graph.graph.nodes if n.op == "call_function"}
         assert (torch.ops.pyro_vae.onednn_matmul.default in targets) == onednn
         assert (targets & {torch.ops.aten.mm.default, torch.ops.aten.addmm.default} == set()) == onednn
-    assert TracedELBO(vae, vae.model, vae.guide).onednn  # the default where oneDNN is there
+    assert TracedELBO(vae, vae.model, vae.guide).onednn is None  # the default: chosen by timing
     traced = TracedELBO(vae, vae.model, vae.guide, loss_scale=1 / 1000, compile=False)
     with torch.backends.mkldnn.flags(enabled=False):  # turned off by the user: aten's products
         traced(x, num_data=1000)
@@ -369,7 +271,7 @@ def test_a_parameter_frozen_later_gets_no_gradient(x):
     assert all(g is not None for g in traced(x)[1])
     m.encoder.weight.requires_grad_(False)
     grads = dict(zip(traced.params, traced(x)[1]))
-    assert grads["owner.encoder.weight"] is None and grads["owner.encoder.bias"] is not None
+    assert grads["owners.0.encoder.weight"] is None and grads["owners.0.encoder.bias"] is not None
 
 
 def test_the_plate_nesting_guess_draws_nothing_in_the_graph(x):
@@ -434,7 +336,7 @@ def test_a_parameter_from_the_param_store_is_refused_not_frozen():
 
     m = _Regression(param_sigma=True)
     guide = AutoNormal(m.model)
-    with pytest.raises(TracingError, match=r"not the traced module's \(sigma\)"):
+    with pytest.raises(TracingError, match=r"not the traced modules' \(sigma\)"):
         TracedELBO(torch.nn.ModuleList([m, guide]), m.model, guide)(*_regression_data())
     outside = AutoNormal(_Regression().model)  # a guide that is not part of the module
     with pytest.raises(TracingError, match="AutoNormal.locs.w"):
@@ -550,3 +452,78 @@ def test_the_eager_run_before_a_trace_leaves_batch_norm_statistics_as_they_were(
     traced = TracedFunction(m, lambda x: m.norm(x), compile=False)
     traced(x)
     assert m.norm.num_batches_tracked.item() == 1  # the replay itself is one call
+
+
+# ---- CompiledTrace_ELBO: Pyro's ELBO interface --------------------------------------------
+def _svi_params(elbo, x, steps=3):
+    """The VAE's parameters after ``steps`` steps of pyro.infer.SVI with ``elbo``."""
+    vae = build()
+    pyro.set_rng_seed(11)
+    with pyro.get_param_store().scope():
+        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+        losses = [svi.step(x, num_data=1000) for _ in range(steps)]
+    return losses, [p.detach().clone() for p in vae.parameters()]
+
+
+def test_pyro_svi_steps_with_the_compiled_elbo_as_with_trace_elbo(x):
+    """SVI finds the parameters through the pyro.param sites the compiled ELBO reports and
+    steps them as with Trace_ELBO: same losses and parameters to float rounding."""
+    eager_losses, eager = _svi_params(Trace_ELBO(), x)
+    losses, compiled = _svi_params(CompiledTrace_ELBO(compile=False), x)
+    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert not all(torch.equal(p, q) for p, q in zip(eager, build().parameters()))  # they moved
+    for p, q in zip(eager, compiled):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["differentiable_loss", "loss_and_grads"])
+def test_differentiable_loss_and_loss_and_grads_give_trace_elbos_gradients(x, method):
+    vae = build()
+    ref_loss, ref_grads = eager(vae, Trace_ELBO(), x, seed=4, num_data=1000)
+    elbo = CompiledTrace_ELBO(compile=False)
+    for p in vae.parameters():
+        p.grad = torch.ones_like(p) if method == "loss_and_grads" else None  # loss_and_grads accumulates
+    pyro.set_rng_seed(4)
+    with pyro.get_param_store().scope():
+        if method == "differentiable_loss":
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=1000) / 1000
+            loss.backward()
+            loss = loss.item()
+        else:
+            loss = elbo.loss_and_grads(vae.model, vae.guide, x, num_data=1000) / 1000
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for p, g in zip(vae.parameters(), ref_grads):
+        expected = g * 1000 + 1 if method == "loss_and_grads" else g
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_loss_alone_is_trace_elbos_and_a_plain_function_needs_its_modules(x):
+    vae = build()
+    pyro.set_rng_seed(2)
+    with pyro.get_param_store().scope():
+        expected = Trace_ELBO().loss(vae.model, vae.guide, x, num_data=1000)
+        pyro.set_rng_seed(2)
+        assert CompiledTrace_ELBO().loss(vae.model, vae.guide, x, num_data=1000) == expected
+        with pytest.raises(TracingError, match=r"the model is neither a torch.nn.Module nor a method of one"):
+            CompiledTrace_ELBO(compile=False).loss_and_grads(lambda x, num_data: vae.model(x, num_data), vae.guide,
+                                                             x, num_data=1000)
+        elbo = CompiledTrace_ELBO(compile=False, modules=vae)  # named, a plain function traces
+        assert math.isfinite(elbo.loss_and_grads(lambda x, num_data: vae.model(x, num_data), vae.guide, x,
+                                                 num_data=1000))
+
+
+def test_the_trainer_steps_a_compiled_elbo_through_its_plain_path(x):
+    """traced=True makes the objective a CompiledTrace_ELBO (the same particles); the
+    Trainer has no traced branch of its own, and a compiled ELBO passed as the objective
+    trains as traced=True does."""
+    train = load_dataset("digits", "train", binarize="static")
+    runs = []
+    for kw in (dict(traced=True), dict(objective=CompiledTrace_ELBO(max_plate_nesting=1))):
+        vae = build()
+        trainer = Trainer(vae, train, batch_size=499, seed=0, **kw)
+        assert isinstance(trainer.objective, CompiledTrace_ELBO) and trainer.differentiable
+        trainer.train_epoch()
+        runs.append([p.detach().clone() for p in vae.parameters()])
+    for p, q in zip(*runs):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    assert not hasattr(trainer, "traced")
