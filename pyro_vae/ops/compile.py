@@ -111,15 +111,22 @@ def trace_graph(fn, inputs, compile=True, onednn=None, rewrite=None, kept=None):
     if kept is None:
         raise ValueError("rewrite=None times the graph both ways and needs kept, the context of a timing run")
     key = (graph.code, tuple(signature(v) for v in _compat.pytree().tree_leaves(inputs)), bool(compile))
-    plain, rewritten = (_inductor(graph, inputs), _inductor(rewritten, inputs)) if compile else (graph, rewritten)
+    built = {}
 
-    def timed(g):
+    def runner(g):
+        """Build (compile) variant ``g`` and return one timing run of it: called only if
+        the choice is not cached."""
+        built[id(g)] = _inductor(g, inputs) if compile else g
+
         def run():
             with kept():
-                g(*inputs)
+                built[id(g)](*inputs)
         return run
 
-    return rewritten if kernels.choose_rewrite(key, timed(plain), timed(rewritten)) else plain
+    chosen = rewritten if kernels.choose_rewrite(key, lambda: runner(graph), lambda: runner(rewritten)) else graph
+    if id(chosen) in built:
+        return built[id(chosen)]
+    return _inductor(chosen, inputs) if compile else chosen
 
 
 def _inductor(graph, inputs):

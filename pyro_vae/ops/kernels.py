@@ -110,11 +110,13 @@ def choose_matmul(shapes):
 
 def choose_rewrite(key, plain, rewritten, repeats=7):
     """Whether the rewritten graph is the one to run: forced by ``PYRO_VAE_LOG1P_FREE``
-    (``0`` or ``1``), else measured: ``plain()`` and ``rewritten()`` (each a call of one
-    variant, whose side effects the caller undoes) timed interleaved, the rewrite taken
-    only if faster by :data:`MARGIN`; cached for the process under ``key``.
+    (``0`` or ``1``), else measured, the rewrite taken only if faster by :data:`MARGIN`;
+    cached for the process under ``key``.
 
     :param key: what identifies the graph (its code and input shapes).
+    :param plain: ``plain()`` builds the plain variant and returns one timing run of it
+        (a call whose side effects the caller undoes); called only when not cached.
+    :param rewritten: the same for the rewritten variant.
     """
     forced = os.environ.get("PYRO_VAE_LOG1P_FREE")
     if forced:
@@ -122,7 +124,7 @@ def choose_rewrite(key, plain, rewritten, repeats=7):
             raise ValueError(f"PYRO_VAE_LOG1P_FREE must be 0 or 1, got {forced!r}")
         return forced == "1"
     if key not in _REWRITE:
-        t_plain, t_rewritten = _median_seconds([plain, rewritten], repeats)
+        t_plain, t_rewritten = _median_seconds([plain(), rewritten()], repeats)
         _REWRITE[key] = {"rewrite": t_rewritten < (1 - MARGIN) * t_plain,
                          "seconds": {"plain": t_plain, "log1p_free": t_rewritten}}
     return _REWRITE[key]["rewrite"]

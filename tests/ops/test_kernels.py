@@ -93,11 +93,14 @@ def test_the_log1p_free_rewrite_is_applied_only_where_timed_faster(fresh, monkey
     assert left and kernels.choices()["log1p_free"] == {}
     monkeypatch.setenv("PYRO_VAE_LOG1P_FREE", "yes")
     with pytest.raises(ValueError, match="PYRO_VAE_LOG1P_FREE must be 0 or 1, got 'yes'"):
-        kernels.choose_rewrite("k", lambda: None, lambda: None)
+        kernels.choose_rewrite("k", lambda: lambda: None, lambda: lambda: None)
 
 
 def test_a_near_tie_keeps_the_plain_graph(fresh, monkeypatch):
     monkeypatch.setattr(kernels, "_median_seconds", lambda fns, repeats: [1.0, 0.97])  # 3 % < MARGIN
-    assert kernels.choose_rewrite("k", lambda: None, lambda: None) is False
+    built = []
+    assert kernels.choose_rewrite("k", lambda: built.append(1), lambda: built.append(2)) is False
+    assert kernels.choose_rewrite("k", lambda: built.append(3), lambda: built.append(4)) is False
+    assert built == [1, 2]  # cached: the variants are not built again
     monkeypatch.setattr(kernels, "time_products", lambda shapes, k: 0.97 if k == "onednn" else 1.0)
     assert kernels.choose_matmul([(2, 3, 4, False)]) == "aten"
