@@ -223,18 +223,25 @@ def atomic_write(path, write):
 
 @contextlib.contextmanager
 def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Within: ``signals`` are blocked (held pending by the kernel) and are delivered
-    when the block ends, so that a Ctrl-C or SIGTERM arriving during a save cannot split
-    ``checkpoint.pt`` from its ``run.json``. Outside the main thread, or where the
-    platform has no ``pthread_sigmask``, nothing changes."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Within: ``signals`` are recorded, not acted on, and the first of them is raised
+    again (to the handler that was in place) when the block ends, so that a Ctrl-C or
+    SIGTERM arriving during a save cannot split ``checkpoint.pt`` from its ``run.json``.
+    The deferral is in Python's handlers, not the thread's signal mask: a signal sent to
+    the process may be taken by any of its threads (torch's among them), and CPython runs
+    its handler in the main thread whichever took it. Outside the main thread nothing
+    changes (Python installs handlers there only)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    pending = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():  # None: a handler not set from Python
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def save_json(path, obj):
@@ -522,7 +529,7 @@ class Checkpointer:
 
     Each save writes ``checkpoint.pt`` (:meth:`~pyro_vae.train.trainer.Trainer.state_dict`,
     tensors only) and then ``run.json`` (``run`` with the history, epoch and step), each
-    atomically (:func:`atomic_write`), with SIGINT and SIGTERM held until both are
+    atomically (:func:`atomic_write`), with SIGINT and SIGTERM deferred until both are
     written (:func:`signals_deferred`): a kill at any moment leaves the previous pair or
     the new checkpoint, never a broken file, and Ctrl-C never the one without the other. Parameters that hold NaN or inf are never
     saved (:meth:`~pyro_vae.train.trainer.Trainer.check_finite` stops the run instead), so

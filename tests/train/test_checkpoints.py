@@ -154,6 +154,9 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
 
 def test_a_signal_during_a_save_is_raised_after_both_files_are_written(tmp_path, monkeypatch):
     import signal
+    import threading
+    import time
+
     from pyro_vae.train import checkpoints
 
     train = load_dataset("digits", "train", binarize="dynamic", seed=0)
@@ -162,7 +165,12 @@ def test_a_signal_during_a_save_is_raised_after_both_files_are_written(tmp_path,
 
     def checkpoint_then_sigint(path, state):
         written.append(path.name)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between checkpoint.pt and run.json
+        # Ctrl-C between checkpoint.pt and run.json, sent to the process from another
+        # thread, which the kernel may pick to take it (as it may pick one of torch's)
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+        sender.start()
+        sender.join()
+        time.sleep(0.05)  # time for CPython to run the handler in this thread
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", checkpoint_then_sigint)
     monkeypatch.setattr(checkpoints, "save_json", lambda path, obj: written.append(path.name))
