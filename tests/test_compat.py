@@ -65,3 +65,16 @@ def test_outside_the_tested_versions_the_compiled_path_refuses_and_the_eager_pat
         Trainer(vae, train, batch_size=100, traced=True)
     trainer = Trainer(vae, train, batch_size=100)
     assert torch.isfinite(torch.tensor(trainer.step(train.x[:100])))
+
+
+def test_a_traced_evaluation_outside_the_tested_versions_is_the_one_line_refusal(monkeypatch):
+    """Not wrapped in importance sampling's shape message: the refusal is what the user sees."""
+    from pyro_vae import log_likelihood
+
+    train = load_dataset("digits", "train", binarize="static")
+    torch.manual_seed(0)
+    vae = build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,))
+    monkeypatch.setattr(torch, "__version__", "2.13.0")
+    with pytest.raises(_compat.UnsupportedVersionError) as info:
+        log_likelihood(vae, train.x[:4], num_samples=4, traced=True)
+    assert str(info.value).startswith("the compiled (traced) path is tested with torch >=2.14,<2.15, and 2.13.0")

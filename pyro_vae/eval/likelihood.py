@@ -24,6 +24,7 @@ from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import _compat
 from ..objectives import IWAE_ELBO
 from .common import MeanStderr, check_int
 
@@ -270,7 +271,8 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
                 try:
                     log_w = objectives[c](xb, *ab)
                 except (RuntimeError, ValueError) as e:
-                    if isinstance(e, ValueError) and not any(k in str(e) for k in ("Shape mismatch", "broadcastable")):
+                    if isinstance(e, _compat.UnsupportedVersionError) or (isinstance(e, ValueError) and not any(
+                            k in str(e) for k in ("Shape mismatch", "broadcastable"))):
                         raise
                     first = " ".join(str(e).strip().splitlines()[:2])
                     raise ValueError(
