@@ -24,6 +24,11 @@ def fresh(monkeypatch):
 def _graph_kernels(faster, monkeypatch):
     """The products of the default traced graph when ``faster`` is timed faster."""
     monkeypatch.setattr(kernels, "time_products", lambda shapes, k: 1.0 if k == faster else 2.0)
+    return _default_graph()
+
+
+def _default_graph():
+    """The loss of the default traced graph (its kernels and rewrite chosen as set) and its ops."""
     torch.manual_seed(0)
     vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
     x = load_dataset("digits", "train", binarize="static").x[:48]
@@ -66,14 +71,7 @@ def _softplus_and_bce_left(faster, monkeypatch):
     when the variant ``faster`` ("plain" or "log1p_free") is timed faster."""
     monkeypatch.setattr(kernels, "_median_seconds", lambda fns, repeats: [1.0, 2.0] if faster == "plain"
                         else [2.0, 1.0])
-    torch.manual_seed(0)
-    vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
-    x = load_dataset("digits", "train", binarize="static").x[:48]
-    traced = TracedELBO(vae, vae.model, vae.guide, loss_scale=1 / 1000, compile=False)
-    pyro.set_rng_seed(3)
-    loss = traced(x, num_data=1000)[0]
-    graph = next(iter(traced.graphs.values()))[0]
-    targets = {n.target for n in graph.graph.nodes if n.op == "call_function"}
+    loss, targets = _default_graph()
     aten = torch.ops.aten
     return loss, {aten.softplus.default, aten.binary_cross_entropy_with_logits.default} <= targets
 
