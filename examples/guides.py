@@ -70,7 +70,7 @@ def main(args):
         pyro.set_rng_seed(args.seed)
         torch.manual_seed(args.seed)
         vae = build_vae(train.image_shape, z_dim=args.z_dim, hidden_dims=(args.hidden,), guide=name)
-        trainer = Trainer(vae, train, objective=args.objective, num_particles=args.particles, lr=args.lr,
+        trainer = Trainer(vae, train, objective=args.objective, particles=args.particles, lr=args.lr,
                           batch_size=args.batch_size, seed=args.seed)
         history = trainer.run(args.epochs, progress=True)
         sec = sum(history.epoch_seconds) / len(history.epoch_seconds)

@@ -35,7 +35,7 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae import build_vae, load_dataset  # noqa: E402
-from pyro_vae.train.checkpoints import save_checkpoint, save_json  # noqa: E402
+from pyro_vae.runs import save_checkpoint, save_json  # noqa: E402
 from pyro_vae.eval import likelihood_report  # noqa: E402
 from pyro_vae.train.trainer import Trainer  # noqa: E402
 
@@ -46,7 +46,7 @@ def train_one(k, train, valid, args, epochs):
     torch.manual_seed(args.seed)
     vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=tuple(args.hidden))
     objective = "elbo" if k == 1 else "iwae"
-    trainer = Trainer(vae, train, valid, objective=objective, num_particles=k, lr=args.lr,
+    trainer = Trainer(vae, train, valid, objective=objective, particles=k, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed)
     best = {"loss": float("inf")}
 

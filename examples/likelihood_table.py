@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.train.checkpoints import CHECKPOINT, RUN_JSON
+from pyro_vae.runs import CHECKPOINT, RUN_JSON
 from pyro_vae.cli import main as pyro_vae
 
 RECIPE = ["--batch-size", "256", "--fused", "--lr-schedule", "cosine", "--lr-final", "1e-5", "--ema", "0.999"]

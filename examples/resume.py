@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.train.checkpoints import load_checkpoint
+from pyro_vae.runs import load_checkpoint
 
 
 def train(out, args, resume=False):

@@ -1,31 +1,31 @@
 """The typed settings of a run, as ``run.json`` stores them beside the weights.
 
-``run.json`` is one JSON object::
+``run.json`` (format 3) is one JSON object::
 
     {"format": FORMAT,
-     "model": {...},          # ModelConfig: what build_model takes
-     "data":  {...},          # DataConfig: which data set, binarized how, with which seed
-     "train": {...},          # TrainConfig: objective, particles, lr, batch size, epochs, ...
-     "options": {...},        # every pyro-vae train option, to resume the run
+     "model": {...},          # ModelConfig and the kind's own settings: what build_model takes
+     "data":  {...},          # DataConfig: which data set, binarized how, which labels kept
+     "train": {...},          # TrainConfig: every option of the Trainer
+     "checkpoint_every": K,   # the Checkpointer's cadence in steps (null: epoch ends only)
      "history": {...}, "epoch": E, "step": S, "num_data": N, "world_size": W, "best": {...}}
 
-Each config is a dataclass whose fields carry the check their JSON value must pass
-(``metadata["check"]``, one of :data:`CHECKS`); :meth:`Config.check` checks a stored
-object entry by entry and :meth:`Config.from_dict` gives the typed settings, defaults
-filled in. A file in a newer format than :data:`FORMAT` is refused, naming its version;
-files without the key are format 0 and are read like format 1. Formats 0 and 1 named
-the guide's module ``posterior`` (its weights ``posterior.*`` in ``checkpoint.pt``);
-format 2 names it ``q``, and :func:`pyro_vae.train.checkpoints.load_checkpoint` renames
-the older keys as it reads them.
+A resume reads the three configs back and nothing else. Each config is a dataclass whose
+fields carry the check their JSON value must pass (``metadata["check"]``, one of
+:data:`CHECKS`); :meth:`Config.check` checks a stored object entry by entry and
+:meth:`Config.from_dict` gives the typed settings, defaults filled in. A file in a newer
+format than :data:`FORMAT` is refused, naming its version; older formats are read through
+:func:`pyro_vae.runs.schema.upgrade` (formats 0 and 1 named the guide's module
+``posterior``; formats 0 to 2 kept the command line's options under ``"options"``).
 """
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 #: The format of ``run.json`` this version writes.
-FORMAT = 2
+FORMAT = 3
 
 
 class ConfigError(ValueError):
@@ -48,6 +48,9 @@ CHECKS = {
     "nonneg_int": (lambda v: is_int(v) and v >= 0, "an integer ≥ 0"),
     "number": (is_number, "a finite number"),
     "pos_number": (lambda v: is_number(v) and v > 0, "a positive number"),
+    "nonneg_number": (lambda v: is_number(v) and v >= 0, "a number ≥ 0"),
+    "unit_interval": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
     "pos_ints": (lambda v: isinstance(v, list) and all(is_int(i) and i > 0 for i in v),
                  "a list of positive integers"),
     "shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(i) and i > 0 for i in v),
@@ -135,11 +138,18 @@ class ModelConfig(Config):
 @dataclass(frozen=True)
 class DataConfig(Config):
     """The data a run was trained on: :func:`~pyro_vae.data.load_dataset` ``(dataset,
-    split, binarize=binarize, seed=seed)``."""
+    split, root, binarize=binarize, seed=seed)`` (``root``: the data folder it was read from,
+    None for the default); for the semi-supervised VAE also the labels kept
+    (:func:`~pyro_vae.data.semisupervised.semisupervised` ``(train, labels,
+    seed=label_seed, labelled_every=labelled_every)``)."""
 
     dataset: str = entry("str", "digits")
     binarize: Optional[str] = entry("str", None, nullable=True)
     seed: int = entry("int", 0)
+    labels: Optional[int] = entry("pos_int", None, nullable=True)
+    label_seed: int = entry("int", 0)
+    labelled_every: int = entry("pos_int", 1)
+    root: Optional[str] = entry("str", None, nullable=True)
 
     @property
     def eval_binarize(self):
@@ -155,16 +165,58 @@ class DataConfig(Config):
 
 @dataclass(frozen=True)
 class TrainConfig(Config):
-    """How a run was trained (the rest of its options are in ``run.json``'s ``options``)."""
+    """The options of a :class:`~pyro_vae.train.Trainer`, all of them: what ``run.json``
+    stores under ``"train"`` and what a resume reads back.
+
+    :ivar str objective: a name of :func:`~pyro_vae.objectives.make_objective`.
+    :ivar int particles: L, particles per data point.
+    :ivar str optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+    :ivar float lr: the learning rate (at epoch 0 under a schedule).
+    :ivar int batch_size: B, data points per step.
+    :ivar int epochs: E, the epochs :func:`~pyro_vae.train.fit` and a resume train to.
+    :ivar int seed: seeds Pyro, torch, Python, NumPy and the batch order.
+    :ivar str device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    :ivar float clip_norm: the gradient's global norm is clipped to it (None: off).
+    :ivar str lr_schedule: ``"constant"``, ``"cosine"`` or ``"exponential"``.
+    :ivar int schedule_epochs: T, where the schedule reaches ``lr_final`` (None: E).
+    :ivar float lr_final: the learning rate at epoch T (None: lr/10).
+    :ivar float kl_warmup: epochs over which β rises from 0 to 1 (0: off).
+    :ivar float ema_decay: decay of the weights' moving average (None: off).
+    :ivar bool keep_best: keep the weights of the best validation epoch.
+    :ivar bool fused: the optimizer's fused step.
+    :ivar bool compile: ``torch.compile`` the networks.
+    :ivar bool traced: step with :class:`~pyro_vae.objectives.CompiledTrace_ELBO`.
+    :ivar int valid_batch_size: points per validation batch.
+    """
 
     objective: str = entry("str", "elbo")
     particles: int = entry("pos_int", 1)
+    optimizer: str = entry("str", "adam")
     lr: float = entry("pos_number", 1e-3)
     batch_size: int = entry("pos_int", 128)
     epochs: int = entry("pos_int", 30)
     seed: int = entry("int", 0)
     device: str = entry("str", "cpu")
     clip_norm: Optional[float] = entry("pos_number", None, nullable=True)
+    lr_schedule: str = entry("str", "constant")
+    schedule_epochs: Optional[int] = entry("pos_int", None, nullable=True)
+    lr_final: Optional[float] = entry("pos_number", None, nullable=True)
+    kl_warmup: float = entry("nonneg_number", 0.0)
+    ema_decay: Optional[float] = entry("unit_interval", None, nullable=True)
+    keep_best: bool = entry("bool", False)
+    fused: bool = entry("bool", False)
+    compile: bool = entry("bool", False)
+    traced: bool = entry("bool", False)
+    valid_batch_size: int = entry("pos_int", 1000)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (field names of this config; others are a TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def scheduled_epochs(self):
+        """T: ``schedule_epochs``, or ``epochs`` when not set."""
+        return self.epochs if self.schedule_epochs is None else self.schedule_epochs
 
 
 @dataclass(frozen=True)
@@ -175,7 +227,8 @@ class RunRecord(Config):
     model: dict = entry("dict", dict)
     data: dict = entry("dict", dict)
     train: dict = entry("dict", dict)
-    options: dict = entry("dict", dict)
+    options: dict = entry("dict", dict)  # formats 0 to 2 only
+    checkpoint_every: Optional[int] = entry("pos_int", None, nullable=True)
     history: dict = entry("dict", dict)
     epoch: int = entry("nonneg_int", 0)
     step: int = entry("nonneg_int", 0)

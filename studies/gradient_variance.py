@@ -59,7 +59,7 @@ from pyro_vae.models import VAE, build_model
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import plt, save_figure
 from pyro_vae.train import Trainer, evaluate_loss, loss_function
-from pyro_vae.train.checkpoints import save_json
+from pyro_vae.runs import save_json
 
 #: a = ½ log 2π, the constant of log N(x; φ, 1) = −a − ½(x − φ)².
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

@@ -33,7 +33,7 @@ from pyro_vae.data.semisupervised import choose_labelled  # noqa: E402
 from pyro_vae.eval.classifier import classifier_probs, train_classifier  # noqa: E402
 from pyro_vae.models.ssvae import Classifier  # noqa: E402
 from pyro_vae.plots import save_class_samples  # noqa: E402
-from pyro_vae.train.runs import load_run  # noqa: E402
+from pyro_vae.runs import load_run  # noqa: E402
 
 
 def baseline_accuracy(train, valid, labelled, hidden_dims, steps, seed, batch_size=100, lr=1e-3):
@@ -75,7 +75,7 @@ def main(argv=None):
     rows = []
     for run_dir in args.runs:
         model, run = load_run(run_dir)
-        opts = run["options"]
+        opts = run["data"]  # the data set's settings: binarization, seed, the labels kept
         train = load_dataset("mnist10k", "train", args.data)
         valid = load_dataset("mnist10k", "valid", args.data, binarize=opts["binarize"], seed=opts["seed"])
         with torch.no_grad():

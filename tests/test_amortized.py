@@ -124,7 +124,7 @@ def test_fit_trains_a_users_model_with_an_amortized_guide():
     x = ppca_data(300)
     data = ImageData(x, None, (1, 1, D), name="ppca")
     guide = AmortizedGuide(ppca, family="full", hidden_dims=())
-    history = fit(ModelGuide(ppca, guide), data, epochs=60, batch_size=50, lr=0.03, num_particles=8,
+    history = fit(ModelGuide(ppca, guide), data, epochs=60, batch_size=50, lr=0.03, particles=8,
                   progress=False)
     assert history.train_loss[-1] < history.train_loss[0] - 10.0
     gap = exact_log_px(x).mean().item() - elbo_per_point(guide, x)

@@ -277,7 +277,7 @@ def test_full_guide_recovers_the_correlated_posterior_and_the_diagonal_cannot():
 def test_every_family_trains_with_every_objective(name, objective):
     train = _binary_data(200)
     vae = build_vae((1, 8, 8), z_dim=3, hidden_dims=(32,), guide=name)
-    history = fit(vae, train, epochs=4, objective=objective, num_particles=3 if objective == "iwae" else 1,
+    history = fit(vae, train, epochs=4, objective=objective, particles=3 if objective == "iwae" else 1,
                   batch_size=50, lr=1e-2, progress=False)
     losses = history.train_loss
     assert all(math.isfinite(v) for v in losses)
@@ -305,7 +305,7 @@ def test_a_users_own_family_plugs_in_as_a_class():
     assert vae.config["guide"] == "LowRankNormal"
     q = vae.encode(_binary_data(4).x)
     assert isinstance(q, dist.LowRankMultivariateNormal) and q.batch_shape == (4,)
-    history = fit(vae, _binary_data(200), epochs=4, batch_size=50, lr=1e-2, objective="iwae", num_particles=3,
+    history = fit(vae, _binary_data(200), epochs=4, batch_size=50, lr=1e-2, objective="iwae", particles=3,
                   progress=False)
     assert history.train_loss[-1] < history.train_loss[0] - 5.0
     # a run folder rebuilds it once the class is registered by name

@@ -14,7 +14,8 @@ and ``run(args)``.
 import sys
 
 from ..data import DataError
-from ..train import NonFiniteLossError, checkpoints, distributed
+from ..runs import CheckpointError
+from ..train import NonFiniteLossError, distributed
 from . import evaluate, plot, posterior, sample, train
 from .common import Parser, UsageError
 
@@ -45,7 +46,7 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)  # which options were given (train --resume)
     try:
         return args.func(args)
-    except (UsageError, DataError, checkpoints.CheckpointError, NonFiniteLossError, ValueError,
+    except (UsageError, DataError, CheckpointError, NonFiniteLossError, ValueError,
             distributed.DistributedError) as e:
         # one write, newline included: the lines of several ranks (torchrun) do not merge
         sys.stderr.write(f"pyro-vae {args.command}: error: {e}\n")

@@ -8,7 +8,7 @@ import torch
 
 from ..config import DataConfig
 from ..data import load_dataset
-from ..train import checkpoints
+from .. import runs
 
 
 class UsageError(ValueError):
@@ -19,8 +19,8 @@ def check_out_dir(out, overwrite):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
-    if out.exists() and any(p.name != checkpoints.LOCK for p in out.iterdir()):
-        if (out / checkpoints.RUN_JSON).exists() or (out / checkpoints.CHECKPOINT).exists():
+    if out.exists() and any(p.name != runs.LOCK for p in out.iterdir()):
+        if (out / runs.RUN_JSON).exists() or (out / runs.CHECKPOINT).exists():
             if not overwrite:
                 raise UsageError(f"{out} already holds a run; pass --overwrite to replace it, "
                                  "or choose another --out")
@@ -30,22 +30,22 @@ def check_out_dir(out, overwrite):
 
 
 def lock_run_dir(out, overwrite=False, resume=False):
-    """Take the run folder's lock (:class:`~pyro_vae.train.checkpoints.RunLock`), creating the
+    """Take the run folder's lock (:class:`~pyro_vae.runs.RunLock`), creating the
     folder if need be, and check under the lock that it may be written (the
     ``--overwrite`` check, so that of two processes starting on one fresh folder one
     is refused). A failure removes the folder again if it was created here.
 
     :returns: the held lock; release it when the run is written.
     :raises UsageError: if the folder cannot be created or written, or holds
-        something it may not replace. :raises checkpoints.RunLockedError: if another
+        something it may not replace. :raises runs.RunLockedError: if another
         live process writes it (naming its PID)."""
     what = "run folder" if resume else "--out folder"
-    lock = checkpoints.RunLock(out, what=what)
+    lock = runs.RunLock(out, what=what)
     try:
         lock.acquire()
-    except checkpoints.RunLockedError:
+    except runs.RunLockedError:
         raise
-    except checkpoints.CheckpointError as e:
+    except runs.CheckpointError as e:
         raise UsageError(str(e)) from None
     try:
         if not resume:
@@ -76,14 +76,14 @@ def check_device(device):
 def run_data(run, split, root=None, limit=None):
     """The ``split`` of the data set a run was trained on, binarized as evaluation sees it
     (:attr:`~pyro_vae.config.DataConfig.eval_binarize`), read from ``root``, else from the
-    run's own ``--data`` folder, else ``$PYRO_VAE_DATA``.
+    run's own data folder (``data.root``), else ``$PYRO_VAE_DATA``.
 
     :param dict run: the run's ``run.json``.
     :param int limit: keep only the first ``limit`` data points.
     :returns: ``(data, DataConfig)``.
     """
     cfg = DataConfig.from_dict(run.get("data", {}))
-    data = load_dataset(cfg.dataset, split, root or run.get("options", {}).get("data"), binarize=cfg.eval_binarize,
+    data = load_dataset(cfg.dataset, split, root or cfg.root, binarize=cfg.eval_binarize,
                         seed=cfg.seed)
     if limit is not None:
         data.x = data.x[:limit]

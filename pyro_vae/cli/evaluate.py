@@ -7,8 +7,8 @@ import pyro
 
 from ..data import check_split
 from ..eval import likelihood_report
-from ..train import checkpoints
-from ..train.runs import WEIGHTS, load_run
+from .. import runs
+from ..runs import WEIGHTS, load_run
 from .common import UsageError, check_device, positive_int, run_data
 
 
@@ -76,7 +76,7 @@ def run(args):
           f"(Monte Carlo part ± {report['nll_mc_stderr']:.3f}; median ESS {report['median_ess']:.0f})")
     print(f"  {'active units':16s}{report['active_units']:>9d} of {report['latent_units']}")
     out = Path(args.out or Path(args.run_dir) / f"eval_{args.split}.json")
-    checkpoints.save_json(out, result)
+    runs.save_json(out, result)
     print(f"wrote {out}")
     return 0
 
@@ -112,6 +112,6 @@ def _evaluate_ssvae(model, run, args):
     print(f"  {'accuracy':16s}{100 * accuracy:9.2f} % ± {100 * acc_se:.2f}  (argmax_y q(y|x) against the labels)")
     print(f"  {'-ELBO':16s}{neg_elbo:9.3f}  nats per data point (y summed out, no labels)")
     out = Path(args.out or Path(args.run_dir) / f"eval_{args.split}.json")
-    checkpoints.save_json(out, result)
+    runs.save_json(out, result)
     print(f"wrote {out}")
     return 0

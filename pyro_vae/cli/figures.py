@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..plots import (plot_losses, save_class_samples, save_completions, save_overview, save_reconstructions,
                      save_samples)
-from ..train import checkpoints
+from .. import runs
 from .common import run_data
 
 
@@ -55,8 +55,8 @@ def write_missing_run_figures(model, run, run_dir, root):
     if not missing or (epochs is not None and run.get("epoch", epochs) < epochs):  # finished runs only
         return []
     try:
-        lock = checkpoints.RunLock(run_dir).acquire()
-    except checkpoints.CheckpointError as e:
+        lock = runs.RunLock(run_dir).acquire()
+    except runs.CheckpointError as e:
         print(f"note: not writing the missing figures of {run_dir} ({e})")
         return []
     try:

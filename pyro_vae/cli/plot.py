@@ -11,8 +11,8 @@ from .. import plots
 from ..config import DataConfig
 from ..data import DataError, load_dataset
 from ..eval import DigitClassifier, classifier_accuracy, train_classifier
-from ..train import checkpoints
-from ..train.runs import load_run
+from .. import runs
+from ..runs import load_run
 from .common import UsageError, check_device, int_at_least, positive_int
 from .figures import write_missing_run_figures
 
@@ -67,15 +67,15 @@ def _plot_classifier(labelled, root, out, epochs, seed, device):
     meta = dict(dataset=labelled, epochs=epochs, seed=seed, image_shape=list(train.image_shape))
     path = Path(out) / "classifier.pt"
     if path.is_file():
-        state = checkpoints.load_checkpoint(path)
+        state = runs.load_checkpoint(path)
         if state.get("meta") == meta:
             clf = DigitClassifier(train.image_shape, train.num_classes)
-            checkpoints.load_state_dict(clf, state["model"], what="classifier")
+            runs.files.load_weights(clf, state["model"], what="classifier")
             clf = clf.to(device).eval()
             print(f"classifier: {path} ({labelled}), valid accuracy {classifier_accuracy(clf, valid.x, valid.y):.3f}")
             return clf
     clf = train_classifier(train, epochs=epochs, seed=seed, device=device, progress=True)
-    checkpoints.save_checkpoint(path, dict(model=clf.state_dict(), meta=meta))
+    runs.save_checkpoint(path, dict(model=clf.state_dict(), meta=meta))
     print(f"classifier: trained on {train.name} ({len(train)} images, {epochs} epochs), valid accuracy "
           f"{classifier_accuracy(clf, valid.x, valid.y):.3f}; saved {path}")
     return clf
@@ -139,7 +139,7 @@ def run(args):
     written.append(plots.plot_image_grids(samples, shape, out / "samples.png",
                                           suptitle="decoded z ~ N(0, I)"))
     table = evaluation.dead_zone_table(reports, names)
-    checkpoints.save_json(out / "dead_zones.json", dict(zip(names, reports)))
+    runs.save_json(out / "dead_zones.json", dict(zip(names, reports)))
     (out / "dead_zones.md").write_text(table + "\n")
     print(f"test images: {data.name}, {len(x)}; {args.draws} draws u ~ N(0, I) in each model's frame")
     print(table)

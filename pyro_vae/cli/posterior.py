@@ -4,8 +4,8 @@ point (pair plot, Pareto k̂, divergences)."""
 from pathlib import Path
 
 from ..data import check_split
-from ..train import checkpoints
-from ..train.runs import load_run
+from .. import runs
+from ..runs import load_run
 from .common import UsageError, nonnegative_int, positive_int, run_data
 
 
@@ -52,7 +52,7 @@ def run(args):
         dims=args.dims, title=f"{data_info.dataset} {args.split}[{args.index}]: NUTS vs the {guide} guide "
                               f"(k̂ = {result['khat']:.2f})")
     result.update(index=args.index, split=args.split, guide=guide, figure=png.name)
-    checkpoints.save_json(out / f"posterior_{args.index}.json", result)
+    runs.save_json(out / f"posterior_{args.index}.json", result)
     print(f"{args.split}[{args.index}], {guide} guide: Pareto k̂ = {result['khat']:.3f} "
           f"({'reliable' if result['khat'] < posterior.KHAT_THRESHOLD else 'NOT reliable'}: k̂ < 0.7 needed); "
           f"log p(x) = {result['log_px']:.2f} ± {result['log_px_stderr']:.2f}, ELBO = {result['elbo']:.2f}, "

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from ..plots import save_class_samples, save_samples
-from ..train.runs import load_run
+from ..runs import load_run
 from .common import check_device, positive_int
 
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import torch
 
+from .. import runs
 from ..config import DataConfig, TrainConfig
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS
 from ..guides import GUIDES
 from ..models import MODEL_BUILDERS, build_model
 from ..models.ssvae import ALPHA as SSVAE_ALPHA, ssvae_objective
-from ..data.semisupervised import semisupervised
-from ..data import ImageData
 from ..objectives import ALIASES, OBJECTIVES
 from ..priors import PSEUDO_INPUTS
-from ..train import LR_SCHEDULES, Trainer, checkpoints
-from ..train import distributed
-from .resume import resume_args, run_options
+from ..runs.resume import for_model, load_splits, make_trainer, restore
+from ..runs.schema import record
+from ..train import LR_SCHEDULES, checkpoints, distributed
+from .resume import resume_args
 from .common import (UsageError, check_device, decay, gaussian_scale, lock_run_dir, nonnegative_float,
                      positive_float, positive_int)
 from .figures import missing_figures, write_figures
@@ -201,7 +201,7 @@ def _lock_for_training(out, overwrite, resume):
     if distributed.is_main():
         try:
             lock = lock_run_dir(out, overwrite, resume)
-        except (UsageError, checkpoints.CheckpointError) as e:
+        except (UsageError, runs.CheckpointError) as e:
             error = e
     if distributed.is_initialized():
         first = distributed.all_gather_object(None if error is None else str(error))[0]
@@ -214,7 +214,7 @@ def _lock_for_training(out, overwrite, resume):
 
 def run(args):
     if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones
-        args = resume_args(args, add_arguments)
+        args = resume_args(args, add_arguments, settings_of)
     else:
         resolve_defaults(args)
     _validate_train_args(args)  # every option checked before anything is created
@@ -270,10 +270,10 @@ def _interrupted(error, out):
     sig = getattr(error, "signal", signal.SIGINT)
     if distributed.is_main():
         try:
-            run = json.loads((out / checkpoints.RUN_JSON).read_text())
+            run = json.loads((out / runs.RUN_JSON).read_text())
         except (OSError, ValueError):
             run = None
-        if run is not None and (out / checkpoints.CHECKPOINT).exists():
+        if run is not None and (out / runs.CHECKPOINT).exists():
             step = run.get("step")
             held = (f"its last checkpoint holds {run.get('epoch')} complete epochs"
                     + (f" (step {step})" if step is not None else ""))
@@ -285,40 +285,49 @@ def _interrupted(error, out):
     return 128 + int(sig)
 
 
+def data_config(args):
+    """The data settings (:class:`~pyro_vae.config.DataConfig`) the options give."""
+    ssvae = args.model == "ssvae"
+    return DataConfig(dataset=args.dataset, binarize=args.binarize, seed=args.seed,
+                      labels=args.labels if ssvae else None, label_seed=args.label_seed if ssvae else 0,
+                      labelled_every=args.labelled_every if ssvae else 1, root=args.data)
+
+
+def train_config(args):
+    """The trainer's settings (:class:`~pyro_vae.config.TrainConfig`) the options give, the
+    schedule's length resolved (so that a resume to more epochs keeps the schedule)."""
+    schedule_epochs = args.schedule_epochs
+    if args.lr_schedule != "constant" and schedule_epochs is None:
+        schedule_epochs = args.epochs
+    return TrainConfig(objective=args.objective, particles=args.particles, lr=args.lr, batch_size=args.batch_size,
+                       epochs=args.epochs, seed=args.seed, device=args.device, clip_norm=args.clip_norm,
+                       lr_schedule=args.lr_schedule, schedule_epochs=schedule_epochs, lr_final=args.lr_final,
+                       kl_warmup=float(args.kl_warmup), ema_decay=args.ema, keep_best=args.keep_best,
+                       fused=args.fused, compile=args.compile, traced=args.traced)
+
+
+def settings_of(args, image_shape):
+    """``(model, data, train)``: the settings the options give for images of ``image_shape``,
+    without those a resume may change (epochs, device, the data folder)."""
+    data = data_config(args)
+    model = model_config(args, image_shape, data.binary)
+    return (model, dict(data.to_dict(), root=None),
+            dict(train_config(args).to_dict(), epochs=None, device=None))
+
+
 def _train(args, device, out, timeout):
-    train = load_dataset(args.dataset, "train", args.data, binarize=args.binarize, seed=args.seed,
-                         download=args.download)
-    valid = load_dataset(args.dataset, "valid", args.data, binarize=args.binarize, seed=args.seed,
-                         download=args.download)
-    data_config = DataConfig(dataset=args.dataset, binarize=args.binarize, seed=args.seed)
-    binary = data_config.binary
-    config = model_config(args, train.image_shape, binary)
+    data = data_config(args)
+    train, valid = load_splits(data, download=args.download)
+    config = model_config(args, train.image_shape, data.binary)
     torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
     model = build_model(config)
-    conditional = hasattr(model, "prepare_data")  # a conditional VAE: batches (x, c)
-    objective = args.objective
-    if config["model"] == "ssvae":  # N labels kept; validated without labels, −U(x) with y summed out
-        train = semisupervised(train, args.labels, seed=args.label_seed, labelled_every=args.labelled_every)
-        valid = ImageData(x=valid.x, image_shape=valid.image_shape, name=f"{valid.name} (unlabelled)")
-        objective = ssvae_objective(args.objective, args.particles)
-    elif conditional:
-        train, valid = model.prepare_data(train), model.prepare_data(valid)
-    if args.lr_schedule != "constant" and args.schedule_epochs is None:
-        args.schedule_epochs = args.epochs  # stored resolved: a resume with more epochs keeps the schedule
-    trainer = Trainer(model, train, valid, objective=objective, num_particles=args.particles, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, device=device, clip_norm=args.clip_norm,
-                      with_labels=conditional, fused=args.fused, compile=args.compile, traced=args.traced,
-                      lr_schedule=args.lr_schedule, schedule_epochs=args.schedule_epochs, lr_final=args.lr_final,
-                      kl_warmup=args.kl_warmup, ema_decay=args.ema, keep_best=args.keep_best)
-    train_config = TrainConfig(objective=args.objective, particles=args.particles, lr=args.lr,
-                               batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, device=args.device,
-                               clip_norm=args.clip_norm)
-    run = dict(model=config, data=data_config.to_dict(), train=train_config.to_dict(),
-               num_data=len(train), options=run_options(args), world_size=trainer.world_size)
+    train, valid, with_labels = for_model(model, train, valid, data)
+    trainer = make_trainer(model, train, valid, train_config(args), with_labels, device=device)
     # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
-    save = checkpoints.Checkpointer(out, every=args.checkpoint_every, run=run)
+    save = checkpoints.Checkpointer(out, every=args.checkpoint_every,
+                                    run=record(model, data, trainer, args.checkpoint_every))
     if args.resume:
-        _resume_trainer(trainer, out / checkpoints.CHECKPOINT)
+        restore(trainer, out / runs.CHECKPOINT)
         if args.epochs <= trainer.epoch:
             missing = missing_figures(model, out)
             if missing and trainer.epoch_step == 0:  # killed after its last checkpoint, before its figures
@@ -345,7 +354,7 @@ def _train(args, device, out, timeout):
         history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress,
                               callback=save.on_epoch, step_callback=save.on_step)
     except RuntimeError as e:  # under torchrun: a collective that timed out or lost a rank
-        if not distributed.is_initialized() or isinstance(e, checkpoints.CheckpointError):
+        if not distributed.is_initialized() or isinstance(e, runs.CheckpointError):
             raise
         raise distributed.DistributedError.explain(e, timeout, trainer.last_checkpoint) from None
     if not main_rank:  # rank 0 writes the figures
@@ -356,19 +365,3 @@ def _train(args, device, out, timeout):
           f"valid {trainer.label} {history.valid_loss[-1]:.3f} nats per data point; wrote {out}")
     return 0
 
-
-def _resume_trainer(trainer, path):
-    """Load a run's checkpoint into ``trainer``: checked first (finite weights, a whole
-    trainer state), so that a corrupt file is a one-line error, not a traceback or a
-    run that starts from NaN."""
-    state = checkpoints.check_trainer_state(checkpoints.load_checkpoint(path), path)
-    try:
-        trainer.load_state_dict(state)
-    except checkpoints.CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise checkpoints.CheckpointError(f"{path}: its trainer state cannot be restored "
-                                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
-    trainer.last_checkpoint = (f"{path} (loaded to resume, step {trainer.step_count}"
-                               + (f", epoch {trainer.epoch + 1} batch {trainer.epoch_step})" if trainer.epoch_step
-                                  else f", end of epoch {trainer.epoch})"))

@@ -146,6 +146,7 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
     check_split(name, split)
     if binarize == "none":
         binarize = None
+    source = {"dataset": name, "binarize": binarize, "seed": seed}
     if binarize not in BINARIZE_MODES:
         raise DataError(f"unknown binarization {binarize!r}; choose 'static', 'dynamic' or none")
     root = data_root(root)
@@ -162,4 +163,4 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
     if binarize == "static" or (binarize == "dynamic" and split != "train"):
         x, binarize = binarize_static(x, seed + (split != "train")), None
     return ImageData(x=x, y=y, image_shape=shape, name=f"{name}/{split}", binarize=binarize,
-                     num_classes=10 if y is not None else None)
+                     num_classes=10 if y is not None else None, source=source)

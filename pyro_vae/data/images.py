@@ -20,6 +20,10 @@ class ImageData:
     :ivar tuple image_shape: ``(C, H, W)``.
     :ivar str binarize: None, ``"static"`` (x already drawn once) or ``"dynamic"``
         (each batch of :meth:`batches` is a fresh draw x_b ~ Bernoulli(x)).
+    :ivar dict source: where the data came from, as a :class:`~pyro_vae.config.DataConfig`'s
+        entries (set by :func:`~pyro_vae.data.load_dataset`; None for data made by hand):
+        what :func:`~pyro_vae.train.fit` ``(..., out=...)`` stores so that a resume loads
+        the same data.
     """
 
     x: torch.Tensor
@@ -28,6 +32,7 @@ class ImageData:
     name: str = ""
     binarize: str = None
     num_classes: int = field(default=None)
+    source: dict = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.x.dim() != 2 or self.x.shape[1] != math.prod(self.image_shape):

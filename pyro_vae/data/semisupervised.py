@@ -53,8 +53,8 @@ class SemiSupervisedData(ImageData):
     Other fields as :class:`~pyro_vae.data.ImageData` (``num_classes`` is not checked against −1).
     """
 
-    def __init__(self, x, y, image_shape=(1, 28, 28), name="", binarize=None, labelled_every=1):
-        super().__init__(x=x, y=y, image_shape=image_shape, name=name, binarize=binarize)
+    def __init__(self, x, y, image_shape=(1, 28, 28), name="", binarize=None, labelled_every=1, source=None):
+        super().__init__(x=x, y=y, image_shape=image_shape, name=name, binarize=binarize, source=source)
         if y is None:
             raise DataError(f"{name or 'data'}: semi-supervised data need labels (−1 where a point has none)")
         if isinstance(labelled_every, bool) or not isinstance(labelled_every, int) or labelled_every < 1:
@@ -121,4 +121,6 @@ def semisupervised(data, num_labels, seed=0, labelled_every=1, num_classes=10):
     y[keep.to(y.device)] = data.y[keep.to(y.device)]
     return SemiSupervisedData(data.x, y, image_shape=data.image_shape,
                               name=f"{data.name} ({num_labels} labelled)", binarize=data.binarize,
-                              labelled_every=labelled_every)
+                              labelled_every=labelled_every,
+                              source=None if data.source is None else dict(
+                                  data.source, labels=num_labels, label_seed=seed, labelled_every=labelled_every))

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from .. import _compat
 from . import distributed as dp
 from . import rng
-from .checkpoints import CheckpointError, check_config, load_state_dict
+from ..config import TrainConfig
+from ..runs.files import CheckpointError, check_config, load_weights
 from ..objectives import CompiledTrace_ELBO, TracingError, make_objective, objective_label
 from ..ops.compile import forked_rng
 
@@ -137,15 +138,24 @@ class Trainer:
         right for a model whose sites all sit in the data plate; a model with global
         latents must take ``num_data`` and scale only its plate.
     :param valid: validation data or None.
-    :param objective: a name (:func:`~pyro_vae.objectives.make_objective`) or an ELBO object.
-    :param int num_particles: L, particles per data point.
+    :param TrainConfig config: the settings (:class:`~pyro_vae.config.TrainConfig`, its
+        defaults when None). Keyword ``options`` are fields of it that replace the
+        config's (``Trainer(vae, train, lr=3e-3)`` is ``Trainer(vae, train,
+        TrainConfig(lr=3e-3))``); :attr:`config` holds the result, what ``run.json`` stores.
+    :param objective: an ELBO object to step with in place of the one ``config.objective``
+        names (:func:`~pyro_vae.objectives.make_objective` with ``config.particles``); a
+        string is taken as ``config.objective``.
+    :param bool with_labels: pass the labels to model and guide (conditional models).
+
+    The settings, as the fields of :class:`~pyro_vae.config.TrainConfig`:
+
+    :param int particles: L, particles per data point.
     :param str optimizer: ``"adam"`` (default), ``"adamw"`` or ``"sgd"``.
     :param float lr: learning rate.
     :param int batch_size: B.
     :param int seed: seeds Pyro, PyTorch and the batch order.
     :param device: ``"cpu"``, ``"cuda"``, ...
     :param float clip_norm: clip the gradient's global norm to this value (None: off).
-    :param bool with_labels: pass the labels to model and guide (conditional models).
     :param bool distributed: train data-parallel over the processes of the
         ``torch.distributed`` process group (:mod:`pyro_vae.train.distributed`); default: when
         a group of more than one process is initialized. Each rank then steps on its
@@ -178,7 +188,7 @@ class Trainer:
     :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
         the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
     :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``
-        (needed for a schedule other than constant; :func:`fit` passes its ``epochs``).
+        (None: ``epochs``).
     :param float lr_final: the learning rate at epoch T and after (default lr/10).
     :param float kl_warmup: KL warm-up over this many epochs (0: off): step s
         (1-based) optimizes E_q[log p(x|z)] − β_s KL(q‖p) with β_s = min(1, s/W), W the
@@ -194,28 +204,23 @@ class Trainer:
         into the model at the end).
     """
 
-    def __init__(self, vae, train, valid=None, objective="elbo", num_particles=1, optimizer="adam",
-                 lr=1e-3, batch_size=128, seed=0, device="cpu", clip_norm=None, with_labels=False,
-                 valid_batch_size=1000, distributed=None, fused=False, compile=False, traced=False,
-                 lr_schedule="constant", schedule_epochs=None, lr_final=None, kl_warmup=0.0, ema_decay=None,
-                 keep_best=False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive (or None for no clipping), got {clip_norm}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        if lr_schedule != "constant" and not (isinstance(schedule_epochs, int) and schedule_epochs >= 1):
-            raise ValueError(f"lr_schedule={lr_schedule!r} needs schedule_epochs, a positive number of epochs "
-                             f"over which lr goes to lr_final, got {schedule_epochs!r}")
-        if lr_final is not None and not (0 < lr_final and math.isfinite(lr_final)):
-            raise ValueError(f"lr_final must be a positive number, got {lr_final}")
-        if not (kl_warmup >= 0 and math.isfinite(kl_warmup)):
-            raise ValueError(f"kl_warmup must be a number of epochs ≥ 0, got {kl_warmup}")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in (0, 1) (or None for no averaging), got {ema_decay}")
+    def __init__(self, vae, train, valid=None, config=None, *, objective=None, with_labels=False, distributed=None,
+                 **options):
+        if isinstance(objective, str):  # the objective's name is a setting; an ELBO object is not
+            options["objective"], objective = objective, None
+        config = TrainConfig() if config is None else config
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a pyro_vae.config.TrainConfig, got {type(config).__name__}")
+        unknown = sorted(set(options) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"Trainer got unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; its options "
+                            f"are the fields of TrainConfig: {', '.join(TrainConfig.__dataclass_fields__)}")
+        #: the trainer's settings (:class:`~pyro_vae.config.TrainConfig`), all of them
+        self.config = config = config.replace(**options)
+        _check_config(config)
+        lr, batch_size, seed, device, clip_norm = config.lr, config.batch_size, config.seed, config.device, config.clip_norm
+        kl_warmup, ema_decay, fused, compile, traced = (config.kl_warmup, config.ema_decay, config.fused, config.compile,
+                                                        config.traced)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for, but no CUDA GPU is available")
@@ -238,7 +243,7 @@ class Trainer:
         self._pass_num_data = _takes_num_data(vae.model) and _takes_num_data(vae.guide)
         self._pair = None  # (model, guide) at β = 1, built once: a compiled ELBO keeps its graphs per pair
         _check_baseline(vae, len(train), batch_size)
-        self.objective = make_objective(objective, num_particles) if isinstance(objective, str) else objective
+        self.objective = make_objective(config.objective, config.particles) if objective is None else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
         if kl_warmup and self.label != "-ELBO":
@@ -260,20 +265,18 @@ class Trainer:
         self.loss_fn, self.differentiable = loss_function(self.objective)
         if isinstance(self.objective, CompiledTrace_ELBO):
             self._trace_first_batch(batch_size, with_labels, kl_warmup)
-        try:
-            opt_cls = OPTIMIZERS[optimizer]
-        except KeyError:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}") from None
-        self.optimizer = opt_cls(self.vae.parameters(), lr=lr, **({"fused": True} if self.fused else {}))
-        self.lr, self.lr_schedule, self.schedule_epochs, self.lr_final = lr, lr_schedule, schedule_epochs, lr_final
+        self.optimizer = OPTIMIZERS[config.optimizer](self.vae.parameters(), lr=lr,
+                                                      **({"fused": True} if self.fused else {}))
+        self.lr, self.lr_schedule, self.lr_final = lr, config.lr_schedule, config.lr_final
+        self.schedule_epochs = config.scheduled_epochs
         self.warmup_steps = kl_warmup * math.ceil(len(train) / batch_size)
-        self.keep_best = bool(keep_best)
+        self.keep_best = bool(config.keep_best)
         #: with ``keep_best``: ``{"epoch", "valid_loss", "model"}`` of the best validation
         #: epoch so far (``model``: the state dict of :attr:`eval_model` then), or None
         self.best = None
         self._params = [p for p in self.vae.parameters() if p.requires_grad]
         self.batch_size, self.clip_norm, self.with_labels = batch_size, clip_norm, with_labels
-        self.valid_batch_size = valid_batch_size
+        self.valid_batch_size = config.valid_batch_size
         self.history = History(objective=self.label)
         #: the trainer's own Pyro param store (``pyro.get_param_store().scope(param_state)``):
         #: training one model never touches the parameters another left in the global store.
@@ -552,7 +555,7 @@ class Trainer:
             another number of processes.
         """
         check_config(state.get("config"), getattr(self.vae, "config", None), what="model")
-        load_state_dict(self.vae, state["model"], what=f"model ({type(self.vae).__name__})")
+        load_weights(self.vae, state["model"], what=f"model ({type(self.vae).__name__})")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             _set_fused(self.optimizer, self.fused)
@@ -573,7 +576,7 @@ class Trainer:
             if "ema" not in state:
                 raise CheckpointError("the checkpoint holds no moving average of the weights; resume it "
                                       "without ema_decay")
-            load_state_dict(self.averaged, state["ema"], what="moving average of the weights")
+            load_weights(self.averaged, state["ema"], what="moving average of the weights")
         self.best = state.get("best") if self.keep_best else None
         rng.set_state(state["rng"][self.rank], self.device)
 
@@ -587,6 +590,32 @@ class Trainer:
             raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
                                      f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
                                      f"stopped there, {last}")
+
+
+def _check_config(config):
+    """Refuse settings no trainer can run with, naming the setting (one line each)."""
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {config.batch_size}")
+    if config.lr <= 0:
+        raise ValueError(f"lr must be positive, got {config.lr}")
+    if config.clip_norm is not None and not config.clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive (or None for no clipping), got {config.clip_norm}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    T = config.scheduled_epochs
+    if config.lr_schedule != "constant" and not (isinstance(T, int) and T >= 1):
+        raise ValueError(f"lr_schedule={config.lr_schedule!r} needs schedule_epochs (or epochs), a positive number "
+                         f"of epochs over which lr goes to lr_final, got {T!r}")
+    if config.lr_final is not None and not (0 < config.lr_final and math.isfinite(config.lr_final)):
+        raise ValueError(f"lr_final must be a positive number, got {config.lr_final}")
+    if not (config.kl_warmup >= 0 and math.isfinite(config.kl_warmup)):
+        raise ValueError(f"kl_warmup must be a number of epochs ≥ 0, got {config.kl_warmup}")
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
+        raise ValueError(f"ema_decay must lie in (0, 1) (or None for no averaging), got {config.ema_decay}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+    if not isinstance(config.particles, int) or config.particles < 1:
+        raise ValueError(f"particles must be a positive integer, got {config.particles!r}")
 
 
 def _scaled_by_batch(fn, num_data):
@@ -687,27 +716,74 @@ def _check(vae, data):
         raise ValueError(f"{data.name}: {e}") from None
 
 
-def fit(vae, train, valid=None, epochs=10, progress=True, callback=None, **kwargs):
+def final_weights(trainer):
+    """Load into ``trainer.vae`` the weights to evaluate: those of the best validation epoch
+    when kept (``keep_best``), else the moving average (``ema_decay``), else the last step's."""
+    if trainer.best is not None:
+        trainer.vae.load_state_dict(trainer.best["model"])
+    elif trainer.averaged is not None:
+        trainer.vae.load_state_dict(trainer.averaged.module.state_dict())
+
+
+def fit(vae, train, valid=None, epochs=None, progress=True, callback=None, config=None, out=None,
+        checkpoint_every=None, overwrite=False, **options):
     """Train ``vae`` with SVI and return its :class:`History`.
 
-    Keyword arguments are those of :class:`Trainer` (objective, num_particles, lr,
-    batch_size, seed, device, lr_schedule, kl_warmup, ema_decay, keep_best, ...). At the
-    end ``vae`` holds the weights to evaluate: those of the best validation epoch with
-    ``keep_best=True``, else the moving average with ``ema_decay``, else the last step's.
+    :param int epochs: E (default: ``config.epochs``).
+    :param TrainConfig config: the settings; keyword ``options`` replace its fields
+        (objective, particles, lr, batch_size, seed, device, lr_schedule, kl_warmup,
+        ema_decay, keep_best, ...), as for :class:`Trainer`.
+    :param out: a run folder to write, as ``pyro-vae train --out`` does: under its lock,
+        ``checkpoint.pt`` and ``run.json`` (the model's, the data's and the trainer's
+        settings) at each epoch end and every ``checkpoint_every`` steps, so that
+        :func:`pyro_vae.resume` ``(out, epochs=N)`` continues the run. The model must carry
+        its builder's settings (``vae.config``, as :func:`~pyro_vae.models.build_model`'s
+        models do) and ``train`` say where it came from (``train.source``, as
+        :func:`~pyro_vae.data.load_dataset` sets it).
+    :param bool overwrite: replace a run already in ``out``.
+
+    At the end ``vae`` holds the weights to evaluate (:func:`final_weights`): those of the best
+    validation epoch with ``keep_best=True``, else the moving average with ``ema_decay``,
+    else the last step's.
 
     Example::
 
         train = load_dataset("digits", "train", binarize="dynamic")
-        valid = load_dataset("digits", "valid", binarize="static")
+        valid = load_dataset("digits", "valid", binarize="dynamic")
         vae = build_vae(train.image_shape, z_dim=8, hidden_dims=(128,))
         history = fit(vae, train, valid, epochs=20, objective="meanfield")
     """
-    if kwargs.get("lr_schedule", "constant") != "constant":
-        kwargs.setdefault("schedule_epochs", epochs)
-    trainer = Trainer(vae, train, valid, **kwargs)
-    history = trainer.run(epochs, progress=progress, callback=callback)
-    if trainer.best is not None:
-        vae.load_state_dict(trainer.best["model"])
-    elif trainer.averaged is not None:
-        vae.load_state_dict(trainer.averaged.module.state_dict())
+    if epochs is not None:
+        options["epochs"] = epochs
+    trainer = Trainer(vae, train, valid, config, **options)
+    epochs = trainer.config.epochs
+    if out is None:
+        history = trainer.run(epochs, progress=progress, callback=callback)
+        final_weights(trainer)
+        return history
+    from ..config import DataConfig
+    from ..runs.lock import RunLock
+    from ..runs.schema import record
+    from .checkpoints import Checkpointer, CheckpointError
+
+    if not isinstance(getattr(vae, "config", None), dict):
+        raise ValueError(f"fit(out=...) stores the model's settings to rebuild it on resume, and "
+                         f"{type(vae).__name__} has no config; build it with pyro_vae.build_model")
+    if not isinstance(getattr(train, "source", None), dict):
+        raise ValueError("fit(out=...) stores where the training data came from, and train has no source; "
+                         "load it with pyro_vae.load_dataset")
+    data = DataConfig.from_dict(train.source, where="train.source")
+    with RunLock(out, what="run folder") as lock:
+        if not overwrite and any((lock.folder / name).exists() for name in ("run.json", "checkpoint.pt")):
+            raise CheckpointError(f"{out} already holds a run; continue it with pyro_vae.resume({str(out)!r}), "
+                                  "or pass overwrite=True to replace it")
+        save = Checkpointer(out, every=checkpoint_every, run=record(vae, data, trainer, checkpoint_every))
+
+        def on_epoch(t):
+            save.on_epoch(t)
+            if callback is not None:
+                callback(t)
+
+        history = trainer.run(epochs, progress=progress, callback=on_epoch, step_callback=save.on_step)
+    final_weights(trainer)
     return history

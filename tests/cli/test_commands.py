@@ -61,7 +61,7 @@ def test_train_traced_writes_a_run_that_resumes(tmp_path):
             "--z-dim", "2", "--no-progress"]
     assert main([*argv, "--epochs", "1", "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["options"]["traced"] is True
+    assert run["train"]["traced"] is True and run["train"]["fused"] is True
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert len(json.loads((out / "run.json").read_text())["history"]["train_loss"]) == 2
     # evaluate --traced: the eager report's numbers from the compiled graph

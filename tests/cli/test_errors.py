@@ -97,7 +97,7 @@ def test_resume_continues_with_more_epochs_and_the_same_options_given_again(fini
     assert main(["train", "--resume", str(copy), "--epochs", "2", "--lr", "0.001", "--hidden", "16",
                  "--no-progress"]) == 0
     assert "resuming after step 12 (epoch 2, batch 0)" in capsys.readouterr().out
-    from pyro_vae.train.checkpoints import load_checkpoint
+    from pyro_vae.runs import load_checkpoint
 
     assert load_checkpoint(copy / "checkpoint.pt")["epoch"] == 2
 

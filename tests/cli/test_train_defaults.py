@@ -37,7 +37,7 @@ def test_the_run_stores_the_resolved_values_and_resumes_with_them(tmp_path, caps
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["options"]["scale"] == run["model"]["scale"] == DIGITS_SCALE
+    assert run["model"]["scale"] == DIGITS_SCALE and run["train"]["epochs"] == 1
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["scale"] == DIGITS_SCALE and len(run["history"]["valid_loss"]) == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.train import checkpoints
+from pyro_vae import runs
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.data import load_dataset
@@ -140,6 +140,6 @@ def test_cli_trains_and_samples_an_autoencoder(tmp_path, capsys):
     assert rc == 0
     model, run = load_run(out)
     assert isinstance(model, Autoencoder) and run["model"]["model"] == "ae"
-    assert (out / checkpoints.CHECKPOINT).is_file()
+    assert (out / runs.CHECKPOINT).is_file()
     rc = main(["sample", str(out), "-n", "16", "--out", str(tmp_path / "s.png")])
     assert rc == 0 and (tmp_path / "s.png").stat().st_size > 0

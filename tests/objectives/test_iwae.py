@@ -244,7 +244,7 @@ def test_trains_with_every_guide_family(guide, digits):
     train, valid = digits
     vae = tiny_vae(z_dim=4, guide=guide)
     before = evaluate_loss(vae, valid, IWAE_ELBO(5))  # −L_5 of the untrained model, about 45-50 nats
-    history = fit(vae, train, valid, epochs=3, objective="iwae", num_particles=5, batch_size=30, lr=1e-2,
+    history = fit(vae, train, valid, epochs=3, objective="iwae", particles=5, batch_size=30, lr=1e-2,
                   progress=False)
     assert all(math.isfinite(v) for v in history.valid_loss)
     # −L_5 on the validation digits falls by more than 10 nats, and keeps falling after epoch 1
@@ -285,7 +285,7 @@ def test_trains_a_conditional_model_with_extra_arguments(digits):
     torch.manual_seed(0)
     model = TinyConditional()
     before = evaluate_loss(model, valid, IWAE_ELBO(5), with_labels=True)
-    trainer = Trainer(model, train, valid, objective="iwae", num_particles=5, batch_size=30, lr=1e-2,
+    trainer = Trainer(model, train, valid, objective="iwae", particles=5, batch_size=30, lr=1e-2,
                       with_labels=True)
     history = trainer.run(3, progress=False)
     assert history.valid_loss[-1] < before - 10.0, (before, history.valid_loss)

@@ -12,8 +12,9 @@ import torch
 
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.train import rng
-from pyro_vae.train.checkpoints import (CheckpointError, Checkpointer, atomic_write, check_config, load_checkpoint,
-                                  load_state_dict, save_checkpoint)
+from pyro_vae.runs.files import (CheckpointError, atomic_write, check_config, load_checkpoint, load_weights,
+                                 save_checkpoint)
+from pyro_vae.train.checkpoints import Checkpointer
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from run_helpers import exit_code
@@ -90,7 +91,7 @@ def test_a_checkpoint_of_another_configuration_says_what_differs(other, says):
         check_config(saved.config, model.config)
     # without configurations, the shapes say it
     with pytest.raises(CheckpointError, match=r"shapes differ: .*checkpoint \(\d+, \d+\) vs model \(\d+, \d+\)"):
-        load_state_dict(model, saved.state_dict())
+        load_weights(model, saved.state_dict())
     # the trainer checks both
     train = load_dataset("digits", "train", binarize="static")
     trainer = Trainer(saved, train)
@@ -103,7 +104,7 @@ def test_another_architecture_names_missing_and_unexpected_weights():
     mlp = build_vae((1, 8, 8), z_dim=4, network="mlp", hidden_dims=(16,))
     conv = build_vae((1, 8, 8), z_dim=4, network="conv")
     with pytest.raises(CheckpointError, match=r"missing from the checkpoint: .*not in the model: "):
-        load_state_dict(conv, mlp.state_dict())
+        load_weights(conv, mlp.state_dict())
     with pytest.raises(CheckpointError, match="network: checkpoint 'mlp', model 'conv'"):
         check_config(mlp.config, conv.config)
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.train.checkpoints import load_checkpoint
+from pyro_vae.runs import load_checkpoint
 from pyro_vae.train.distributed import shard
 from pyro_vae.models import build_model
 from pyro_vae.objectives import make_objective
@@ -147,7 +147,7 @@ def single_process(run, noise_seed, half_batches=False):
     train = load_dataset("digits", "train", binarize="dynamic", seed=0)
     torch.manual_seed(0)
     model = build_model(run["model"])
-    trainer = Trainer(model, train, lr=0.003, batch_size=64, seed=0, objective="meanfield", num_particles=64)
+    trainer = Trainer(model, train, lr=0.003, batch_size=64, seed=0, objective="meanfield", particles=64)
     pyro.set_rng_seed(noise_seed)
     for _ in range(3):
         for x, _ in train.batches(64, shuffle=True, generator=trainer.generator):

@@ -10,9 +10,9 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.train.checkpoints import CheckpointError, load_checkpoint
+from pyro_vae.runs import CheckpointError, load_checkpoint
 from pyro_vae.cli import main
-from pyro_vae.train.runs import load_run, run_weights
+from pyro_vae.runs import load_run, run_weights
 from pyro_vae.train.trainer import Trainer, evaluate_loss, fit, scheduled_lr
 from run_helpers import digits_data as data, exit_code, make_trainer, round_trip
 
@@ -49,8 +49,8 @@ def test_the_optimizer_steps_with_each_epochs_scheduled_lr():
 
 def test_fit_schedules_over_its_epochs_and_bad_schedules_are_refused():
     train, valid = data()
-    with pytest.raises(ValueError, match="needs schedule_epochs"):
-        Trainer(build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,)), train, lr_schedule="cosine")
+    t = Trainer(build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,)), train, lr_schedule="cosine", epochs=7)
+    assert t.schedule_epochs == 7  # T: schedule_epochs, or else the config's epochs
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
         Trainer(build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,)), train, lr_schedule="linear")
     vae = build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,))
@@ -95,7 +95,7 @@ def test_kl_weight_rises_linearly_over_the_warmup_steps_then_stays_one():
 
 def test_kl_warmup_is_refused_for_the_iwae_bound():
     with pytest.raises(ValueError, match="kl_warmup scales the KL term of an ELBO, and the objective is -L_5"):
-        make_trainer(objective="iwae", num_particles=5, kl_warmup=1)
+        make_trainer(objective="iwae", particles=5, kl_warmup=1)
 
 
 # ---- moving average and best weights -----------------------------------------------------
@@ -216,7 +216,7 @@ def test_cli_recipe_run_stores_best_and_ema_and_evaluate_chooses_weights(tmp_pat
     assert main(args) == 0
     state = load_checkpoint(out / "checkpoint.pt")
     run = load_run(out, weights="raw")[1]
-    assert run["options"]["schedule_epochs"] == 3 and run["best"]["epoch"] == state["best"]["epoch"]
+    assert run["train"]["schedule_epochs"] == 3 and run["train"]["ema_decay"] == 0.9 and run["best"]["epoch"] == state["best"]["epoch"]
     for weights, expected in (("raw", state["model"]), ("best", state["best"]["model"]),
                               ("last", {k[len("module."):]: v for k, v in state["ema"].items()
                                         if k.startswith("module.")})):

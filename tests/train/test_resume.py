@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.train.checkpoints import Checkpointer, load_checkpoint
+from pyro_vae.runs import load_checkpoint
+from pyro_vae.train.checkpoints import Checkpointer
 from pyro_vae.cli import main
 from pyro_vae.train.trainer import NonFiniteLossError
 from run_helpers import exit_code, make_trainer, round_trip

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.train import checkpoints
-from pyro_vae.train.checkpoints import CHECKPOINT, RUN_JSON, CheckpointError, Checkpointer, atomic_write
+from pyro_vae import runs
+from pyro_vae.config import FORMAT
+from pyro_vae.runs import CHECKPOINT, RUN_JSON, CheckpointError, atomic_write
+from pyro_vae.train.checkpoints import Checkpointer
 from pyro_vae.cli import main
 from run_helpers import TINY, fails, snapshot
 
-LOCK = ".pyro-vae.lock"  # the lock file inside a run folder (checkpoints.LOCK)
+LOCK = ".pyro-vae.lock"  # the lock file inside a run folder (runs.LOCK)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +56,7 @@ def stop(proc):
     proc.communicate()
 
 
-HOLD = ("import sys, time; from pyro_vae.train.checkpoints import RunLock; RunLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys, time; from pyro_vae.runs import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(120)")
 
 
@@ -67,15 +69,15 @@ def holder(folder):
 
 # ---- the run folder's lock -----------------------------------------------------------------
 def test_the_lock_file_name():
-    assert checkpoints.LOCK == LOCK
+    assert runs.LOCK == LOCK
 
 
 def test_a_second_writer_is_refused_naming_the_holders_pid(tmp_path):
     proc = holder(tmp_path / "run")
     try:
-        with pytest.raises(checkpoints.RunLockedError,
+        with pytest.raises(runs.RunLockedError,
                            match=rf"being written by another pyro-vae process \(PID {proc.pid}\)"):
-            checkpoints.RunLock(tmp_path / "run").acquire()
+            runs.RunLock(tmp_path / "run").acquire()
     finally:
         stop(proc)
 
@@ -85,7 +87,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "run" / LOCK).read_text().strip() == str(proc.pid)  # left behind by kill -9
-    lock = checkpoints.RunLock(tmp_path / "run").acquire()
+    lock = runs.RunLock(tmp_path / "run").acquire()
     assert (tmp_path / "run" / LOCK).read_text().strip() == str(os.getpid())
     lock.release()
     assert not (tmp_path / "run" / LOCK).exists()
@@ -93,11 +95,11 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_a_failed_start_removes_the_folder_it_created(tmp_path):
     with pytest.raises(ZeroDivisionError):
-        with checkpoints.RunLock(tmp_path / "new" / "run"):
+        with runs.RunLock(tmp_path / "new" / "run"):
             1 / 0
     assert not (tmp_path / "new" / "run").exists()
     (tmp_path / "kept").mkdir()
-    with checkpoints.RunLock(tmp_path / "kept"):
+    with runs.RunLock(tmp_path / "kept"):
         pass
     assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
 
@@ -105,7 +107,7 @@ def test_a_failed_start_removes_the_folder_it_created(tmp_path):
 def test_a_lock_on_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="is a file, not a folder"):
-        checkpoints.RunLock(tmp_path / "file").acquire()
+        runs.RunLock(tmp_path / "file").acquire()
 
 
 def test_two_trainings_into_one_fresh_out_one_is_refused(tmp_path, capsys):
@@ -174,7 +176,7 @@ def test_a_checkpointer_leaves_the_temporary_files_of_a_live_process_alone(tmp_p
 # ---- what a run folder holds ---------------------------------------------------------------
 def test_run_json_has_a_format_version_and_files_have_the_figures_mode(finished_run):
     run = json.loads((finished_run / RUN_JSON).read_text())
-    assert run["format"] == checkpoints.RUN_FORMAT == 2
+    assert run["format"] == FORMAT == 3
     modes = {p.name: p.stat().st_mode & 0o777 for p in finished_run.iterdir()}
     umask = os.umask(0)
     os.umask(umask)
@@ -301,21 +303,19 @@ def test_a_malformed_run_json_is_a_one_line_error(run_copy, capsys, edit, says):
 
 
 @pytest.mark.parametrize("edit, says", [
-    (setting(["options", "batch_size"], "abc"), "options.batch_size (--batch-size) must be a positive integer, "
-                                                "got \"abc\""),
-    (setting(["options", "hidden"], 16), "options.hidden (--hidden) must be a list of positive integers, got 16"),
-    (setting(["options", "epochs"], 0), "options.epochs (--epochs) must be a positive integer, got 0"),
-    (setting(["options", "ema"], 1.5), "options.ema (--ema) must be a decay in (0, 1), e.g. 0.999, got 1.5"),
-    (setting(["options", "batch_size"], 2.5), "options.batch_size (--batch-size) must be a positive integer, "
-                                              "got 2.5"),
-    (setting(["options", "objective"], 3), "options.objective (--objective) must be a string"),
-    (setting(["options", "network"], "rnn"), "options.network (--network) must be one of mlp, conv"),
-    (setting(["options", "no_progress"], "yes"), "options.no_progress (--no-progress) must be true or false"),
-    (setting(["options", "colour"], 1), "options.colour is not an option of pyro-vae train"),
-    (setting(["options"], [1]), "options must be an object"),
+    (setting(["train", "batch_size"], "abc"), "train.batch_size must be a positive integer, got \"abc\""),
+    (setting(["model", "hidden_dims"], 16), "model.hidden_dims must be a list of positive integers, got 16"),
+    (setting(["train", "epochs"], 0), "train.epochs must be a positive integer, got 0"),
+    (setting(["train", "ema_decay"], 1.5), "train.ema_decay must be a number in (0, 1) or null, got 1.5"),
+    (setting(["train", "batch_size"], 2.5), "train.batch_size must be a positive integer, got 2.5"),
+    (setting(["train", "objective"], 3), "train.objective must be a string"),
+    (setting(["data", "labels"], 0), "data.labels must be a positive integer or null, got 0"),
+    (setting(["train", "keep_best"], "yes"), "train.keep_best must be true or false, got \"yes\""),
+    (setting(["train", "colour"], 1), "train.colour is not a setting of the trainer"),
+    (setting(["train"], [1]), "train must be an object"),
     (setting(["epoch"], -1), "epoch must be an integer ≥ 0"),
-], ids=["batch-size-str", "hidden-int", "epochs-zero", "ema-above-one", "batch-size-float", "objective-int", "network-choice", "flag", "unknown", "options-list",
-        "epoch"])
+], ids=["batch-size-str", "hidden-int", "epochs-zero", "ema-above-one", "batch-size-float", "objective-int",
+        "labels-zero", "flag", "unknown", "train-list", "epoch"])
 def test_a_malformed_run_json_is_a_one_line_error_on_resume(run_copy, capsys, edit, says):
     edit_run(run_copy, edit)
     before = snapshot(run_copy)

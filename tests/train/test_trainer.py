@@ -49,7 +49,7 @@ def test_same_seed_same_result_other_seed_other_result():
 def test_objectives_train(objective, particles):
     train, valid = digits()
     vae = small_vae()
-    h = fit(vae, train, valid, epochs=3, batch_size=64, objective=objective, num_particles=particles,
+    h = fit(vae, train, valid, epochs=3, batch_size=64, objective=objective, particles=particles,
             lr=3e-3, progress=False)
     assert h.valid_loss[-1] < h.valid_loss[0] or h.valid_loss[-1] < 40
 
