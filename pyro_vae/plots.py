@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data import quadrant_mask  # noqa: E402
@@ -385,4 +386,55 @@ def plot_image_grids(grids, image_shape, path, nrow=None, suptitle=None):
     return save_figure(fig, path)
 
 
-# ---- gradient variance: score function against reparameterization ------------------------
+# ---- NUTS against the guide: pair plots ---------------------------------------------------
+def plot_posterior_pairs(idata, guides, path, dims=None, title=None, max_points=1000):
+    """Pair plot (``arviz.plot_pair``, scatter with marginal densities) of the NUTS draws
+    of p(z|x) (black) with the draws of one or more guides overlaid in colour.
+
+    :param idata: :func:`~pyro_vae.eval.posterior.nuts_posterior`'s InferenceData.
+    :param dict guides: ``{name: draws}``, draws ``(S, z_dim)`` of each guide's q(z|x).
+    :param dims: latent coordinates to show (default
+        :func:`~pyro_vae.eval.posterior.informative_dims`, 4 of them).
+    :returns: the PNG path.
+    """
+    import arviz as az
+
+    from .eval import posterior
+
+    dims = list(dims) if dims is not None else posterior.informative_dims(idata)
+    if len(dims) < 2:
+        raise ValueError(f"a pair plot needs at least two latent coordinates, got dims={dims}")
+    coords = {"z_dim": dims}
+    colors = ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
+    size = 2.0 * len(dims)
+    nuts = _thin(posterior.nuts_draws(idata).numpy(), max_points)
+    ax = az.plot_pair(az.from_dict(posterior={"z": nuts}, coords={"z_dim": np.arange(nuts.shape[-1])},
+                                   dims={"z": ["z_dim"]}),
+                      var_names=["z"], coords=coords, marginals=True, figsize=(size + 1, size),
+                      scatter_kwargs=dict(color="black", alpha=0.35, s=6, zorder=3),
+                      marginal_kwargs=dict(color="black"))
+    for (name, draws), color in zip(guides.items(), colors):
+        z = np.asarray(torch.as_tensor(draws).double().cpu().numpy())[None, :max_points]
+        q = az.from_dict(posterior={"z": z}, coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
+        az.plot_pair(q, var_names=["z"], coords=coords, marginals=True, ax=ax,
+                     scatter_kwargs=dict(color=color, alpha=0.35, s=6),
+                     marginal_kwargs=dict(color=color))
+    fig = np.ravel(ax)[0].figure
+    handles = [plt.Line2D([], [], color="black", marker="o", ls="", label="NUTS p(z|x)")]
+    handles += [plt.Line2D([], [], color=c, marker="o", ls="", label=f"q(z|x): {n}")
+                for n, c in zip(guides, colors)]
+    fig.legend(handles=handles, loc="upper right", frameon=False)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _thin(z, max_points):
+    """Of pooled draws ``(n, d)``, at most ``max_points`` evenly spaced, ``(1, m, d)``."""
+    flat = z.reshape(-1, z.shape[-1])
+    step = max(1, flat.shape[0] // max_points)
+    return flat[::step][None, :max_points]

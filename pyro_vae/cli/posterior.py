@@ -29,6 +29,7 @@ def add_arguments(p):
 
 def run(args):
     from ..eval import posterior  # here, not at the top: ArviZ takes seconds to import
+    from ..plots import plot_posterior_pairs
 
     model, run = load_run(args.run_dir)
     check_split(run["data"]["dataset"], args.split)  # digits, mnist10k: no test split
@@ -47,7 +48,7 @@ def run(args):
     result = posterior.compare_to_nuts(model, x, idata, num_samples=args.is_samples)
     guide = run["model"].get("guide", "diagonal")
     out = Path(args.out or args.run_dir)
-    png = posterior.plot_posterior_pairs(
+    png = plot_posterior_pairs(
         idata, {guide: posterior.guide_draws(model, x, num_samples=1000)}, out / f"posterior_{args.index}.png",
         dims=args.dims, title=f"{data_info.dataset} {args.split}[{args.index}]: NUTS vs the {guide} guide "
                               f"(k̂ = {result['khat']:.2f})")

@@ -7,184 +7,25 @@ L_K(x_n) = E[log (1/K) Σ_k w_k] ≤ log p(x_n) (L_1 the ELBO) from the same dra
 active latent units, Cov_x(E_q[z_u | x]) > 10⁻² (Burda et al. 2015).
 
 The functions take a Pyro model and guide the way :class:`pyro.infer.Importance` does,
-``log_likelihood(model, guide, x, *args)``; an object with ``.model`` and ``.guide``
-methods (a :class:`~pyro_vae.models.VAE`) is a shortcut for its own pair,
-``log_likelihood(vae, x, *args)`` (see :func:`model_and_guide`).
+``log_likelihood(model, guide, x, *args)``, or a VAE for its own pair,
+``log_likelihood(vae, x, *args)`` (:mod:`pyro_vae.eval.calls`). Model and guide are called
+as ``model(x, *args)`` and ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
 """
 
 import math
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import is_validation_enabled, prune_subsample_sites
-from torch import nn
+from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from .. import _compat
 from ..objectives import IWAE_ELBO
+from .calls import batch_args, model_and_guide, split_args
 from .common import MeanStderr, check_int
-
-
-def _model_device(model):
-    if isinstance(model, torch.nn.Module):
-        for t in list(model.parameters()) + list(model.buffers()):
-            return t.device
-    return torch.device("cpu")
-
-
-def _is_model_object(obj):
-    """A VAE-like object: anything with callable ``.model`` and ``.guide`` attributes."""
-    return callable(getattr(obj, "model", None)) and callable(getattr(obj, "guide", None))
-
-
-def _owner_module(fn):
-    """The :class:`torch.nn.Module` behind a Pyro callable: the module itself (an autoguide,
-    a ``PyroModule``), or the object of a bound method (``vae.model``); else None."""
-    if isinstance(fn, nn.Module):
-        return fn
-    owner = getattr(fn, "__self__", None)
-    return owner if isinstance(owner, nn.Module) else None
-
-
-class ModelAndGuide:
-    """A Pyro model and guide to evaluate, as :func:`model_and_guide` resolved them.
-
-    :ivar model: the model callable, ``model(x, *args)``.
-    :ivar guide: the guide callable, ``guide(x, *args)`` (None where only a model is needed).
-    :ivar source: the VAE-like object they came from, or None for plain callables.
-    """
-
-    def __init__(self, model, guide=None, source=None):
-        self.model, self.guide, self.source = model, guide, source
-        owners = [source] if isinstance(source, nn.Module) else []
-        owners += [m for m in map(_owner_module, (model, guide)) if m is not None]
-        self.modules = []  # the modules whose train/eval mode and parameters evaluation touches
-        for m in owners:
-            if not any(_contains(s, m) for s in self.modules):
-                self.modules.append(m)
-
-    def prepare(self, x, args):
-        """Check a batch ``x`` ``(N, x_dim)`` and the model arguments after it; return them on
-        the evaluation device: the object's device (after its ``likelihood.check(x)``, and,
-        with Pyro's validation on, its ``condition`` of the whole of c) when a VAE-like object
-        was given, else x's own device (args are moved to it)."""
-        if not torch.is_tensor(x):
-            raise TypeError(f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}")
-        if x.dim() < 2:
-            raise ValueError(f"x must be a batch of data points of shape (N, x_dim), got shape {tuple(x.shape)}")
-        n = x.shape[0]
-        if n == 0:
-            raise ValueError("x holds no data points (N = 0)")
-        for i, a in enumerate(args):
-            if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] != n:
-                raise ValueError(f"model argument {i + 1} after x has {a.shape[0]} rows, but x has {n} data points")
-        if self.source is not None:
-            check = getattr(getattr(self.source, "likelihood", None), "check", None)
-            if check is not None:
-                check(x)
-            condition = getattr(self.source, "condition", None)  # a conditional VAE's c, checked once
-            if condition is not None and args and torch.is_tensor(args[0]) and is_validation_enabled():
-                with torch.no_grad():
-                    condition(args[0], x)
-            device = _model_device(self.source)
-        else:
-            device = x.device
-        return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
-
-    @contextmanager
-    def evaluating(self, grad=False, freeze=False):
-        """Evaluate the pair as fixed densities: every module behind it (the VAE object, the
-        module of a bound method, a guide module) in eval mode, without gradients unless
-        ``grad`` (NUTS differentiates with respect to z), its parameters frozen if ``freeze``;
-        all restored afterwards, submodule by submodule.
-
-        A VAE object is evaluated in a private param store (its parameters are its own);
-        plain callables in the current store, as :class:`pyro.infer.Importance` does, so a
-        ``pyro.param`` that a user's model or guide reads has its trained value."""
-        modes = [(m, m.training) for owner in self.modules for m in owner.modules()]
-        flags = [(p, p.requires_grad) for owner in self.modules for p in owner.parameters()] if freeze else []
-        try:
-            for owner in self.modules:
-                owner.eval()
-            for p, _ in flags:
-                p.requires_grad_(False)
-            with ExitStack() as stack:
-                stack.enter_context(pyro.get_param_store().scope() if self.source is not None else nullcontext())
-                if not grad:
-                    stack.enter_context(torch.no_grad())
-                yield self
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            for m, mode in modes:
-                m.training = mode
-
-
-def _contains(outer, inner):
-    """Whether module ``inner`` is ``outer`` or one of its submodules."""
-    return any(m is inner for m in outer.modules())
-
-
-def model_and_guide(fn, model, rest, need_guide=True):
-    r"""Resolve the two call forms of the evaluation functions (one place for all of them):
-
-    - ``fn(model, guide, x, *args, ...)``: Pyro callables, taken as
-      :class:`pyro.infer.Importance` takes them (functions, methods such as ``vae.model``,
-      autoguides); the guide passed is the guide used;
-    - ``fn(vae, x, *args, ...)``: an object with callable ``.model`` and ``.guide``
-      attributes (a :class:`~pyro_vae.models.VAE`, a :class:`~pyro_vae.amortized.ModelGuide`)
-      stands for ``(vae.model, vae.guide)``, and brings its device, eval mode and
-      ``likelihood.check(x)``.
-
-    With ``need_guide=False`` (NUTS, log p(x, z)) the forms are ``fn(model, x, ...)`` and
-    ``fn(vae, x, ...)``.
-
-    :param str fn: the public function's name, for errors.
-    :param model: the first positional argument.
-    :param tuple rest: the positional arguments after it.
-    :returns: ``(pair, rest)``: a :class:`ModelAndGuide` and the arguments after the
-        model (and guide), i.e. ``(x, *args)``.
-    """
-    if isinstance(model, ModelAndGuide):
-        return model, tuple(rest)
-    rest = tuple(rest)
-    if _is_model_object(model):
-        if need_guide and rest and callable(rest[0]) and not torch.is_tensor(rest[0]):
-            raise TypeError(f"{fn}: got a {type(model).__name__} (which brings its own guide) and then another "
-                            f"guide; to evaluate with your guide pass the model callable: "
-                            f"{fn}({type(model).__name__.lower()}.model, guide, x, ...)")
-        return ModelAndGuide(model.model, model.guide if need_guide else None, source=model), rest
-    if not callable(model) or torch.is_tensor(model):
-        form = "(model, guide, x, ...)" if need_guide else "(model, x, ...)"
-        raise TypeError(f"{fn}{form} takes a Pyro model callable, or an object with .model and .guide methods "
-                        f"such as a VAE, got {type(model).__name__}")
-    if not need_guide:
-        return ModelAndGuide(model), rest
-    if not rest or not callable(rest[0]) or torch.is_tensor(rest[0]):
-        got = "nothing" if not rest else type(rest[0]).__name__
-        raise TypeError(f"{fn}(model, guide, x, ...): the argument after the model must be the guide, a Pyro "
-                        f"callable, got {got}; to use a VAE's own guide pass the VAE: {fn}(vae, x, ...)")
-    return ModelAndGuide(model, rest[0]), rest[1:]
-
-
-def split_args(fn, rest, names=("x",)):
-    """The leading positional arguments ``names`` of ``rest`` (the data x, …), then the
-    tuple of the model arguments after them: ``x, args = split_args(fn, rest)``."""
-    rest = tuple(rest)
-    if len(rest) < len(names):
-        raise TypeError(f"{fn}: {' and then '.join(names)} {'is' if len(names) == 1 else 'are'} missing after "
-                        "the model (and guide); x is a tensor of shape (N, x_dim)")
-    return (*rest[:len(names)], rest[len(names):])
-
-
-def batch_args(args, n, start, stop):
-    """The model arguments for data points ``start:stop`` of ``n``: tensors whose first
-    dimension is n are sliced with x, the others passed whole."""
-    return tuple(a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a for a in args)
 
 
 def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, chunk_size=100,
@@ -198,11 +39,7 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
     guide traced, the model replayed against it, site log-densities summed per data
     point inside the data plate, the samples vectorized by a particle plate).
 
-    Two call forms (:func:`model_and_guide`): ``importance_sampling(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``importance_sampling(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+    ``importance_sampling(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)`` (:mod:`~pyro_vae.eval.calls`).
 
     The S samples are drawn ``chunk_size`` at a time for ``batch_size`` data points at a
     time and reduced on the fly (running log-sum-exp), so memory stays of order
@@ -329,11 +166,7 @@ def log_likelihood(model, *args, num_samples=5000, batch_size=100, chunk_size=10
     ``chunk_size`` samples for ``batch_size`` data points at a time (see
     :func:`importance_sampling`).
 
-    Two call forms (:func:`model_and_guide`): ``log_likelihood(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``log_likelihood(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode::
+    ``log_likelihood(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)`` (:mod:`~pyro_vae.eval.calls`)::
 
         log_likelihood(model, guide, x, num_samples=5000)   # any Pyro model and guide
         log_likelihood(vae, x, num_samples=5000)            # = (vae.model, vae.guide)
@@ -358,11 +191,7 @@ def iwae_bound(model, *args, K, num_samples=None, batch_size=100, chunk_size=100
     estimated by the mean of ``num_samples / K`` independent draws of the K-sample
     estimator (default: one draw, ``num_samples = K``). L_1 is the ELBO.
 
-    Two call forms (:func:`model_and_guide`): ``iwae_bound(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``iwae_bound(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+    ``iwae_bound(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)`` (:mod:`~pyro_vae.eval.calls`).
 
     :returns: ``(N,)`` float64 CPU tensor (and the standard errors over the draws, NaN
         for a single draw, if ``return_stderr``).
@@ -383,11 +212,7 @@ def elbo(model, *args, num_samples=100, batch_size=100, chunk_size=100, return_s
 
     estimated by the mean over ``num_samples`` draws z ~ q(z | x_n) of the guide given.
 
-    Two call forms (:func:`model_and_guide`): ``elbo(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``elbo(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+    ``elbo(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)`` (:mod:`~pyro_vae.eval.calls`).
 
     :returns: ``(N,)`` float64 CPU tensor (and standard errors if ``return_stderr``).
     """
@@ -409,11 +234,7 @@ def posterior_means(model, *args, batch_size=1000, num_samples=1000, max_plate_n
     Monte Carlo noise adds about E[Var_q(z_u)] / num_samples to each unit's variance
     across data points. Auxiliary sites are not latent units of the model and are skipped.
 
-    Two call forms (:func:`model_and_guide`): ``posterior_means(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``posterior_means(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+    ``posterior_means(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)`` (:mod:`~pyro_vae.eval.calls`).
 
     Only the guide is run; the model is there for the call form."""
     pair, rest = model_and_guide("posterior_means", model, args)
@@ -458,11 +279,7 @@ def active_units(model, *args, threshold=1e-2, batch_size=1000, return_variances
     (:func:`posterior_means`). An inactive unit's posterior ignores x (it has collapsed
     to the prior).
 
-    Two call forms (:func:`model_and_guide`): ``active_units(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``active_units(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode.
+    ``active_units(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)`` (:mod:`~pyro_vae.eval.calls`).
 
     :param threshold: keyword only, because ``*args`` are model arguments.
     :returns: the count (int); with ``return_variances`` also A, ``(U,)``.
@@ -492,12 +309,8 @@ def likelihood_report(model, *args, num_samples=5000, ks=(5, 50), batch_size=100
     - ``min_ess``, ``median_ess``: effective sample sizes (diagnostics of the weights);
     - ``n``, ``num_samples``, ``seconds``.
 
-    Two call forms (:func:`model_and_guide`): ``likelihood_report(model, guide, x, *args, ...)`` with
-    Pyro callables, as :class:`pyro.infer.Importance` takes them (the guide passed is the
-    guide used), or ``likelihood_report(vae, x, *args, ...)`` for a VAE's own pair
-    ``(vae.model, vae.guide)``. Model and guide are called as ``model(x, *args)`` and
-    ``guide(x, *args)``, at scale 1 (no ``num_data``), in eval mode. ``traced``: as for
-    :func:`importance_sampling`.
+    ``likelihood_report(model, guide, x, *args, ...)``, or ``(vae, x, *args, ...)``
+    (:mod:`~pyro_vae.eval.calls`). ``traced``: as for :func:`importance_sampling`.
     """
     pair, rest = model_and_guide("likelihood_report", model, args)
     x = split_args("likelihood_report", rest)[0]

@@ -20,12 +20,13 @@ q(z|x) is then compared with it (:func:`compare_to_nuts`):
   KL(p ‖ q) = E_{p(z|x)}[log p(x, z) − log q(z|x)] − log p(x) (inclusive, averaged over
   the NUTS draws: large when q misses mass);
 - pair plots of NUTS draws and guide draws (``arviz.plot_pair``,
-  :func:`plot_posterior_pairs`).
+  :func:`pyro_vae.plots.plot_posterior_pairs`).
 
-:func:`khat_share` gives the share of data points with k̂ < 0.7; :func:`amortization_gap`
-measures what the encoder loses against the same family fitted to each point alone.
+:func:`khat_share` gives the share of data points with k̂ < 0.7;
+:func:`pyro_vae.eval.gap.amortization_gap` measures what the encoder loses against the same
+family fitted to each point alone.
 
-Call forms (:func:`~pyro_vae.eval.likelihood.model_and_guide`): the functions that use a guide
+Call forms (:mod:`~pyro_vae.eval.calls`): the functions that use a guide
 take Pyro callables, ``compare_to_nuts(model, guide, x, idata)``, ``khat_share(model, guide,
 x)``, …, as :class:`pyro.infer.Importance` does (the guide passed is the guide used), and
 those that need only the model take ``nuts_posterior(model, x)``, ``log_joint(model, x, z)``
@@ -33,11 +34,8 @@ those that need only the model take ``nuts_posterior(model, x)``, ``log_joint(mo
 everywhere: ``compare_to_nuts(vae, x, idata)``, ``nuts_posterior(vae, x)``.
 """
 
-import copy
 import math
 import warnings
-from contextlib import contextmanager
-from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -45,35 +43,22 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import MCMC, NUTS, Trace_ELBO
+from pyro.infer import MCMC, NUTS
 from pyro.poutine.util import prune_subsample_sites
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..objectives import IWAE_ELBO
-from . import likelihood
 from .common import check_int
-from .likelihood import batch_args, model_and_guide, split_args
+from .calls import batch_args, model_and_guide, split_args
 
 #: k̂ below this: the importance-sampling estimate is reliable (PSIS).
 KHAT_THRESHOLD = 0.7
 
 
 # ---- the model at a fixed decoder --------------------------------------------------------
-def fixed_model(model, guide=None):
-    """A context in which ``model`` (a VAE-like object, or a Pyro model callable and
-    optionally its ``guide``) is evaluated as a fixed density p(x, z): the modules behind
-    it in eval mode, their parameters without gradients (NUTS differentiates with respect
-    to z only), a VAE object in a private param store; all restored afterwards
-    (:meth:`~pyro_vae.eval.likelihood.ModelAndGuide.evaluating`)."""
-    rest = () if guide is None else (guide,)
-    pair, _ = model_and_guide("fixed_model", model, rest, need_guide=guide is not None)
-    return pair.evaluating(grad=True, freeze=True)
-
-
 def _one_point(pair, x, args):
     """x as a batch of one, ``(1, x_dim)``, and args likewise, on the evaluation device
-    (:meth:`~pyro_vae.eval.likelihood.ModelAndGuide.prepare`)."""
+    (:meth:`~pyro_vae.eval.calls.ModelAndGuide.prepare`)."""
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a tensor, one data point of shape (x_dim,) or (1, x_dim), got {type(x).__name__}")
     if x.dim() == 1:
@@ -116,7 +101,7 @@ def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chain
     ``seed + c``, started at a uniform draw in (−2, 2)^d), so no process pool is needed.
 
     :param model: a Pyro model callable, or a VAE-like object (see
-        :func:`~pyro_vae.eval.likelihood.model_and_guide`).
+        :mod:`~pyro_vae.eval.calls`).
     :param x: one data point, ``(x_dim,)`` or ``(1, x_dim)``.
     :param args: further model arguments for that point (e.g. its label c).
     :param int num_chains: C ≥ 2 for R-hat.
@@ -190,7 +175,7 @@ def log_joint(model, x, z, *args):
     a plate; ``(S,)`` float64.
 
     ``log_joint(model, x, z, *args)`` with a Pyro model callable, or ``log_joint(vae, x, z,
-    *args)`` for ``vae.model``; to be called inside :func:`fixed_model`."""
+    *args)`` for ``vae.model``; to be called inside :func:`~pyro_vae.eval.calls.fixed_model`."""
     pair, _ = model_and_guide("log_joint", model, (x, z) + args, need_guide=False)
     x, args = _one_point(pair, x, args)
     with poutine.block():
@@ -379,140 +364,3 @@ def informative_dims(idata, k=4):
     deviation): those the data point informs most; the others sit near the prior."""
     sd = nuts_draws(idata).std(0)
     return sorted(int(j) for j in torch.argsort(sd)[:min(k, sd.numel())])
-
-
-def plot_posterior_pairs(idata, guides, path, dims=None, title=None, max_points=1000):
-    """Pair plot (``arviz.plot_pair``, scatter with marginal densities) of the NUTS draws
-    of p(z|x) (black) with the draws of one or more guides overlaid in colour.
-
-    :param idata: :func:`nuts_posterior`'s InferenceData.
-    :param dict guides: ``{name: draws}``, draws ``(S, z_dim)`` of each guide's q(z|x).
-    :param dims: latent coordinates to show (default :func:`informative_dims`, 4 of them).
-    :returns: the PNG path.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = list(dims) if dims is not None else informative_dims(idata)
-    if len(dims) < 2:
-        raise ValueError(f"a pair plot needs at least two latent coordinates, got dims={dims}")
-    coords = {"z_dim": dims}
-    colors = ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
-    size = 2.0 * len(dims)
-    nuts = _thin(_draws_array(idata), max_points)
-    ax = az.plot_pair(az.from_dict(posterior={"z": nuts}, coords={"z_dim": np.arange(nuts.shape[-1])},
-                                   dims={"z": ["z_dim"]}),
-                      var_names=["z"], coords=coords, marginals=True, figsize=(size + 1, size),
-                      scatter_kwargs=dict(color="black", alpha=0.35, s=6, zorder=3),
-                      marginal_kwargs=dict(color="black"))
-    for (name, draws), color in zip(guides.items(), colors):
-        z = np.asarray(torch.as_tensor(draws).double().cpu().numpy())[None, :max_points]
-        q = az.from_dict(posterior={"z": z}, coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
-        az.plot_pair(q, var_names=["z"], coords=coords, marginals=True, ax=ax,
-                     scatter_kwargs=dict(color=color, alpha=0.35, s=6),
-                     marginal_kwargs=dict(color=color))
-    fig = np.ravel(ax)[0].figure
-    handles = [plt.Line2D([], [], color="black", marker="o", ls="", label="NUTS p(z|x)")]
-    handles += [plt.Line2D([], [], color=c, marker="o", ls="", label=f"q(z|x): {n}")
-                for n, c in zip(guides, colors)]
-    fig.legend(handles=handles, loc="upper right", frameon=False)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _thin(z, max_points):
-    """Pool the chains of ``(C, S, d)`` draws and keep at most ``max_points`` evenly spaced."""
-    flat = z.reshape(-1, z.shape[-1])
-    step = max(1, flat.shape[0] // max_points)
-    return flat[::step][None, :max_points]
-
-
-# ---- the amortization gap ----------------------------------------------------------------
-class FreeOutputs(nn.Module):
-    """An "encoder" whose outputs are free parameters, one row per data point: it stands in
-    for the encoder when the guide family is fitted to each point alone.
-
-    :param outputs: the initial outputs, a tuple of ``(N, size)`` tensors.
-    """
-
-    def __init__(self, outputs):
-        super().__init__()
-        self.values = nn.ParameterList(nn.Parameter(o.detach().clone()) for o in outputs)
-
-    def forward(self, x):
-        n = self.values[0].shape[0]
-        if x.shape[0] != n:
-            raise ValueError(f"these free outputs belong to {n} data points, got a batch of {x.shape[0]}")
-        return tuple(self.values)
-
-
-@contextmanager
-def _encoder_replaced(family, encoder):
-    saved = family.encoder
-    family.encoder = encoder
-    try:
-        yield
-    finally:
-        family.encoder = saved
-
-
-def amortization_gap(model, x, *args, steps=300, lr=0.02, num_particles=8, num_eval_samples=1000, progress=False):
-    r"""The amortization gap (Cremer, Li & Duvenaud 2018) for data points ``x``
-    (``(N, x_dim)``): how much ELBO the encoder loses against the same guide family fitted
-    to each point alone,
-
-        gap(x_n) = ELBO(q*_n) − ELBO(q_φ(·|x_n)) ≥ 0 (up to optimization and noise),
-
-    where q*_n is the family at encoder outputs (μ, log σ², and the Cholesky entries or
-    the flow context) optimized for x_n alone, starting from the encoder's, with every
-    other weight (decoder, the flow's MADE networks) fixed. The loss is a sum over points
-    and Adam is per coordinate, so one run over all points equals N separate fits.
-
-    :param int steps: Adam steps of ``Trace_ELBO`` with ``num_particles`` particles.
-    :returns: a dict of ``(N,)`` float64 tensors: ``elbo_amortized``, ``elbo_local``, ``gap``
-        (each ELBO the mean of ``num_eval_samples`` draws; ``gap_stderr`` the standard
-        error of the difference).
-    """
-    family = getattr(model, "q", None)
-    if family is None or not isinstance(getattr(family, "encoder", None), nn.Module):
-        raise ValueError("the amortization gap needs a model whose guide family has an encoder "
-                         "(model.q.encoder)")
-    if x.dim() != 2:
-        raise ValueError(f"x must be a batch (N, x_dim), got shape {tuple(x.shape)}")
-    amortized, amortized_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
-    captured = []
-    handle = family.encoder.register_forward_hook(lambda m, i, o: captured.append(tuple(t.detach() for t in o)))
-    try:
-        with fixed_model(model), torch.no_grad():
-            model.guide(x.to(next(model.parameters()).device), *args)
-    finally:
-        handle.remove()
-    free = FreeOutputs(captured[-1])
-    objective = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-    optimizer = torch.optim.Adam(free.parameters(), lr=lr)
-    with _encoder_replaced(family, free):
-        with fixed_model(model):
-            free.requires_grad_(True)  # fixed_model froze every parameter of the model, these included
-            for _ in tqdm(range(steps), desc="local fits", disable=not progress, leave=False):
-                optimizer.zero_grad(set_to_none=True)
-                loss = objective.differentiable_loss(model.model, model.guide, x, *args)
-                loss.backward()
-                optimizer.step()
-        local, local_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
-    return dict(elbo_amortized=amortized, elbo_local=local, gap=local - amortized,
-                gap_stderr=(amortized_se ** 2 + local_se ** 2).sqrt())
-
-
-def copy_with_guide_outputs(model, outputs):
-    """A deep copy of ``model`` whose guide ignores the encoder and gives the fixed
-    ``outputs`` (a tuple of ``(N, size)`` tensors): the family at chosen parameters."""
-    clone = copy.deepcopy(model)
-    clone.q.encoder = FreeOutputs(outputs)
-    return clone

@@ -1,5 +1,5 @@
 """NUTS against the closed-form posterior of a linear-Gaussian model; Pareto k̂, the
-divergences, the amortization gap and ``pyro-vae posterior`` (issue #6)."""
+divergences and ``pyro-vae posterior`` (issue #6)."""
 
 import json
 import math
@@ -8,53 +8,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
 from pyro_vae.eval import posterior as P
+from pyro_vae.eval.calls import fixed_model
 from pyro_vae.cli import main
 from run_helpers import exit_code
-from pyro_vae.guides import FullCovarianceNormal
-from pyro_vae.likelihoods import Gaussian
-from pyro_vae.models import VAE
-
-W = torch.tensor([[1.0, 0.8], [0.9, 1.1], [0.3, -0.2]])
-SIGMA = 0.5
-X = torch.tensor([[1.0, 1.5, -0.3]])
-
-
-class ZeroEncoder(nn.Module):
-    """Learnable outputs shared by every x, starting at 0 (a poor amortized guide)."""
-
-    def __init__(self, sizes):
-        super().__init__()
-        self.outputs = nn.ParameterList(nn.Parameter(torch.zeros(1, k)) for k in sizes)
-
-    def forward(self, x):
-        return tuple(o.expand(x.shape[0], -1) for o in self.outputs)
-
-
-def linear_gaussian_vae():
-    """z ~ N(0, I₂), x = W z + ε, ε ~ N(0, 0.5² I₃), with the full-covariance guide."""
-    decoder = nn.Linear(2, 3, bias=False)
-    decoder.weight.data = W.clone()
-    return VAE(ZeroEncoder(FullCovarianceNormal.encoder_out_dims(2)), decoder, 2, likelihood=Gaussian(3, scale=SIGMA),
-               guide="full")
-
-
-def exact():
-    """p(z|x) = N(Σ Wᵀ x/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, and log p(x) = log N(x; 0, WWᵀ + σ² I)."""
-    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA ** 2)
-    mean = cov @ W.T @ X[0] / SIGMA ** 2
-    log_px = torch.distributions.MultivariateNormal(torch.zeros(3), W @ W.T + SIGMA ** 2 * torch.eye(3)).log_prob(X[0])
-    return mean, cov, log_px.item()
-
-
-def with_gaussian_guide(vae, mean, cov):
-    """The model with its full guide fixed at q = N(mean, cov)."""
-    tril = torch.linalg.cholesky(cov)
-    outputs = (mean[None], 2 * tril.diagonal().log()[None], tril[1, 0].reshape(1, 1))
-    return P.copy_with_guide_outputs(vae, outputs)
-
+from linear_gaussian import SIGMA, W, X, exact, linear_gaussian_vae, with_gaussian_guide
 
 @pytest.fixture(scope="module")
 def nuts():
@@ -117,18 +76,6 @@ def test_divergences_vanish_for_the_exact_guide_and_not_for_a_narrow_one(nuts):
     # ESS effective NUTS draws has standard error ½ (1/c − 1) √(4/ESS); allow 4 of them, plus log p(x)'s error
     tol = 4 * 0.5 * (1 / c - 1) * math.sqrt(4 / bad["min_ess_bulk"]) + 4 * bad["log_px_stderr"]
     assert bad["kl_p_q"] == pytest.approx(1 / c - 1 + math.log(c), abs=tol)
-
-
-def test_amortization_gap_closes_on_the_exact_posterior():
-    _, _, log_px = exact()
-    vae = linear_gaussian_vae()
-    gap = P.amortization_gap(vae, X, steps=200, lr=0.05, num_particles=8, num_eval_samples=2000)
-    # the full family holds the exact posterior: fitted to x alone, its ELBO reaches log p(x)
-    assert gap["elbo_local"].item() == pytest.approx(log_px, abs=0.05)
-    assert gap["gap"].item() > 5.0  # the zero "encoder" is far from it
-    assert gap["elbo_amortized"].item() < log_px
-    # the model is untouched: its encoder is back, the decoder unchanged
-    assert isinstance(vae.q.encoder, ZeroEncoder) and torch.equal(vae.decoder.weight, W)
 
 
 def test_cli_posterior_writes_figure_and_khat(tmp_path, capsys):
@@ -202,7 +149,7 @@ def test_nuts_takes_a_model_function_of_ones_own():
     assert diag["max_rhat"] < 1.05 and diag["min_ess_bulk"] > 100
     assert_matches_the_closed_form(P.nuts_draws(idata).float(), diag["min_ess_bulk"])
     _, _, log_px = exact()
-    with P.fixed_model(linear_gaussian_model):  # log p(x, z) at z = 0: log N(x; 0, σ² I)
+    with fixed_model(linear_gaussian_model):  # log p(x, z) at z = 0: log N(x; 0, σ² I)
         lj = P.log_joint(linear_gaussian_model, X, torch.zeros(1, 2))
     expected = dist.Normal(0.0, SIGMA).log_prob(X[0]).sum() + dist.Normal(0.0, 1.0).log_prob(torch.zeros(2)).sum()
     assert lj.item() == pytest.approx(expected.item(), abs=1e-5)

@@ -175,8 +175,13 @@ def test_a_signal_during_a_save_is_raised_after_both_files_are_written(tmp_path,
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", checkpoint_then_sigint)
     monkeypatch.setattr(checkpoints, "save_json", lambda path, obj: written.append(path.name))
-    with pytest.raises(KeyboardInterrupt):
-        Checkpointer(tmp_path).save(trainer)
+    # a shell's background job starts with SIGINT ignored: give it Python's usual handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Checkpointer(tmp_path).save(trainer)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert written == ["checkpoint.pt", "run.json"]  # the pair is whole; the signal came after
 
 
