@@ -3,14 +3,14 @@
     z ~ N(0, I₂),  x = W z + ε,  ε ~ N(0, σ² I₃),
     p(z|x) = N(Σ Wᵀ x/σ², Σ),  Σ = (I + WᵀW/σ²)⁻¹,  p(x) = N(0, WWᵀ + σ² I),
 
-with a full-covariance guide whose "encoder" gives the same outputs for every x.
+with a guide whose "encoder" gives the same outputs for every x (full covariance by default).
 """
 
 import torch
 from torch import nn
 
 from pyro_vae.eval.gap import copy_with_guide_outputs
-from pyro_vae.guides import FullCovarianceNormal
+from pyro_vae.guides import guide_family
 from pyro_vae.likelihoods import Gaussian
 from pyro_vae.models import VAE
 
@@ -30,12 +30,13 @@ class ZeroEncoder(nn.Module):
         return tuple(o.expand(x.shape[0], -1) for o in self.outputs)
 
 
-def linear_gaussian_vae():
-    """z ~ N(0, I₂), x = W z + ε, ε ~ N(0, 0.5² I₃), with the full-covariance guide."""
+def linear_gaussian_vae(family="full"):
+    """z ~ N(0, I₂), x = W z + ε, ε ~ N(0, 0.5² I₃): the package's VAE with a linear decoder
+    and the guide ``family`` (by name)."""
     decoder = nn.Linear(2, 3, bias=False)
     decoder.weight.data = W.clone()
-    return VAE(ZeroEncoder(FullCovarianceNormal.encoder_out_dims(2)), decoder, 2, likelihood=Gaussian(3, scale=SIGMA),
-               guide="full")
+    encoder = ZeroEncoder(guide_family(family).encoder_out_dims(2))
+    return VAE(encoder, decoder, 2, likelihood=Gaussian(3, scale=SIGMA), guide=family)
 
 
 def exact():

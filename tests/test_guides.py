@@ -15,11 +15,11 @@ from pyro_vae import build_vae, fit
 from pyro_vae import load_run
 from pyro_vae.cli import main
 from run_helpers import exit_code
+from linear_gaussian import SIGMA, W, X, linear_gaussian_vae
 from pyro_vae.data import ImageData
 from pyro_vae.guides import (GUIDES, DiagonalNormal, FullCovarianceNormal, NormalizingFlow, guide_family,
                              kl_mvn_diagonal_normal, tril_from_outputs)
-from pyro_vae.likelihoods import Gaussian
-from pyro_vae.models import VAE, build_model
+from pyro_vae.models import build_model
 from pyro_vae.objectives import make_objective
 
 FAMILIES = ["diagonal", "full", "flow"]
@@ -202,30 +202,6 @@ def test_flow_starts_as_its_diagonal_base():
 
 
 # ---- the linear-Gaussian model: a correlated posterior in closed form -----------------------
-class ParameterEncoder(nn.Module):
-    """An "encoder" that is just learnable outputs, shared by every x (one point is fitted)."""
-
-    def __init__(self, sizes):
-        super().__init__()
-        self.outputs = nn.ParameterList(nn.Parameter(torch.zeros(1, k)) for k in sizes)
-
-    def forward(self, x):
-        return tuple(o.expand(x.shape[0], -1) for o in self.outputs)
-
-
-W = torch.tensor([[1.0, 0.8], [0.9, 1.1], [0.3, -0.2]])
-SIGMA = 0.5
-X = torch.tensor([[1.0, 1.5, -0.3]])
-
-
-def linear_gaussian_vae(family):
-    """z ~ N(0, I₂), x = W z + ε, ε ~ N(0, 0.5² I₃): the package's VAE with a linear decoder."""
-    decoder = nn.Linear(2, 3, bias=False)
-    decoder.weight.data = W.clone()
-    encoder = ParameterEncoder(guide_family(family).encoder_out_dims(2))
-    return VAE(encoder, decoder, 2, likelihood=Gaussian(3, scale=SIGMA), guide=family)
-
-
 def true_posterior(x=X[0]):
     """p(z|x) = N(Σ Wᵀ x / σ², Σ), Σ = (I + Wᵀ W / σ²)⁻¹."""
     cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA ** 2)
