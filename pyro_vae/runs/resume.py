@@ -11,6 +11,7 @@ trains on; on a CPU the result is bit-identical to the run never stopped.
 from pathlib import Path
 
 from ..config import DataConfig, TrainConfig
+from ..contract import contract
 from ..data import ImageData, load_dataset
 from ..data.semisupervised import semisupervised
 from ..models import build_model
@@ -37,8 +38,8 @@ def load_splits(data, root=None, download=False):
 def for_model(model, train, valid, data):
     """The splits in the form ``model`` trains on: a conditional VAE gets its labels or masks
     attached (its ``prepare_data``); the semi-supervised VAE keeps ``data.labels`` training
-    labels (:func:`~pyro_vae.data.semisupervised.semisupervised`) and is validated on the
-    images alone.
+    labels (:func:`~pyro_vae.data.semisupervised.semisupervised`: its batches are ``(x, y)``,
+    y given or ``None``) and is validated on the images alone (``y = None``: summed out).
 
     :returns: ``(train, valid, with_labels)``.
     """
@@ -48,8 +49,8 @@ def for_model(model, train, valid, data):
         train = semisupervised(train, data.labels, seed=data.label_seed, labelled_every=data.labelled_every)
         valid = ImageData(x=valid.x, image_shape=valid.image_shape, name=f"{valid.name} (unlabelled)",
                           source=valid.source)
-        return train, valid, False
-    if hasattr(model, "prepare_data"):
+        return train, valid, True
+    if contract(model).conditional:
         return model.prepare_data(train), model.prepare_data(valid), True
     return train, valid, False
 

@@ -156,3 +156,25 @@ def test_cli_refuses_what_does_not_apply(tmp_path, extra, capsys):
     assert code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("ssvae" in err[0] or "semi-supervised" in err[0]), err
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_cli_training_gives_the_model_its_labels(tmp_path, monkeypatch, resume):
+    """``pyro-vae train --model ssvae`` (and its ``--resume``) steps on the labelled batches with
+    their labels: the model's y is observed in some training steps, so that the α term and the
+    labelled bound are trained. A trainer that passes the images alone trains an unsupervised
+    model whose classifier stays at chance."""
+    if resume:
+        assert _train(tmp_path / "r", 1) == 0
+    seen = []
+    model = SemiSupervisedVAE.model
+
+    def spy(self, x=None, y=None, **kwargs):
+        if torch.is_grad_enabled():  # training steps; validation runs under no_grad
+            seen.append(y is not None and bool((y >= 0).all()))
+        return model(self, x, y, **kwargs)
+
+    monkeypatch.setattr(SemiSupervisedVAE, "model", spy)
+    assert _train(tmp_path / "r", 2, resume=resume) == 0
+    assert any(seen), "no training step saw a label"
+    assert not all(seen), "every training step saw labels"
