@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyro
 
+from ..contract import contract
 from ..data import check_split
 from ..eval import likelihood_report
 from .. import runs
@@ -49,7 +50,8 @@ def run(args):
     check_device(args.device)
     model, run = load_run(args.run_dir, args.device, weights=args.weights)
     check_split(run.get("data", {}).get("dataset", "digits"), args.split)  # digits, mnist10k: no test split
-    if getattr(model, "classify", None) is not None:  # the semi-supervised VAE: accuracy and −U(x)
+    offers = contract(model)
+    if offers.classifies:  # the semi-supervised VAE: accuracy and −U(x)
         return _evaluate_ssvae(model, run, args)
     ks = args.iwae_k
     if ks is None:
@@ -58,7 +60,7 @@ def run(args):
         ks = [k for k in (5, 50, own) if k and k > 1 and K % k == 0]
     ks = sorted(set(ks) - {1})
     data, data_cfg = run_data(run, args.split, args.data, args.limit)
-    conditional = hasattr(model, "prepare_data")  # a conditional VAE takes (x, c), as in training
+    conditional = offers.conditional  # a conditional VAE takes (x, c), as in training
     if conditional:
         data = model.prepare_data(data)
     extra = (data.y,) if conditional else ()

@@ -7,13 +7,15 @@ from pathlib import Path
 from ..plots import (plot_losses, save_class_samples, save_completions, save_overview, save_reconstructions,
                      save_samples)
 from .. import runs
+from ..contract import contract
 from .common import run_data
 
 
 def figure_names(model):
     """The figures ``pyro-vae train`` writes into a run folder for ``model``."""
-    if hasattr(model, "prepare_data"):  # conditional VAE: one row per class, or completions
-        second = "samples.png" if hasattr(model.condition, "num_classes") else "completions.png"
+    offers = contract(model)
+    if offers.conditional:  # conditional VAE: one row per class, or completions
+        second = "samples.png" if offers.num_classes else "completions.png"
         return ["loss_curves.png", second]
     return ["loss_curves.png", "reconstructions.png", "samples.png", "overview.png"]
 
@@ -31,8 +33,9 @@ def write_figures(model, history, valid, out, only=None):
     wanted = set(figure_names(model) if only is None else only)
     if "loss_curves.png" in wanted:
         plot_losses(history, out / "loss_curves.png")
-    if hasattr(model, "prepare_data"):  # conditional VAE: one row per class, or completions
-        if hasattr(model.condition, "num_classes"):
+    offers = contract(model)
+    if offers.conditional:  # conditional VAE: one row per class, or completions
+        if offers.num_classes:
             if "samples.png" in wanted:
                 save_class_samples(model, shape, out / "samples.png")
         elif "completions.png" in wanted:
@@ -61,7 +64,7 @@ def write_missing_run_figures(model, run, run_dir, root):
         return []
     try:
         valid, _ = run_data(run, "valid", root)
-        if hasattr(model, "prepare_data"):
+        if contract(model).conditional:
             valid = model.prepare_data(valid)
         write_figures(model, run.get("history", {}), valid, run_dir, only=missing)
     finally:

@@ -9,6 +9,7 @@ import torch
 from .. import eval as evaluation
 from .. import plots
 from ..config import DataConfig
+from ..contract import contract
 from ..data import DataError, load_dataset
 from ..eval import DigitClassifier, classifier_accuracy, train_classifier
 from .. import runs
@@ -92,7 +93,7 @@ def run(args):
             raise UsageError(f"{run_dir} holds a VAE with the VampPrior; pyro-vae plot measures the latent space "
                              "against p(z) = N(0, I), which is not this model's prior")
         write_missing_run_figures(model, run, run_dir, args.data)
-        if hasattr(model, "prepare_data"):
+        if contract(model).conditional:
             raise UsageError(f"{run_dir} holds a conditional model ({run['model'].get('model')}); pyro-vae plot "
                              "draws the latent space of unconditional models (vae, ae)")
         name = Path(run_dir).resolve().name

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from ..contract import contract
 from ..plots import save_class_samples, save_samples
 from ..runs import load_run
 from .common import check_device, positive_int
@@ -24,8 +25,9 @@ def run(args):
     torch.manual_seed(args.seed)
     shape = tuple(run["model"]["image_shape"])
     out = Path(args.out or Path(args.run_dir) / "samples.png")
-    if hasattr(getattr(model, "condition", None), "num_classes"):  # class-conditional VAE: n split over classes
-        save_class_samples(model, shape, out, n=-(-args.n // model.condition.num_classes), mean=not args.draw)
+    k = contract(model).num_classes
+    if k:  # class-conditional VAE: n split over classes
+        save_class_samples(model, shape, out, n=-(-args.n // k), mean=not args.draw)
     else:
         save_samples(model, shape, out, n=args.n, mean=not args.draw)
     print(f"wrote {args.n} samples to {out}")

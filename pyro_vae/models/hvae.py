@@ -115,7 +115,7 @@ class HierarchicalVAE(VAE):
         if x is None:
             raise ValueError("the guide q(z1, z2 | x) needs the data x, a tensor of shape (batch, x_dim)")
         self._check_x(x)
-        q, q1 = self.q, self.q1  # pyro.module statements
+        q, _ = self.q, self.q1  # PyroModule attribute access: registers both guides' parameters
         with self.plate(x.shape[0], num_data, device=x.device):
             z2 = pyro.sample("z2", q(x))
             z1 = pyro.sample("z1", self.posterior_z1(x, z2))

@@ -18,7 +18,6 @@ continues from it, mid-epoch too, step for step as if never stopped
 torchrun, a trainer trains one model data-parallel (:mod:`pyro_vae.train.distributed`).
 """
 
-import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from .. import _compat
 from . import distributed as dp
 from . import rng
 from ..config import TrainConfig
+from ..contract import contract
 from ..runs.files import CheckpointError, check_config, load_weights
 from ..objectives import CompiledTrace_ELBO, TracingError, make_objective, objective_label
 from ..ops.compile import forked_rng
@@ -131,7 +131,9 @@ class Trainer:
     """SVI on ``vae.model``/``vae.guide`` over an :class:`~pyro_vae.data.ImageData` set.
 
     :param vae: a :class:`~pyro_vae.models.VAE`, or any module with Pyro ``model`` and
-        ``guide`` methods (and a ``likelihood`` to check the data with, if it has one).
+        ``guide`` methods (:class:`~pyro_vae.contract.PyroVAE`); what else it offers (a
+        lazily built guide, a likelihood to check the data with, ...) is read once, as its
+        :class:`~pyro_vae.contract.Contract`.
     :param train: training data; its size N is passed to model and guide as
         ``num_data=N`` when both take that keyword (they then scale their data plate by
         N/B). Otherwise every site of both is scaled by N/B (``poutine.scale``), which is
@@ -146,6 +148,11 @@ class Trainer:
         names (:func:`~pyro_vae.objectives.make_objective` with ``config.particles``); a
         string is taken as ``config.objective``.
     :param bool with_labels: pass the labels to model and guide (conditional models).
+    :param bool distributed: train data-parallel over the processes of the
+        ``torch.distributed`` process group (:mod:`pyro_vae.train.distributed`); default: when
+        a group of more than one process is initialized. Each rank then steps on its
+        shard of every global batch of ``batch_size`` points, gradients are averaged,
+        and Pyro's draws on rank r are seeded ``seed + r``.
 
     The settings, as the fields of :class:`~pyro_vae.config.TrainConfig`:
 
@@ -156,11 +163,6 @@ class Trainer:
     :param int seed: seeds Pyro, PyTorch and the batch order.
     :param device: ``"cpu"``, ``"cuda"``, ...
     :param float clip_norm: clip the gradient's global norm to this value (None: off).
-    :param bool distributed: train data-parallel over the processes of the
-        ``torch.distributed`` process group (:mod:`pyro_vae.train.distributed`); default: when
-        a group of more than one process is initialized. Each rank then steps on its
-        shard of every global batch of ``batch_size`` points, gradients are averaged,
-        and Pyro's draws on rank r are seeded ``seed + r``.
     :param bool fused: step the optimizer with PyTorch's fused implementation (one kernel
         for all parameters, ``torch.optim.Adam(..., fused=True)``) instead of one kernel
         per parameter and operation; the same update up to float rounding. A resumed run
@@ -233,16 +235,19 @@ class Trainer:
             if data is not None and not (hasattr(data, "batches") and hasattr(data, "x")):
                 raise TypeError(f"{what} must be an ImageData (e.g. pyro_vae.ImageData(x, image_shape=(1, H, W)) "
                                 f"for a tensor x of shape (N, H*W)), got {type(data).__name__}")
+        #: what the model offers beyond its model and guide (:class:`~pyro_vae.contract.Contract`)
+        self.contract = contract(vae)
         self.vae = vae.to(self.device)
         self.train_data = train.to(self.device)
         self.valid_data = valid.to(self.device) if valid is not None else None
-        _check(vae, train)
+        _check(self.contract, train)
         if valid is not None:
-            _check(vae, valid)
+            _check(self.contract, valid)
         self.num_data = len(train)
-        self._pass_num_data = _takes_num_data(vae.model) and _takes_num_data(vae.guide)
+        self._pass_num_data = self.contract.takes_num_data
         self._pair = None  # (model, guide) at β = 1, built once: a compiled ELBO keeps its graphs per pair
-        _check_baseline(vae, len(train), batch_size)
+        if self.contract.fixed_batch_size:
+            _check_batch_size(len(train), batch_size)
         self.objective = make_objective(config.objective, config.particles) if objective is None else objective
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
@@ -250,7 +255,7 @@ class Trainer:
             raise ValueError(f"kl_warmup scales the KL term of an ELBO, and the objective is {self.label}; "
                              f"use it with elbo, meanfield or tracegraph")
         # a lazily built guide makes its parameters first, so that rank 0's are the ones broadcast
-        _setup_guide(self.vae, self.train_data, batch_size, with_labels, self.num_data, self._pass_num_data)
+        _setup_guide(self.contract, self.train_data, batch_size, with_labels, self.num_data)
         if self.world_size > 1:
             dp.broadcast_module(self.vae)
         self.fused, self.compiled = bool(fused), bool(compile)
@@ -263,6 +268,10 @@ class Trainer:
         if traced:
             self.objective = self._compiled(self.objective)
         self.loss_fn, self.differentiable = loss_function(self.objective)
+        #: ``grads(batch, share) -> loss``: the loss in nats per data point, with its gradients
+        #: in ``.grad``; chosen here once, by whether the objective is differentiable and by
+        #: data-parallel training
+        self._grads = self._gradient_strategy()
         if isinstance(self.objective, CompiledTrace_ELBO):
             self._trace_first_batch(batch_size, with_labels, kl_warmup)
         self.optimizer = OPTIMIZERS[config.optimizer](self.vae.parameters(), lr=lr,
@@ -381,22 +390,10 @@ class Trainer:
         return self.loss_fn(model, guide, *batch, **self._loss_kwargs())
 
     def _step(self, batch, share):
-        n = self.num_data
         self.optimizer.zero_grad(set_to_none=True)
-        if self.world_size > 1:
-            value = dp.all_reduce_gradients(self._params, self._local_loss_and_grads(batch, n), share)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
-        elif self.differentiable:
-            loss = self._loss(batch) / n
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
-            loss.backward()
-        else:
-            value = self._loss_and_scaled_grads(batch, n)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value} at {self._where()}")
+        value = self._grads(batch, share)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss is {value} at {self._where()}")
         if self.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.clip_norm)
             if not torch.isfinite(norm):  # clipping a NaN gradient would still step to NaN
@@ -410,28 +407,40 @@ class Trainer:
     def _where(self):
         return f"step {self.step_count + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1})"
 
-    def _loss_and_scaled_grads(self, batch, n):
+    def _gradient_strategy(self):
+        """The step's ``grads(batch, share)``: one process or this rank's shard, each with
+        :meth:`_backward` or :meth:`_loss_and_scaled_grads`."""
+        local = self._backward if self.differentiable else self._loss_and_scaled_grads
+        if self.world_size == 1:
+            return lambda batch, share: local(batch)
+
+        def data_parallel(batch, share):
+            """The global batch's loss, this rank's gradients averaged over the ranks by their
+            shares; an empty shard contributes nothing."""
+            value = local(batch) if batch[0].shape[0] else 0.0
+            return dp.all_reduce_gradients(self._params, value, share)
+
+        return data_parallel
+
+    def _backward(self, batch):
+        """The loss divided by N, and its gradients in ``.grad`` when it is finite. A NaN or inf
+        loss is returned, not raised, so that in data-parallel training every rank learns of
+        it in the same collective."""
+        loss = self._loss(batch) / self.num_data
+        value = loss.item()
+        if math.isfinite(value):
+            loss.backward()
+        return value
+
+    def _loss_and_scaled_grads(self, batch):
         """For objectives that only offer ``loss_and_grads`` (``TraceGraph_ELBO``): the
         loss and gradients divided by N, as for the differentiable objectives, so that SGD
         and ``clip_norm`` see per-data-point gradients whatever the objective."""
+        n = self.num_data
         value = self._loss(batch) / n
         for p in self._params:
             if p.grad is not None:
                 p.grad.div_(n)
-        return value
-
-    def _local_loss_and_grads(self, batch, n):
-        """This rank's mean loss on its shard, with its gradients in ``.grad`` (data-parallel
-        steps). A NaN loss is returned, not raised, so every rank learns of it in the same
-        collective; an empty shard contributes nothing."""
-        if batch[0].shape[0] == 0:
-            return 0.0
-        if not self.differentiable:
-            return self._loss_and_scaled_grads(batch, n)
-        loss = self._loss(batch) / n
-        value = loss.item()
-        if math.isfinite(value):
-            loss.backward()
         return value
 
     def train_epoch(self, step_callback=None):
@@ -531,7 +540,7 @@ class Trainer:
             else [rng.get_state(self.device)]
         return {
             "model": self.vae.state_dict(),
-            "config": getattr(self.vae, "config", None),
+            "config": self.contract.config,
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step_count,
@@ -554,7 +563,7 @@ class Trainer:
             model configuration or architecture, another optimizer, or a run on
             another number of processes.
         """
-        check_config(state.get("config"), getattr(self.vae, "config", None), what="model")
+        check_config(state.get("config"), self.contract.config, what="model")
         load_weights(self.vae, state["model"], what=f"model ({type(self.vae).__name__})")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -651,37 +660,26 @@ def _set_fused(optimizer, fused):
                     st["step"] = st["step"].to(p.device, torch.float32)
 
 
-def _setup_guide(vae, data, batch_size, with_labels, num_data, pass_num_data):
+def _setup_guide(contract, data, batch_size, with_labels, num_data):
     """Let a lazily built guide (an autoguide such as :class:`~pyro_vae.amortized.AmortizedGuide`)
-    make its parameters from the first batch, before the optimizer is made; the global
-    random generators (CPU, and the data's GPU) are left as they were."""
-    setup = getattr(vae.guide, "setup", None)
-    check = getattr(vae, "check_parameters", None)  # a ModelGuide: are all parameters its modules'?
+    make its parameters from the first batch, and a model that checks its parameters
+    (a :class:`~pyro_vae.amortized.ModelGuide`) check them, before the optimizer is made; the
+    global random generators (CPU, and the data's GPU) are left as they were."""
+    setup, check = contract.setup, contract.check_parameters
     if setup is None and check is None:
         return
     with forked_rng((data.x,)), pyro.get_param_store().scope(), torch.no_grad():
         first = next(_batches(data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
-        kwargs = {"num_data": num_data} if pass_num_data else {}
+        kwargs = {"num_data": num_data} if contract.takes_num_data else {}
         if setup is not None:
             setup(*first, **kwargs)
         if check is not None:
             check(*first, **kwargs)
 
 
-def _takes_num_data(fn):
-    """Whether ``fn`` takes a ``num_data`` keyword (or any keyword)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "num_data" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def _check_baseline(vae, n, batch_size):
+def _check_batch_size(n, batch_size):
     """A decaying-average baseline keeps one average per position in the batch (Pyro's
     ``use_decaying_avg_baseline``), so every batch must have the same size."""
-    if getattr(getattr(vae, "q", None), "baseline", None) is None:
-        return
     if n % batch_size:
         raise ValueError(f"the decaying-average baseline (also part of baseline='neural') keeps one average per "
                          f"position in the batch, so every "
@@ -689,12 +687,11 @@ def _check_baseline(vae, n, batch_size):
                          f"{n % batch_size} with batch_size={batch_size}; choose a batch size that divides {n}")
 
 
-def _check(vae, data):
-    """Refuse data the model cannot train on, naming the problem: images of another
-    size than the model's, NaN or inf values, grey levels outside [0, 1] for dynamic
-    binarization, and values the likelihood does not support."""
-    shape = (getattr(vae, "config", None) or {}).get("image_shape")
-    x_dim = math.prod(shape) if shape else getattr(getattr(vae, "decoder", None), "x_dim", None)
+def _check(contract, data):
+    """Refuse data the model (its :class:`~pyro_vae.contract.Contract`) cannot train on, naming
+    the problem: images of another size than the model's, NaN or inf values, grey levels
+    outside [0, 1] for dynamic binarization, and values the likelihood does not support."""
+    shape, x_dim = contract.image_shape, contract.x_dim
     if x_dim is not None and data.x.shape[-1] != x_dim:
         raise ValueError(f"{data.name}: the images have {data.x.shape[-1]} values "
                          f"(image shape {tuple(data.image_shape)}), but the model was built for "
@@ -707,11 +704,10 @@ def _check(vae, data):
             raise ValueError(f"{data.name}: dynamic binarization draws Bernoulli(x) and needs grey levels "
                              f"in [0, 1], got values in [{data.x.min():.4g}, {data.x.max():.4g}]")
         return
-    check = getattr(getattr(vae, "likelihood", None), "check", None)
-    if check is None:
+    if contract.check_support is None:
         return
     try:
-        check(data.x)
+        contract.check_support(data.x)
     except ValueError as e:
         raise ValueError(f"{data.name}: {e}") from None
 
@@ -766,7 +762,7 @@ def fit(vae, train, valid=None, epochs=None, progress=True, callback=None, confi
     from ..runs.schema import record
     from .checkpoints import Checkpointer, CheckpointError
 
-    if not isinstance(getattr(vae, "config", None), dict):
+    if trainer.contract.config is None:
         raise ValueError(f"fit(out=...) stores the model's settings to rebuild it on resume, and "
                          f"{type(vae).__name__} has no config; build it with pyro_vae.build_model")
     if not isinstance(getattr(train, "source", None), dict):

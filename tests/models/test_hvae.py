@@ -6,7 +6,6 @@ import json
 import math
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
