@@ -58,10 +58,10 @@ def main(argv=None):
     print(f"{'M x K . K x N':22s} {'torch.mm':>10s} {'oneDNN':>10s} {'XLA':>10s} {'oneDNN/mm':>10s} {'XLA/mm':>8s}")
     for m, k, n in SHAPES:
         a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
-        contenders = {"mm": lambda: torch.mm(a, b), "onednn": lambda: onednn_matmul(a, b, None)}
+        contenders = {"mm": lambda a=a, b=b: torch.mm(a, b), "onednn": lambda a=a, b=b: onednn_matmul(a, b, None)}
         if jax is not None:
             ja, jb = jnp.asarray(a.numpy()), jnp.asarray(b.numpy())
-            contenders["xla"] = lambda: matmul(ja, jb).block_until_ready()
+            contenders["xla"] = lambda ja=ja, jb=jb: matmul(ja, jb).block_until_ready()
         repeats = max(3, int(4e9 // (m * k * n)))  # about 4e9 multiply-adds per contender and round
         times = {name: [] for name in contenders}
         for r in range(args.rounds):

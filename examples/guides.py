@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.eval import posterior as P
 from pyro_vae.eval import amortization_gap, importance_sampling
-from pyro_vae.plots import plot_posterior_pairs
+from pyro_vae.eval import posterior as P
 from pyro_vae.guides import GUIDES
+from pyro_vae.plots import plot_posterior_pairs
 from pyro_vae.train.trainer import Trainer
 
 

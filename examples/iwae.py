@@ -35,8 +35,8 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae import build_vae, load_dataset  # noqa: E402
-from pyro_vae.runs import save_checkpoint, save_json  # noqa: E402
 from pyro_vae.eval import likelihood_report  # noqa: E402
+from pyro_vae.runs import save_checkpoint, save_json  # noqa: E402
 from pyro_vae.train.trainer import Trainer  # noqa: E402
 
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.runs import CHECKPOINT, RUN_JSON
 from pyro_vae.cli import main as pyro_vae
+from pyro_vae.runs import CHECKPOINT, RUN_JSON
 
 RECIPE = ["--batch-size", "256", "--fused", "--lr-schedule", "cosine", "--lr-final", "1e-5", "--ema", "0.999"]
 VAMP = ["--prior", "vamp", "--pseudo-inputs", "500"]

@@ -1,12 +1,12 @@
 """pyro_vae: variational autoencoders written the Pyro way."""
 
 from .amortized import AmortizedGuide, ModelGuide
+from .config import DataConfig, ModelConfig, TrainConfig
 from .data import ImageData, load_dataset
 from .eval import log_likelihood
 from .models import VAE, build_model, build_vae
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .objectives import make_objective
-from .config import DataConfig, ModelConfig, TrainConfig
 from .runs import load_run, resume
 from .train import Trainer, evaluate_loss, fit
 

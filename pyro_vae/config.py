@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
 
 #: The format of ``run.json`` this version writes.
 FORMAT = 3
@@ -131,8 +130,8 @@ class ModelConfig(Config):
     hidden_dims: list = entry("pos_ints", lambda: [400])
     likelihood: str = entry("str", "bernoulli")
     guide: str = entry("str", "diagonal")
-    scale: Optional[float] = entry("pos_number", None, nullable=True)
-    prior: Optional[str] = entry("str", None, nullable=True)
+    scale: float | None = entry("pos_number", None, nullable=True)
+    prior: str | None = entry("str", None, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -144,12 +143,12 @@ class DataConfig(Config):
     seed=label_seed, labelled_every=labelled_every)``)."""
 
     dataset: str = entry("str", "digits")
-    binarize: Optional[str] = entry("str", None, nullable=True)
+    binarize: str | None = entry("str", None, nullable=True)
     seed: int = entry("int", 0)
-    labels: Optional[int] = entry("pos_int", None, nullable=True)
+    labels: int | None = entry("pos_int", None, nullable=True)
     label_seed: int = entry("int", 0)
     labelled_every: int = entry("pos_int", 1)
-    root: Optional[str] = entry("str", None, nullable=True)
+    root: str | None = entry("str", None, nullable=True)
 
     @property
     def eval_binarize(self):
@@ -197,12 +196,12 @@ class TrainConfig(Config):
     epochs: int = entry("pos_int", 30)
     seed: int = entry("int", 0)
     device: str = entry("str", "cpu")
-    clip_norm: Optional[float] = entry("pos_number", None, nullable=True)
+    clip_norm: float | None = entry("pos_number", None, nullable=True)
     lr_schedule: str = entry("str", "constant")
-    schedule_epochs: Optional[int] = entry("pos_int", None, nullable=True)
-    lr_final: Optional[float] = entry("pos_number", None, nullable=True)
+    schedule_epochs: int | None = entry("pos_int", None, nullable=True)
+    lr_final: float | None = entry("pos_number", None, nullable=True)
     kl_warmup: float = entry("nonneg_number", 0.0)
-    ema_decay: Optional[float] = entry("unit_interval", None, nullable=True)
+    ema_decay: float | None = entry("unit_interval", None, nullable=True)
     keep_best: bool = entry("bool", False)
     fused: bool = entry("bool", False)
     compile: bool = entry("bool", False)
@@ -228,11 +227,11 @@ class RunRecord(Config):
     data: dict = entry("dict", dict)
     train: dict = entry("dict", dict)
     options: dict = entry("dict", dict)  # formats 0 to 2 only
-    checkpoint_every: Optional[int] = entry("pos_int", None, nullable=True)
+    checkpoint_every: int | None = entry("pos_int", None, nullable=True)
     history: dict = entry("dict", dict)
     epoch: int = entry("nonneg_int", 0)
     step: int = entry("nonneg_int", 0)
-    num_data: Optional[int] = entry("pos_int", None, nullable=True)
+    num_data: int | None = entry("pos_int", None, nullable=True)
     world_size: int = entry("pos_int", 1)
 
 

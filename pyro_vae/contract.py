@@ -25,8 +25,9 @@ the caller keeps in place of asking the model again.
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -93,7 +94,7 @@ class HasGuideNetwork(Protocol):
 class HasBaseline(Protocol):
     """``baseline``: None, ``"decaying"`` or ``"neural"``."""
 
-    baseline: Optional[str]
+    baseline: str | None
 
 
 @runtime_checkable
@@ -143,16 +144,16 @@ class Contract:
     :param bool classifies: the model has ``classify(x)``.
     """
 
-    setup: Optional[Callable]
-    check_parameters: Optional[Callable]
-    config: Optional[dict]
-    image_shape: Optional[tuple]
-    x_dim: Optional[int]
-    check_support: Optional[Callable]
+    setup: Callable | None
+    check_parameters: Callable | None
+    config: dict | None
+    image_shape: tuple | None
+    x_dim: int | None
+    check_support: Callable | None
     takes_num_data: bool
     fixed_batch_size: bool
     conditional: bool
-    num_classes: Optional[int]
+    num_classes: int | None
     classifies: bool
 
 

@@ -15,7 +15,7 @@ Data are flat vectors everywhere in the package; the convolutional networks resh
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

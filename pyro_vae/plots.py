@@ -16,8 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data import quadrant_mask  # noqa: E402
-from .eval.latent import (LatentFrame, dead_zone_threshold, latent_codes, latent_frame,  # noqa: E402
-                          nearest_distances)
+from .eval.latent import LatentFrame, dead_zone_threshold, latent_codes, latent_frame, nearest_distances  # noqa: E402
 
 
 def make_grid(*args, **kwargs):
@@ -413,7 +412,7 @@ def plot_posterior_pairs(idata, guides, path, dims=None, title=None, max_points=
                       var_names=["z"], coords=coords, marginals=True, figsize=(size + 1, size),
                       scatter_kwargs=dict(color="black", alpha=0.35, s=6, zorder=3),
                       marginal_kwargs=dict(color="black"))
-    for (name, draws), color in zip(guides.items(), colors):
+    for draws, color in zip(guides.values(), colors):
         z = np.asarray(torch.as_tensor(draws).double().cpu().numpy())[None, :max_points]
         q = az.from_dict(posterior={"z": z}, coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
         az.plot_pair(q, var_names=["z"], coords=coords, marginals=True, ax=ax,

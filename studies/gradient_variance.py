@@ -51,15 +51,22 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from torch.distributions import constraints
 from tqdm.auto import tqdm
 
-from pyro_vae.cli.common import (Parser, UsageError, check_out_dir, int_at_least, nonnegative_int, positive_float,
-                                 positive_int)
+from pyro_vae.cli.common import (
+    Parser,
+    UsageError,
+    check_out_dir,
+    int_at_least,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from pyro_vae.data import DATASETS, DataError, load_dataset
 from pyro_vae.guides import DiagonalNormal, NonReparameterizedNormal
 from pyro_vae.models import VAE, build_model
 from pyro_vae.objectives import make_objective
 from pyro_vae.plots import plt, save_figure
-from pyro_vae.train import Trainer, evaluate_loss, loss_function
 from pyro_vae.runs import save_json
+from pyro_vae.train import Trainer, evaluate_loss, loss_function
 
 #: a = ½ log 2π, the constant of log N(x; φ, 1) = −a − ½(x − φ)².
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

@@ -60,6 +60,7 @@ def one_thread():
 def finished_run(tmp_path_factory):
     """A run folder trained one epoch on digits (once per test module)."""
     from run_helpers import TINY
+
     from pyro_vae.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "run"

@@ -7,8 +7,8 @@ that they finish and leave their files (figures as PNGs, results as JSON).
 """
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path

@@ -8,17 +8,23 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import SIGMA, W, X, linear_gaussian_vae
+from run_helpers import exit_code
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_vae import build_vae, fit
-from pyro_vae import load_run
+from pyro_vae import build_vae, fit, load_run
 from pyro_vae.cli import main
-from run_helpers import exit_code
-from linear_gaussian import SIGMA, W, X, linear_gaussian_vae
 from pyro_vae.data import ImageData
-from pyro_vae.guides import (GUIDES, DiagonalNormal, FullCovarianceNormal, NormalizingFlow, guide_family,
-                             kl_mvn_diagonal_normal, tril_from_outputs)
+from pyro_vae.guides import (
+    GUIDES,
+    DiagonalNormal,
+    FullCovarianceNormal,
+    NormalizingFlow,
+    guide_family,
+    kl_mvn_diagonal_normal,
+    tril_from_outputs,
+)
 from pyro_vae.models import build_model
 from pyro_vae.objectives import make_objective
 

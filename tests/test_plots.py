@@ -6,10 +6,10 @@ import json
 import matplotlib.image as mpimg
 import pytest
 import torch
+from run_helpers import exit_code
 
 from pyro_vae import plots
 from pyro_vae.cli import main
-from run_helpers import exit_code
 from pyro_vae.eval.latent import LatentFrame, latent_codes
 from pyro_vae.models import build_autoencoder, build_vae
 

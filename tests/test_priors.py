@@ -191,7 +191,7 @@ def test_a_numpy_integer_k_is_taken_and_an_encoder_without_two_heads_is_refused_
     from pyro_vae.guides import PointMass
 
     assert VampPrior(12, np.int64(5)).pseudo_inputs.shape == (5, 12)
-    from pyro_vae import MLPDecoder, MLPEncoder, VAE
+    from pyro_vae import VAE, MLPDecoder, MLPEncoder
 
     encoder, decoder = MLPEncoder(12, 2, (8,), out_dims=(2,)), MLPDecoder(2, 12, (8,))
     message = r"two heads of shape \(batch, 2\) first; the PointMass encoder gives \[\(1, 2\)\]"

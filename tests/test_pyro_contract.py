@@ -14,8 +14,7 @@ from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 import pyro_vae
-from pyro_vae import build_vae, fit, load_dataset
-from pyro_vae import load_run
+from pyro_vae import build_vae, fit, load_dataset, load_run
 from pyro_vae.cli import main
 
 

@@ -30,6 +30,7 @@ def test_every_python_block_runs_in_order(tmp_path, monkeypatch):
     ``runs/digits`` that the loading example reads (written by ``pyro-vae train``)."""
     import torch
     from run_helpers import TINY
+
     from pyro_vae.cli import main
 
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)

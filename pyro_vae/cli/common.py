@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from .. import runs
 from ..config import DataConfig
 from ..data import load_dataset
-from .. import runs
 
 
 class UsageError(ValueError):

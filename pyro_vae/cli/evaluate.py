@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pyro
 
+from .. import runs
 from ..contract import contract
 from ..data import check_split
 from ..eval import likelihood_report
-from .. import runs
 from ..runs import WEIGHTS, load_run
 from .common import UsageError, check_device, positive_int, run_data
 
@@ -91,9 +91,9 @@ def _evaluate_ssvae(model, run, args):
 
     import torch
 
+    from ..data import ImageData
     from ..models.ssvae import ssvae_objective
     from ..train.trainer import evaluate_loss
-    from ..data import ImageData
 
     t0 = time.perf_counter()
     data, data_cfg = run_data(run, args.split, args.data, args.limit)

@@ -4,10 +4,9 @@ conditional VAEs)."""
 
 from pathlib import Path
 
-from ..plots import (plot_losses, save_class_samples, save_completions, save_overview, save_reconstructions,
-                     save_samples)
 from .. import runs
 from ..contract import contract
+from ..plots import plot_losses, save_class_samples, save_completions, save_overview, save_reconstructions, save_samples
 from .common import run_data
 
 

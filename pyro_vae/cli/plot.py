@@ -7,16 +7,14 @@ from pathlib import Path
 import torch
 
 from .. import eval as evaluation
-from .. import plots
+from .. import plots, runs
 from ..config import DataConfig
 from ..contract import contract
 from ..data import DataError, load_dataset
 from ..eval import DigitClassifier, classifier_accuracy, train_classifier
-from .. import runs
 from ..runs import load_run
 from .common import UsageError, check_device, int_at_least, positive_int
 from .figures import write_missing_run_figures
-
 
 #: The labelled data a run's latent map and classifier use, by the run's data set:
 #: binarized MNIST has no labels, so the labelled MNIST test images (mnist10k) stand in.
@@ -113,7 +111,7 @@ def run(args):
         clf = _plot_classifier(labelled, args.data, out, args.classifier_epochs, args.seed, args.device)
     x = data.x.to(args.device)
     panels, manifolds, samples, reports = [], {}, {}, []
-    for name, (model, run), run_dir in zip(names, loaded, args.run_dirs):
+    for name, (model, _run), run_dir in zip(names, loaded, args.run_dirs):
         title = f"{name} ({type(model).__name__}, z_dim={model.z_dim})"
         torch.manual_seed(args.seed)
         samples[title] = model.sample(args.n).cpu()

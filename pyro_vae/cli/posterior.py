@@ -3,8 +3,8 @@ point (pair plot, Pareto k̂, divergences)."""
 
 from pathlib import Path
 
-from ..data import check_split
 from .. import runs
+from ..data import check_split
 from ..runs import load_run
 from .common import UsageError, nonnegative_int, positive_int, run_data
 

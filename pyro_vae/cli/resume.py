@@ -10,7 +10,6 @@ from .. import runs
 from ..config import DataConfig, ModelConfig, TrainConfig
 from .common import UsageError
 
-
 #: Options that may differ from the run's when resuming; any other option given with
 #: --resume must give the run's settings.
 RESUME_MAY_CHANGE = ("epochs", "device", "no_progress", "checkpoint_every", "data", "download", "resume", "out",

@@ -14,16 +14,25 @@ from ..config import DataConfig, TrainConfig
 from ..data import DATASETS
 from ..guides import GUIDES
 from ..models import MODEL_BUILDERS, build_model
-from ..models.ssvae import ALPHA as SSVAE_ALPHA, ssvae_objective
+from ..models.ssvae import ALPHA as SSVAE_ALPHA
+from ..models.ssvae import ssvae_objective
 from ..objectives import ALIASES, OBJECTIVES
 from ..priors import PSEUDO_INPUTS
 from ..runs.resume import for_model, load_splits, make_trainer, restore
 from ..runs.schema import record
 from ..train import LR_SCHEDULES, checkpoints, distributed
-from .resume import resume_args
-from .common import (UsageError, check_device, decay, gaussian_scale, lock_run_dir, nonnegative_float,
-                     positive_float, positive_int)
+from .common import (
+    UsageError,
+    check_device,
+    decay,
+    gaussian_scale,
+    lock_run_dir,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 from .figures import missing_figures, write_figures
+from .resume import resume_args
 
 
 def add_arguments(p):

@@ -7,8 +7,16 @@
 """
 
 from .conditions import QUADRANT_INPUTS, one_hot, quadrant_mask, with_quadrant_masks
-from .datasets import (BINARIZE_MODES, BINARIZED_MNIST_URL, DATASETS, NO_TEST_SPLIT, check_split, data_root,
-                       load_dataset, splits)
+from .datasets import (
+                       BINARIZE_MODES,
+                       BINARIZED_MNIST_URL,
+                       DATASETS,
+                       NO_TEST_SPLIT,
+                       check_split,
+                       data_root,
+                       load_dataset,
+                       splits,
+)
 from .files import download_file, read_amat, read_idx
 from .images import DataError, ImageData, binarize_static, check_labels
 

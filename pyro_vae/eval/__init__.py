@@ -21,14 +21,35 @@ Their pictures (pair plots of NUTS against the guide among them) are in :mod:`py
 
 import importlib
 
-from .classifier import (DigitClassifier, classifier_accuracy, classifier_confidence, classifier_probs,
-                         predicted_class_entropy, train_classifier)
-from .latent import (LatentFrame, dead_zone_report, dead_zone_share, dead_zone_table, dead_zone_threshold,
-                     latent_codes, latent_frame, nearest_distances)
 from .calls import ModelAndGuide, fixed_model, model_and_guide
+from .classifier import (
+    DigitClassifier,
+    classifier_accuracy,
+    classifier_confidence,
+    classifier_probs,
+    predicted_class_entropy,
+    train_classifier,
+)
 from .gap import FreeOutputs, amortization_gap, copy_with_guide_outputs
-from .likelihood import (active_units, elbo, importance_sampling, iwae_bound, likelihood_report, log_likelihood,
-                         posterior_means)
+from .latent import (
+    LatentFrame,
+    dead_zone_report,
+    dead_zone_share,
+    dead_zone_table,
+    dead_zone_threshold,
+    latent_codes,
+    latent_frame,
+    nearest_distances,
+)
+from .likelihood import (
+    active_units,
+    elbo,
+    importance_sampling,
+    iwae_bound,
+    likelihood_report,
+    log_likelihood,
+    posterior_means,
+)
 
 __all__ = [
     # calls

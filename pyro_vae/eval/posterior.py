@@ -48,8 +48,8 @@ from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from ..objectives import IWAE_ELBO
-from .common import check_int
 from .calls import batch_args, model_and_guide, split_args
+from .common import check_int
 
 #: k̂ below this: the importance-sampling estimate is reliable (PSIS).
 KHAT_THRESHOLD = 0.7

@@ -1,8 +1,16 @@
 """The models: :class:`VAE` and its :class:`Autoencoder` baseline (:mod:`.vae`), the
 :class:`ConditionalVAE` (:mod:`.cvae`), the two-layer :class:`HierarchicalVAE` (:mod:`.hvae`), the semi-supervised :class:`SemiSupervisedVAE` (:mod:`.ssvae`), and their builders (:mod:`.build`)."""
 
-from .build import (MODEL_BUILDERS, build_autoencoder, build_cvae, build_cvae_quadrant, build_hvae,
-                    build_model, build_ssvae, build_vae)
+from .build import (
+                    MODEL_BUILDERS,
+                    build_autoencoder,
+                    build_cvae,
+                    build_cvae_quadrant,
+                    build_hvae,
+                    build_model,
+                    build_ssvae,
+                    build_vae,
+)
 from .cvae import PRIORS, ConditionalVAE, LabelCondition, QuadrantCondition
 from .hvae import HierarchicalVAE
 from .ssvae import SemiSupervisedVAE

@@ -48,13 +48,17 @@ ALIASES = {
     "TraceGraph_ELBO": "tracegraph",
 }
 
+def _elbo_factory(cls):
+    """``factory(num_particles=1, **kwargs)``: ``cls`` with L particles, vectorized when L > 1,
+    and one plate (the data's)."""
+    def factory(num_particles=1, **kw):
+        return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, **kw)
+
+    return factory
+
+
 #: Objective factories by name: ``factory(num_particles=..., **kwargs) -> ELBO``.
-OBJECTIVES = {
-    name: (lambda cls: lambda num_particles=1, **kw: cls(
-        num_particles=num_particles, vectorize_particles=num_particles > 1,
-        max_plate_nesting=1, **kw))(cls)
-    for name, cls in _ELBOS.items()
-}
+OBJECTIVES = {name: _elbo_factory(cls) for name, cls in _ELBOS.items()}
 OBJECTIVES["iwae"] = lambda num_particles=5, **kw: IWAE_ELBO(num_particles=num_particles, **kw)
 OBJECTIVES["fisher"] = fisher_objective
 ALIASES.update({"IWAE_ELBO": "iwae", "IWAE": "iwae", "FisherDivergence": "fisher"})

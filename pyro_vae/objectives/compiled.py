@@ -54,8 +54,15 @@ from pyro.util import warn_if_nan
 from torch.func import functional_call
 
 from .. import _compat
-from ..ops.compile import (TracingError, buffers_kept, forked_rng, prepare, setup_autoguides,
-                           side_effects_kept, trace_graph)
+from ..ops.compile import (
+    TracingError,
+    buffers_kept,
+    forked_rng,
+    prepare,
+    setup_autoguides,
+    side_effects_kept,
+    trace_graph,
+)
 
 
 def _is_zero(x):

@@ -13,7 +13,6 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
 from pyro.util import check_if_enumerated, warn_if_nan
 
-
 #: Name of the plate that :class:`pyro.infer.ELBO` wraps around model and guide to draw
 #: the particles in one vectorized pass.
 PARTICLE_PLATE = "num_particles_vectorized"

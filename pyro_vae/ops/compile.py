@@ -46,6 +46,7 @@ from .. import _compat
 from . import kernels
 from .graph_passes import log1p_free, onednn_available, onednn_matmuls
 
+
 class TracingError(ValueError):
     """The model/guide pair cannot be traced into one graph (see :mod:`pyro_vae.ops.compile`)."""
 

@@ -9,7 +9,6 @@ Whether a rewrite is applied to a graph is decided by timing it on the machine a
 (:mod:`pyro_vae.ops.kernels`), never by a guess about the hardware.
 """
 
-from typing import Optional
 
 import torch
 
@@ -101,7 +100,7 @@ def _log1p_exp(g, t):
 
 
 @torch.library.custom_op("pyro_vae::onednn_matmul", mutates_args=())
-def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """a @ b (+ bias): the float32 matrix product (M, K) · (K, N) → (M, N), contiguous,
     computed by oneDNN (``torch.ops.mkldnn._linear_pointwise(a, bᵀ, bias)``, the kernel of
     ``torch.nn.Linear`` on mkldnn tensors) rather than by the BLAS behind ``torch.mm``.

@@ -10,10 +10,10 @@
 """
 
 from .files import CHECKPOINT, RUN_JSON, CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_json
-from .lock import LOCK, RunLock, RunLockedError
-from .schema import check_run, read_run, upgrade
 from .load import WEIGHTS, load_run, run_weights
+from .lock import LOCK, RunLock, RunLockedError
 from .resume import resume
+from .schema import check_run, read_run, upgrade
 
 __all__ = ["CHECKPOINT", "RUN_JSON", "LOCK", "CheckpointError", "RunLock", "RunLockedError", "atomic_write",
            "load_checkpoint", "save_checkpoint", "save_json", "check_run", "read_run", "upgrade", "WEIGHTS",

@@ -12,7 +12,6 @@ from ..models import build_model
 from .files import CHECKPOINT, RUN_JSON, check_config, load_checkpoint, load_weights
 from .schema import read_run
 
-
 WEIGHTS = ("best", "last", "raw")
 
 

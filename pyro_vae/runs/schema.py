@@ -15,8 +15,7 @@ files are read as follows:
 
 import inspect
 
-from ..config import (FORMAT, ConfigError, DataConfig, ModelConfig, RunRecord, TrainConfig, check_format,
-                      kind_of)
+from ..config import FORMAT, ConfigError, DataConfig, ModelConfig, RunRecord, TrainConfig, check_format, kind_of
 from .files import RUN_JSON, CheckpointError, read_json
 
 #: ``pyro-vae train``'s option names (formats 0 to 2's ``"options"``) that became

@@ -6,8 +6,19 @@ compiled ``Trace_ELBO`` that ``Trainer(traced=True)`` steps with is
 :class:`pyro_vae.objectives.CompiledTrace_ELBO`."""
 
 from . import checkpoints, distributed, rng
-from .trainer import (LR_SCHEDULES, OPTIMIZERS, History, NonFiniteLossError, ScaleLatent, Trainer, evaluate_loss,
-                      final_weights, fit, loss_function, scheduled_lr)
+from .trainer import (
+                      LR_SCHEDULES,
+                      OPTIMIZERS,
+                      History,
+                      NonFiniteLossError,
+                      ScaleLatent,
+                      Trainer,
+                      evaluate_loss,
+                      final_weights,
+                      fit,
+                      loss_function,
+                      scheduled_lr,
+)
 
 __all__ = ["Trainer", "fit", "final_weights", "evaluate_loss", "loss_function", "History", "NonFiniteLossError",
            "ScaleLatent", "scheduled_lr", "LR_SCHEDULES", "OPTIMIZERS", "checkpoints", "distributed", "rng"]

@@ -15,10 +15,17 @@ from pathlib import Path
 import torch
 
 from ..config import FORMAT, is_int, kind_of
-from ..runs.files import (CHECKPOINT, RUN_JSON, CheckpointError, check_checkpoint, remove_stale_tmp, save_checkpoint,
-                          save_json, signals_deferred)
+from ..runs.files import (
+    CHECKPOINT,
+    RUN_JSON,
+    CheckpointError,
+    check_checkpoint,
+    remove_stale_tmp,
+    save_checkpoint,
+    save_json,
+    signals_deferred,
+)
 from . import distributed as dp
-
 
 #: The entries of a trainer's state (:meth:`~pyro_vae.train.trainer.Trainer.state_dict`).
 TRAINER_STATE = ("model", "optimizer", "epoch", "step", "epoch_step", "epoch_loss", "epoch_seconds", "generator",

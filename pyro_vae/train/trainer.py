@@ -29,13 +29,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import _compat
-from . import distributed as dp
-from . import rng
 from ..config import TrainConfig
 from ..contract import contract
-from ..runs.files import CheckpointError, check_config, load_weights
 from ..objectives import CompiledTrace_ELBO, TracingError, make_objective, objective_label
 from ..ops.compile import forked_rng
+from ..runs.files import CheckpointError, check_config, load_weights
+from . import distributed as dp
+from . import rng
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULES = ("constant", "cosine", "exponential")

@@ -5,10 +5,10 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from run_helpers import exit_code
 
 from pyro_vae import load_run
 from pyro_vae.cli import main
-from run_helpers import exit_code
 
 
 def test_train_writes_a_run_folder_and_sample_reads_it(tmp_path):

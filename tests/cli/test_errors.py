@@ -6,12 +6,12 @@ import struct
 
 import pytest
 import torch
+from run_helpers import fails
 
 from pyro_vae import build_vae
 from pyro_vae.cli import main
 from pyro_vae.data import DataError, ImageData, check_labels, load_dataset
 from pyro_vae.train.trainer import Trainer
-from run_helpers import fails
 
 TINY = ["--hidden", "16", "--z-dim", "4", "--no-progress"]
 GOOD_LINE = "0 1 " * 391 + "0 1\n"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from pyro_vae.train import distributed
-from pyro_vae.cli import build_parser, main
 from run_helpers import TINY, fails, snapshot
+
+from pyro_vae.cli import build_parser, main
+from pyro_vae.train import distributed
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = ["loss_curves.png", "reconstructions.png", "samples.png", "overview.png"]

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from run_helpers import TINY, exit_code
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,10 +9,10 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-
-from pyro_vae.cli import main
 from run_helpers import exit_code
+
 from pyro_vae import data
+from pyro_vae.cli import main
 from pyro_vae.data import DataError, load_dataset, read_amat
 
 pytestmark = pytest.mark.usefixtures("one_thread")

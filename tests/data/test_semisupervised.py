@@ -42,7 +42,7 @@ def test_batches_are_pure_and_mix_as_configured():
     assert isinstance(data, SemiSupervisedData)
     assert (data.y != UNLABELLED).sum() == 20
     kinds, seen_unl = [], 0
-    for xb, yb in data.batches(30, generator=torch.Generator().manual_seed(0)):
+    for _xb, yb in data.batches(30, generator=torch.Generator().manual_seed(0)):
         lab = yb != UNLABELLED
         assert lab.all() or (~lab).all()
         kinds.append(bool(lab.all()))

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from linear_gaussian import W, X, ZeroEncoder, exact, linear_gaussian_vae
+
 from pyro_vae.eval.gap import amortization_gap
 
 

@@ -17,12 +17,18 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.nn import PyroModule
+from run_helpers import exit_code
 from torch import nn
 
 from pyro_vae.cli import main
-from run_helpers import exit_code
-from pyro_vae.eval.likelihood import (active_units, elbo, importance_sampling, iwae_bound, likelihood_report,
-                                      log_likelihood)
+from pyro_vae.eval.likelihood import (
+    active_units,
+    elbo,
+    importance_sampling,
+    iwae_bound,
+    likelihood_report,
+    log_likelihood,
+)
 from pyro_vae.likelihoods import Bernoulli, Gaussian
 from pyro_vae.models import VAE
 from pyro_vae.objectives import IWAE_ELBO

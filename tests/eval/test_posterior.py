@@ -8,12 +8,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import SIGMA, W, X, exact, linear_gaussian_vae, with_gaussian_guide
+from run_helpers import exit_code
 
+from pyro_vae.cli import main
 from pyro_vae.eval import posterior as P
 from pyro_vae.eval.calls import fixed_model
-from pyro_vae.cli import main
-from run_helpers import exit_code
-from linear_gaussian import SIGMA, W, X, exact, linear_gaussian_vae, with_gaussian_guide
+
 
 @pytest.fixture(scope="module")
 def nuts():

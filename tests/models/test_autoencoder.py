@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import runs
-from pyro_vae import load_run
+from pyro_vae import load_run, runs
 from pyro_vae.cli import main
 from pyro_vae.data import load_dataset
 from pyro_vae.guides import PointMass

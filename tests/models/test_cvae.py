@@ -10,8 +10,15 @@ import torch.nn.functional as F
 
 from pyro_vae import cli, load_run
 from pyro_vae.data import DataError, ImageData, load_dataset, one_hot, quadrant_mask, with_quadrant_masks
-from pyro_vae.models import (ConditionalVAE, LabelCondition, QuadrantCondition, build_cvae, build_cvae_quadrant,
-                             build_model, build_vae)
+from pyro_vae.models import (
+    ConditionalVAE,
+    LabelCondition,
+    QuadrantCondition,
+    build_cvae,
+    build_cvae_quadrant,
+    build_model,
+    build_vae,
+)
 from pyro_vae.networks import MLPDecoder, MLPEncoder
 from pyro_vae.objectives import make_objective
 from pyro_vae.train.trainer import Trainer, evaluate_loss

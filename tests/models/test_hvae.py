@@ -9,13 +9,13 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
+from run_helpers import exit_code
 
 from pyro_vae import AmortizedGuide
 from pyro_vae.models import HierarchicalVAE, build_hvae, build_model
 from pyro_vae.objectives import IWAE_ELBO
-from run_helpers import exit_code
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

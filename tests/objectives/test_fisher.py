@@ -15,13 +15,13 @@ import math
 import pyro
 import pytest
 import torch
+from run_helpers import exit_code
 from torch import nn
 
 from pyro_vae import build_vae, make_objective
-from run_helpers import exit_code
-from pyro_vae.objectives.fisher import FisherDivergence
 from pyro_vae.likelihoods import Gaussian
 from pyro_vae.models import VAE, build_autoencoder
+from pyro_vae.objectives.fisher import FisherDivergence
 
 Z = 5.0  # standard errors; P(|N(0,1)| > 5) ≈ 6e-7 per comparison
 D, d = 5, 2

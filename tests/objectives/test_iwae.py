@@ -16,7 +16,7 @@ from pyro.nn import PyroModule
 from pyro_vae import build_vae, fit, load_dataset
 from pyro_vae.guides import GUIDES, NonReparameterizedNormal
 from pyro_vae.likelihoods import Bernoulli
-from pyro_vae.objectives import ALIASES, OBJECTIVES, IWAE_ELBO, make_objective
+from pyro_vae.objectives import ALIASES, IWAE_ELBO, OBJECTIVES, make_objective
 from pyro_vae.train.trainer import Trainer, evaluate_loss
 
 LOG_2PI = math.log(2 * math.pi)

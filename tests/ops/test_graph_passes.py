@@ -13,6 +13,7 @@ def test_log1p_free_keeps_softplus_and_the_bernoulli_log_density_to_float32_roun
     """The rewritten graph against float64: absolute errors of the order of float32's
     rounding of the values themselves, at the extremes of the logits too."""
     from torch.fx.experimental.proxy_tensor import make_fx
+
     from pyro_vae.ops.graph_passes import log1p_free
 
     def f(x, y):
@@ -40,6 +41,7 @@ def test_log1p_free_keeps_small_scales_small():
     """softplus of very negative inputs, as a positive scale (Pyro's softplus_positive
     transform, Normal(loc, softplus(raw))): a few ulps, not 0 (a Normal of scale 0)."""
     from torch.fx.experimental.proxy_tensor import make_fx
+
     from pyro_vae.ops.graph_passes import log1p_free
 
     x = torch.tensor([-14.0, -18.0, -30.0, -80.0])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.ops import kernels
 from pyro_vae.objectives import TracedELBO
+from pyro_vae.ops import kernels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ONEDNN = torch.ops.pyro_vae.onednn_matmul.default

@@ -9,14 +9,10 @@ import math
 import pyro
 import pytest
 import torch
-from pyro import poutine
-
-from pyro_vae import build_vae, make_objective
-from pyro_vae.data import ImageData, load_dataset
 from gradient_variance import (
-    main,
     TOY_ROUTES,
     encoder_gradient_moments,
+    main,
     measure_toy,
     sample_variance_se,
     toy_estimate,
@@ -27,9 +23,12 @@ from gradient_variance import (
     vae_gradient_variance,
     vae_variant,
 )
+from pyro import poutine
+
+from pyro_vae import build_vae, make_objective
+from pyro_vae.data import ImageData, load_dataset
 from pyro_vae.guides import DiagonalNormal, NonReparameterizedNormal
 from pyro_vae.networks import MLPEncoder
-
 
 
 def study_exit(argv):

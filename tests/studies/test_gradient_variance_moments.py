@@ -13,11 +13,11 @@ the Gaussian (reparameterized) and ε³ (score function at φ = 0) cases."""
 
 import math
 
+import gradient_variance as gradvar
 import pyro
 import pytest
 import torch
 
-import gradient_variance as gradvar
 from pyro_vae import build_vae, make_objective
 
 RTOL = 1e-6

@@ -4,9 +4,9 @@ the closed-form KL(q(z2|x) ‖ N(0, I)) within Monte Carlo error."""
 import pyro
 import pytest
 import torch
+from hvae_layers import active_units_per_layer, layer_terms
 from pyro.infer import Trace_ELBO
 
-from hvae_layers import active_units_per_layer, layer_terms
 from pyro_vae.models import build_hvae
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,17 +9,21 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from pyro_vae import build_vae, load_dataset
-from pyro_vae.train import rng
-from pyro_vae.runs.files import (CheckpointError, atomic_write, check_config, load_checkpoint, load_weights,
-                                 save_checkpoint)
-from pyro_vae.train.checkpoints import Checkpointer
-from pyro_vae import load_run
-from pyro_vae.cli import main
 from run_helpers import exit_code
-from pyro_vae.train.trainer import Trainer
 
+from pyro_vae import build_vae, load_dataset, load_run
+from pyro_vae.cli import main
+from pyro_vae.runs.files import (
+    CheckpointError,
+    atomic_write,
+    check_config,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from pyro_vae.train import rng
+from pyro_vae.train.checkpoints import Checkpointer
+from pyro_vae.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -25,10 +25,10 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.runs import load_checkpoint
-from pyro_vae.train.distributed import shard
 from pyro_vae.models import build_model
 from pyro_vae.objectives import make_objective
+from pyro_vae.runs import load_checkpoint
+from pyro_vae.train.distributed import shard
 from pyro_vae.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,11 +7,11 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
+from run_helpers import round_trip
 
 from pyro_vae import build_vae, load_dataset
 from pyro_vae.cli import build_parser
 from pyro_vae.train.trainer import Trainer
-from run_helpers import round_trip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,13 +8,13 @@ import pyro
 import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from run_helpers import digits_data as data
+from run_helpers import exit_code, make_trainer, round_trip
 
 from pyro_vae import build_vae, load_dataset
-from pyro_vae.runs import CheckpointError, load_checkpoint
 from pyro_vae.cli import main
-from pyro_vae.runs import load_run, run_weights
+from pyro_vae.runs import CheckpointError, load_checkpoint, load_run, run_weights
 from pyro_vae.train.trainer import Trainer, evaluate_loss, fit, scheduled_lr
-from run_helpers import digits_data as data, exit_code, make_trainer, round_trip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import exit_code, make_trainer, round_trip
 
+from pyro_vae.cli import main
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.train.checkpoints import Checkpointer
-from pyro_vae.cli import main
 from pyro_vae.train.trainer import NonFiniteLossError
-from run_helpers import exit_code, make_trainer, round_trip
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64) digits training images, batch 64

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import TINY, fails, snapshot
 
 from pyro_vae import runs
+from pyro_vae.cli import main
 from pyro_vae.config import FORMAT
 from pyro_vae.runs import CHECKPOINT, RUN_JSON, CheckpointError, atomic_write
 from pyro_vae.train.checkpoints import Checkpointer
-from pyro_vae.cli import main
-from run_helpers import TINY, fails, snapshot
 
 LOCK = ".pyro-vae.lock"  # the lock file inside a run folder (runs.LOCK)
 
@@ -96,7 +96,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 def test_a_failed_start_removes_the_folder_it_created(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with runs.RunLock(tmp_path / "new" / "run"):
-            1 / 0
+            raise ZeroDivisionError("inside the lock")
     assert not (tmp_path / "new" / "run").exists()
     (tmp_path / "kept").mkdir()
     with runs.RunLock(tmp_path / "kept"):
