@@ -24,8 +24,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 def train(cmd, out, args):
     if args.plot_only:  # the runs are there already: read them
         return json.loads((out / "run.json").read_text())["history"]
-    opts = ["train", "--dataset", args.dataset, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-            "--seed", "0", "--no-progress", "--out", str(out), "--overwrite"]
+    opts = [
+        "train",
+        "--dataset",
+        args.dataset,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     if args.data:
         opts += ["--data", args.data]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -37,8 +50,19 @@ def main(args):
     out = Path(args.out)
     runs = {"1 process": train([sys.executable, "-m", "pyro_vae.cli"], out / "single", args)}
     runs[f"{args.nproc} processes (torchrun)"] = train(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-         "-m", "pyro_vae.cli"], out / f"ddp{args.nproc}", args)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(args.nproc),
+            "-m",
+            "pyro_vae.cli",
+        ],
+        out / f"ddp{args.nproc}",
+        args,
+    )
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for (name, h), color in zip(runs.items(), ("C0", "C3")):

@@ -82,8 +82,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of each (median reported)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-traced", action="store_true", help="skip log_likelihood(..., traced=True)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is faster on a crowded machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is faster on a crowded machine)",
+    )
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -120,14 +124,26 @@ def main(argv=None):
     log_likelihood(vae, warm, num_samples=args.chunk_size, batch_size=args.batch_size, chunk_size=args.chunk_size)
     warmup = None
     if not args.no_traced:
-        warmup, _ = timed(lambda: log_likelihood(vae, warm, num_samples=args.chunk_size, batch_size=args.batch_size,
-                                                 chunk_size=args.chunk_size, traced=True))
+        warmup, _ = timed(
+            lambda: log_likelihood(
+                vae,
+                warm,
+                num_samples=args.chunk_size,
+                batch_size=args.batch_size,
+                chunk_size=args.chunk_size,
+                traced=True,
+            )
+        )
     from pyro_vae.ops.graph_passes import onednn_available
 
     onednn = device.type == "cpu" and onednn_available()
     bare_matmuls(layers, min(n, 2), args.chunk_size, args.batch_size, args.chunk_size, device)
-    times = {"log_likelihood": [], "log_likelihood, traced=True": [], "bare decoder addmm": [],
-             "bare decoder oneDNN": []}
+    times = {
+        "log_likelihood": [],
+        "log_likelihood, traced=True": [],
+        "bare decoder addmm": [],
+        "bare decoder oneDNN": [],
+    }
     if args.no_traced:
         del times["log_likelihood, traced=True"]
     if onednn:
@@ -141,17 +157,21 @@ def main(argv=None):
         if not args.no_traced:
             t, nll["traced"] = timed(lambda: -log_likelihood(vae, x, traced=True, **kw).mean().item())
             times["log_likelihood, traced=True"].append(t)
-        times["bare decoder addmm"].append(bare_matmuls(layers, n, args.num_samples, args.batch_size,
-                                                        args.chunk_size, device))
+        times["bare decoder addmm"].append(
+            bare_matmuls(layers, n, args.num_samples, args.batch_size, args.chunk_size, device)
+        )
         if onednn:
-            times["bare decoder oneDNN"].append(bare_matmuls(layers, n, args.num_samples, args.batch_size,
-                                                             args.chunk_size, device, onednn=True))
+            times["bare decoder oneDNN"].append(
+                bare_matmuls(layers, n, args.num_samples, args.batch_size, args.chunk_size, device, onednn=True)
+            )
     med = {k: statistics.median(v) for k, v in times.items()}
     mm, dnn = med["bare decoder addmm"], med.get("bare decoder oneDNN")
     shapes = " -> ".join([str(layers[0].in_features)] + [str(m.out_features) for m in layers])
-    print(f"{n} images x K={args.num_samples} samples = {n * args.num_samples:,} decoder rows ({shapes}), "
-          f"batch {args.batch_size} images x chunk {args.chunk_size} samples, device {device}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"{n} images x K={args.num_samples} samples = {n * args.num_samples:,} decoder rows ({shapes}), "
+        f"batch {args.batch_size} images x chunk {args.chunk_size} samples, device {device}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     for name, t in med.items():
         extra = ""
         if name == "log_likelihood":
@@ -164,11 +184,15 @@ def main(argv=None):
         from pyro_vae.ops import kernels
 
         for c in kernels.choices()["matmul"].values():
-            print(f"traced graphs' products: {c['kernel']} (timed here: aten {c['seconds']['aten'] * 1e3:.3f} ms, "
-                  f"oneDNN {c['seconds']['onednn'] * 1e3:.3f} ms)")
+            print(
+                f"traced graphs' products: {c['kernel']} (timed here: aten {c['seconds']['aten'] * 1e3:.3f} ms, "
+                f"oneDNN {c['seconds']['onednn'] * 1e3:.3f} ms)"
+            )
         for c in kernels.choices()["log1p_free"].values():
-            print(f"log1p-free rewrite: {'applied' if c['rewrite'] else 'not applied'} (timed here: plain "
-                  f"{c['seconds']['plain'] * 1e3:.3f} ms, rewritten {c['seconds']['log1p_free'] * 1e3:.3f} ms)")
+            print(
+                f"log1p-free rewrite: {'applied' if c['rewrite'] else 'not applied'} (timed here: plain "
+                f"{c['seconds']['plain'] * 1e3:.3f} ms, rewritten {c['seconds']['log1p_free'] * 1e3:.3f} ms)"
+            )
     return {k: t / mm for k, t in med.items()}
 
 

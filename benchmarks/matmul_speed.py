@@ -20,8 +20,16 @@ import torch
 from pyro_vae.ops.graph_passes import onednn_available, onednn_matmul
 
 #: (M, K, N) of a @ b: the step's forward and backward products, then one evaluation chunk's
-SHAPES = ((256, 784, 400), (256, 400, 784), (784, 256, 400), (400, 256, 784), (256, 400, 100), (256, 50, 400),
-          (10000, 50, 400), (10000, 400, 784))
+SHAPES = (
+    (256, 784, 400),
+    (256, 400, 784),
+    (784, 256, 400),
+    (400, 256, 784),
+    (256, 400, 100),
+    (256, 50, 400),
+    (10000, 50, 400),
+    (10000, 400, 784),
+)
 
 
 def timed(fn, repeats):
@@ -48,6 +56,7 @@ def main(argv=None):
     try:
         import jax
         import jax.numpy as jnp
+
         matmul = jax.jit(lambda a, b: a @ b)
     except ImportError:
         jax = None
@@ -65,13 +74,15 @@ def main(argv=None):
         repeats = max(3, int(4e9 // (m * k * n)))  # about 4e9 multiply-adds per contender and round
         times = {name: [] for name in contenders}
         for r in range(args.rounds):
-            for name in (list(contenders) if r % 2 == 0 else list(contenders)[::-1]):
+            for name in list(contenders) if r % 2 == 0 else list(contenders)[::-1]:
                 times[name].append(timed(contenders[name], repeats))
         med = {name: statistics.median(v) * 1e6 for name, v in times.items()}
         xla = f"{med['xla']:10.1f}" if "xla" in med else f"{'-':>10s}"
         xla_ratio = f"{med['xla'] / med['mm']:8.2f}" if "xla" in med else f"{'-':>8s}"
-        print(f"{f'{m} x {k} . {k} x {n}':22s} {med['mm']:10.1f} {med['onednn']:10.1f} {xla} "
-              f"{med['onednn'] / med['mm']:10.2f} {xla_ratio}")
+        print(
+            f"{f'{m} x {k} . {k} x {n}':22s} {med['mm']:10.1f} {med['onednn']:10.1f} {xla} "
+            f"{med['onednn'] / med['mm']:10.2f} {xla_ratio}"
+        )
 
 
 if __name__ == "__main__":

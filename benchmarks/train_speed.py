@@ -133,13 +133,16 @@ def numpyro_step(enc, dec, n, x0):
         try:
             jax.dlpack.from_dlpack(x0.contiguous())
         except Exception as e:  # JAX without CUDA
-            print(f"NumPyro contender skipped: JAX cannot take the GPU batch ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0][:120]})")
+            print(
+                f"NumPyro contender skipped: JAX cannot take the GPU batch ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120]})"
+            )
             return None
 
         def to_jax(x):
             return jax.dlpack.from_dlpack(x.contiguous())
     else:
+
         def to_jax(x):
             return jnp.asarray(x.numpy())
 
@@ -153,8 +156,14 @@ def numpyro_step(enc, dec, n, x0):
     z_dim = enc.out_dims[0]
 
     def mlp(prefix, h):
-        w0, b0 = numpyro.param(f"{prefix}.w0", init[f"{prefix}.w0"]), numpyro.param(f"{prefix}.b0", init[f"{prefix}.b0"])
-        w1, b1 = numpyro.param(f"{prefix}.w1", init[f"{prefix}.w1"]), numpyro.param(f"{prefix}.b1", init[f"{prefix}.b1"])
+        w0, b0 = (
+            numpyro.param(f"{prefix}.w0", init[f"{prefix}.w0"]),
+            numpyro.param(f"{prefix}.b0", init[f"{prefix}.b0"]),
+        )
+        w1, b1 = (
+            numpyro.param(f"{prefix}.w1", init[f"{prefix}.w1"]),
+            numpyro.param(f"{prefix}.b1", init[f"{prefix}.b1"]),
+        )
         return jax.nn.softplus(h @ w0 + b0) @ w1 + b1
 
     def model(x):
@@ -214,9 +223,12 @@ def main(argv=None):
     p.add_argument("--no-levers", action="store_true", help="skip the Trainer's speed options")
     p.add_argument("--no-traced", action="store_true", help="skip the traced step (traced=True)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write every round's s/step per contender")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time the package's distributions without Pyro, and Pyro's traces without an ELBO "
-                        "class: where the Trainer's remaining time over the hand-written loop goes")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the package's distributions without Pyro, and Pyro's traces without an ELBO "
+        "class: where the Trainer's remaining time over the hand-written loop goes",
+    )
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -244,8 +256,9 @@ def main(argv=None):
         for name, kwargs, foreach in LEVERS:
             torch.manual_seed(0)  # the same initial weights as the others
             lever_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
-            t = Trainer(lever_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0,
-                        device=device, **kwargs)
+            t = Trainer(
+                lever_vae, train, objective="elbo", lr=1e-3, batch_size=args.batch_size, seed=0, device=device, **kwargs
+            )
             if foreach:
                 t.optimizer = torch.optim.Adam(lever_vae.parameters(), lr=1e-3, foreach=True)
             contenders[name] = t.step
@@ -257,11 +270,17 @@ def main(argv=None):
             torch.manual_seed(0)
             traced_vae = build_vae((1, 28, 28), z_dim=50, hidden_dims=(400,))
             if forced:
-                kwargs = dict(kwargs, objective=CompiledTrace_ELBO(max_plate_nesting=1, modules=[traced_vae],
-                                                                   **forced))
+                kwargs = dict(kwargs, objective=CompiledTrace_ELBO(max_plate_nesting=1, modules=[traced_vae], **forced))
             t0 = time.perf_counter()
-            t = Trainer(traced_vae, train, **{"objective": "elbo", **kwargs}, lr=1e-3, batch_size=args.batch_size,
-                        seed=0, device=device)
+            t = Trainer(
+                traced_vae,
+                train,
+                **{"objective": "elbo", **kwargs},
+                lr=1e-3,
+                batch_size=args.batch_size,
+                seed=0,
+                device=device,
+            )
             built[name] = time.perf_counter() - t0  # the first batch shape traced (kernels timed) and compiled
             contenders[name] = t.step
     if not args.no_numpyro:
@@ -302,29 +321,42 @@ def main(argv=None):
     times = {k: [statistics.median(v) * steps_per_epoch] for k, v in per_step.items()}
     losses = {k: statistics.mean(v[-steps_per_epoch:]) for k, v in losses.items()}
     # paired: each round's ratio compares the contenders over the same seconds of machine load
-    paired = {k: statistics.median(a / b for a, b in zip(v, per_step["hand-written PyTorch"]))
-              for k, v in per_step.items()}
+    paired = {
+        k: statistics.median(a / b for a, b in zip(v, per_step["hand-written PyTorch"])) for k, v in per_step.items()
+    }
     spread = {k: _quartiles([a / b for a, b in zip(v, per_step["hand-written PyTorch"])]) for k, v in per_step.items()}
-    vs_trainer = {k: statistics.median(a / b for a, b in zip(v, per_step["pyro_vae Trainer"]))
-                  for k, v in per_step.items()}
+    vs_trainer = {
+        k: statistics.median(a / b for a, b in zip(v, per_step["pyro_vae Trainer"])) for k, v in per_step.items()
+    }
     np_name = "NumPyro SVI, jit"
-    vs_numpyro = ({k: statistics.median(a / b for a, b in zip(v, per_step[np_name])) for k, v in per_step.items()}
-                  if np_name in per_step else None)
-    print(f"binarized MNIST, {len(train)} images, batch {args.batch_size}, 784-400-50 MLP, device {device}, "
-          f"{torch.get_num_threads()} threads, {args.epochs} epochs per contender in {rounds} alternating rounds "
-          f"of {args.round_steps} steps; s/epoch = median s/step × {steps_per_epoch} steps")
-    print("paired: median over rounds of each round's time ratio to the hand-written loop [quartiles]; "
-          "/Trainer, /NumPyro: the same against the plain Trainer, NumPyro; "
-          "warm-up: round 0's time beyond its steps at the median rate, plus a traced trainer's build")
-    print(f"{'contender':32s} {'s/epoch':>8s} {'paired':>7s} {'[quartiles]':>13s} {'/Trainer':>8s} {'/NumPyro':>8s} "
-          f"{'warm-up s':>9s} {'-ELBO, last epoch':>18s}")
+    vs_numpyro = (
+        {k: statistics.median(a / b for a, b in zip(v, per_step[np_name])) for k, v in per_step.items()}
+        if np_name in per_step
+        else None
+    )
+    print(
+        f"binarized MNIST, {len(train)} images, batch {args.batch_size}, 784-400-50 MLP, device {device}, "
+        f"{torch.get_num_threads()} threads, {args.epochs} epochs per contender in {rounds} alternating rounds "
+        f"of {args.round_steps} steps; s/epoch = median s/step × {steps_per_epoch} steps"
+    )
+    print(
+        "paired: median over rounds of each round's time ratio to the hand-written loop [quartiles]; "
+        "/Trainer, /NumPyro: the same against the plain Trainer, NumPyro; "
+        "warm-up: round 0's time beyond its steps at the median rate, plus a traced trainer's build"
+    )
+    print(
+        f"{'contender':32s} {'s/epoch':>8s} {'paired':>7s} {'[quartiles]':>13s} {'/Trainer':>8s} {'/NumPyro':>8s} "
+        f"{'warm-up s':>9s} {'-ELBO, last epoch':>18s}"
+    )
     for name in contenders:
         med = statistics.median(times[name])
         extra = built.get(name, 0.0) + warmup[name] - args.round_steps * statistics.median(per_step[name])
         q1, q3 = spread[name]
         vs = f"{vs_numpyro[name]:8.3f}" if vs_numpyro else f"{'-':>8s}"
-        print(f"{name:32s} {med:8.3f} {paired[name]:7.3f} [{q1:5.3f},{q3:5.3f}] {vs_trainer[name]:8.3f} {vs} {extra:9.2f} "
-              f"{losses[name]:18.2f}")
+        print(
+            f"{name:32s} {med:8.3f} {paired[name]:7.3f} [{q1:5.3f},{q3:5.3f}] {vs_trainer[name]:8.3f} {vs} {extra:9.2f} "
+            f"{losses[name]:18.2f}"
+        )
     ratio = paired["pyro_vae Trainer"]
     print(f"ratio pyro_vae / hand-written (median of the {rounds} rounds' ratios): {ratio:.3f}")
     if vs_numpyro:
@@ -334,8 +366,16 @@ def main(argv=None):
         print(_kernel_choices())
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seconds_per_step": per_step, "warmup_round_seconds": warmup, "round_steps": args.round_steps,
-                       "threads": torch.get_num_threads()}, f, indent=1)
+            json.dump(
+                {
+                    "seconds_per_step": per_step,
+                    "warmup_round_seconds": warmup,
+                    "round_steps": args.round_steps,
+                    "threads": torch.get_num_threads(),
+                },
+                f,
+                indent=1,
+            )
     return ratio
 
 
@@ -344,12 +384,16 @@ def _kernel_choices():
     lines = ["kernels chosen by timing on this machine (pyro_vae.ops.kernels, median seconds):"]
     for shapes, c in kernels.choices()["matmul"].items():
         t = c["seconds"]
-        lines.append(f"  {len(shapes)} products: {c['kernel']} (aten {t['aten'] * 1e3:.3f} ms, "
-                     f"oneDNN {t['onednn'] * 1e3:.3f} ms)")
+        lines.append(
+            f"  {len(shapes)} products: {c['kernel']} (aten {t['aten'] * 1e3:.3f} ms, "
+            f"oneDNN {t['onednn'] * 1e3:.3f} ms)"
+        )
     for c in kernels.choices()["log1p_free"].values():
         t = c["seconds"]
-        lines.append(f"  log1p-free rewrite: {'applied' if c['rewrite'] else 'not applied'} (plain graph "
-                     f"{t['plain'] * 1e3:.3f} ms, rewritten {t['log1p_free'] * 1e3:.3f} ms)")
+        lines.append(
+            f"  log1p-free rewrite: {'applied' if c['rewrite'] else 'not applied'} (plain graph "
+            f"{t['plain'] * 1e3:.3f} ms, rewritten {t['log1p_free'] * 1e3:.3f} ms)"
+        )
     return "\n".join(lines)
 
 

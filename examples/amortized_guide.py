@@ -55,15 +55,25 @@ def main(args):
         torch.manual_seed(args.seed)
         model = TwoLayerVAE(train.x_dim, hidden=args.hidden)
         guide = AmortizedGuide(model.model, family=family, hidden_dims=(args.hidden,))
-        history = fit(ModelGuide(model.model, guide), train, valid, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, progress=False)
-        x = valid.x[:args.eval_points]
+        history = fit(
+            ModelGuide(model.model, guide),
+            train,
+            valid,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            progress=False,
+        )
+        x = valid.x[: args.eval_points]
         pyro.set_rng_seed(args.seed)
         nll = -log_likelihood(model.model, guide, x, num_samples=args.nll_samples).mean().item()
         neg_elbo = -elbo(model.model, guide, x, num_samples=100).mean().item()
         results[family] = dict(history=history.valid_loss, nll=nll, neg_elbo=neg_elbo)
-        print(f"{family:9s} valid -ELBO {neg_elbo:7.2f}   NLL {nll:7.2f}   gap {neg_elbo - nll:5.2f} nats per image "
-              f"({len(x)} images, K={args.nll_samples})")
+        print(
+            f"{family:9s} valid -ELBO {neg_elbo:7.2f}   NLL {nll:7.2f}   gap {neg_elbo - nll:5.2f} nats per image "
+            f"({len(x)} images, K={args.nll_samples})"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
@@ -74,11 +84,16 @@ def main(args):
     ax1.grid(alpha=0.3)
     names = list(results)
     ax2.bar([i - 0.2 for i in range(len(names))], [results[n]["neg_elbo"] for n in names], 0.4, label="-ELBO")
-    ax2.bar([i + 0.2 for i in range(len(names))], [results[n]["nll"] for n in names], 0.4,
-            label=f"NLL (K={args.nll_samples})")
+    ax2.bar(
+        [i + 0.2 for i in range(len(names))],
+        [results[n]["nll"] for n in names],
+        0.4,
+        label=f"NLL (K={args.nll_samples})",
+    )
     lo = min(min(r["nll"], r["neg_elbo"]) for r in results.values())
-    ax2.set(xticks=range(len(names)), xticklabels=names, ylabel="nats per image", ylim=(lo - 2, None),
-            title="guide family")
+    ax2.set(
+        xticks=range(len(names)), xticklabels=names, ylabel="nats per image", ylim=(lo - 2, None), title="guide family"
+    )
     ax2.legend()
     fig.tight_layout()
     fig.savefig(out / "amortized_guide.png")

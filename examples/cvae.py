@@ -67,8 +67,10 @@ def class_task(args, out):
     pyro.set_rng_seed(args.seed)
     acc_gen = classifier_accuracy(clf, cvae.sample(c=c), c)
     acc_real = classifier_accuracy(clf, real_valid.x, real_valid.y)
-    per_class = [classifier_accuracy(clf, cvae.sample(c=k, n=args.samples_per_class), torch.full(
-        (args.samples_per_class,), k)) for k in range(10)]
+    per_class = [
+        classifier_accuracy(clf, cvae.sample(c=k, n=args.samples_per_class), torch.full((args.samples_per_class,), k))
+        for k in range(10)
+    ]
 
     # 4. log p(x|c) against log p(x), importance-sampled on held-out images
     n = min(args.ll_points, len(valid))
@@ -77,38 +79,58 @@ def class_task(args, out):
     ll = log_likelihood(vae, x, num_samples=args.ll_samples)
     gain = ll_c - ll
 
-    print(f"\n{args.dataset}: {len(train)} train / {len(valid)} held-out images, {args.epochs} epochs, "
-          f"MLP {train.x_dim}(+10)-{args.hidden}-{args.z_dim}, prior {cvae.prior_kind}")
+    print(
+        f"\n{args.dataset}: {len(train)} train / {len(valid)} held-out images, {args.epochs} epochs, "
+        f"MLP {train.x_dim}(+10)-{args.hidden}-{args.z_dim}, prior {cvae.prior_kind}"
+    )
     print(f"classifier accuracy on real held-out images:      {acc_real:.4f}")
     print(f"classifier accuracy on {len(c)} CVAE samples:      {acc_gen:.4f}  (requested class = predicted)")
     print("  per class: " + " ".join(f"{k}:{a:.2f}" for k, a in enumerate(per_class)))
-    print(f"held-out -ELBO   CVAE {evaluate_loss(cvae, valid, with_labels=True):.2f}   "
-          f"VAE {evaluate_loss(vae, valid):.2f} nats")
+    print(
+        f"held-out -ELBO   CVAE {evaluate_loss(cvae, valid, with_labels=True):.2f}   "
+        f"VAE {evaluate_loss(vae, valid):.2f} nats"
+    )
     print(f"log p(x|c), CVAE (IS, K={args.ll_samples}, {n} images): %.2f ± %.2f nats" % MeanStderr(ll_c).floats())
     print(f"log p(x),   VAE  (IS, K={args.ll_samples}, {n} images): %.2f ± %.2f nats" % MeanStderr(ll).floats())
-    print("gain log p(x|c) − log p(x) (paired):               %.2f ± %.2f nats "
-          "(log p(c|x) − log p(c) ≤ log 10 = 2.30 for an exact model)" % MeanStderr(gain).floats())
+    print(
+        "gain log p(x|c) − log p(x) (paired):               %.2f ± %.2f nats "
+        "(log p(c|x) − log p(c) ≤ log 10 = 2.30 for an exact model)" % MeanStderr(gain).floats()
+    )
 
 
 def quadrant_task(args, out):
     train, valid = load(args)
     shape = train.image_shape
     torch.manual_seed(args.seed)  # the initial weights follow --seed
-    model = build_cvae_quadrant(shape, z_dim=args.z_dim, hidden_dims=(args.hidden, args.hidden),
-                                prior=args.prior or "learned")
+    model = build_cvae_quadrant(
+        shape, z_dim=args.z_dim, hidden_dims=(args.hidden, args.hidden), prior=args.prior or "learned"
+    )
     # every training image once with 1, 2 and 3 given quadrants; batches are (x, mask)
-    fit(model, model.prepare_data(train), model.prepare_data(valid), with_labels=True, epochs=args.epochs,
-        lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=False)
+    fit(
+        model,
+        model.prepare_data(train),
+        model.prepare_data(valid),
+        with_labels=True,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=False,
+    )
     model.eval()
     pyro.set_rng_seed(args.seed)
     path = save_completions(model, valid.x[:8], shape, out / f"cvae_quadrant_completions_{args.dataset}.png")
     print(f"wrote {path}")
 
     n = min(args.ll_points, len(valid))
-    print(f"\n{args.dataset}: {len(train)} train / {len(valid)} held-out images, {args.epochs} epochs, "
-          f"MLP hidden {args.hidden}-{args.hidden}, z_dim {args.z_dim}, prior {model.prior_kind}")
-    print("given quadrants | -ELBO (10 particles, all held-out) | -log p(x|c) (IS, K=%d, %d images)"
-          % (args.ll_samples, n))
+    print(
+        f"\n{args.dataset}: {len(train)} train / {len(valid)} held-out images, {args.epochs} epochs, "
+        f"MLP hidden {args.hidden}-{args.hidden}, z_dim {args.z_dim}, prior {model.prior_kind}"
+    )
+    print(
+        "given quadrants | -ELBO (10 particles, all held-out) | -log p(x|c) (IS, K=%d, %d images)"
+        % (args.ll_samples, n)
+    )
     for k in (1, 2, 3):
         data = with_quadrant_masks(valid, k)
         neg_elbo = evaluate_loss(model, data, num_particles=10, with_labels=True)
@@ -125,8 +147,10 @@ def main(args):
     out = Path(args.out)
     t0, c0 = time.perf_counter(), time.process_time()
     (class_task if args.task == "class" else quadrant_task)(args, out)
-    print(f"\n{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU "
-          f"({torch.get_num_threads()} threads)")
+    print(
+        f"\n{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU "
+        f"({torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":
@@ -134,8 +158,12 @@ if __name__ == "__main__":
     p.add_argument("--task", default="class", choices=["class", "quadrant"])
     p.add_argument("--dataset", default="mnist10k", choices=["mnist10k", "digits", "mnist", "fashion-mnist"])
     p.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA)")
-    p.add_argument("--prior", default=None, choices=["fixed", "learned"],
-                   help="p(z|c) (default: fixed for class, learned for quadrant)")
+    p.add_argument(
+        "--prior",
+        default=None,
+        choices=["fixed", "learned"],
+        help="p(z|c) (default: fixed for class, learned for quadrant)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: 30 (class), 6 (quadrant)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=None, help="default: 3e-3 (class), 2e-3 (quadrant)")

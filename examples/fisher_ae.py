@@ -55,8 +55,12 @@ def evaluate(vae, valid, clf, num_samples, seed=0):
     log_px = log_likelihood(vae, valid.x, num_samples=num_samples)
     mse = (valid.x - vae.reconstruct(valid.x)).pow(2).mean().item()
     samples = vae.sample(1000)
-    return {"log_px": log_px.mean().item(), "log_px_se": (log_px.std() / len(log_px) ** 0.5).item(),
-            "mse": mse, "confidence": classifier_confidence(clf, samples.clamp(0, 1))}, samples[:36]
+    return {
+        "log_px": log_px.mean().item(),
+        "log_px_se": (log_px.std() / len(log_px) ** 0.5).item(),
+        "mse": mse,
+        "confidence": classifier_confidence(clf, samples.clamp(0, 1)),
+    }, samples[:36]
 
 
 def main(args):
@@ -71,26 +75,33 @@ def main(args):
         data = with_outliers(train, share, seed=args.seed)
         for objective in OBJECTIVES:
             torch.manual_seed(args.seed)  # every model starts from the same initial weights
-            vae = build_vae(shape, z_dim=args.z_dim, hidden_dims=args.hidden, likelihood="gaussian",
-                            scale=args.scale)
-            trainer = Trainer(vae, data, objective=objective, lr=args.lr, batch_size=args.batch_size,
-                              seed=args.seed)
+            vae = build_vae(shape, z_dim=args.z_dim, hidden_dims=args.hidden, likelihood="gaussian", scale=args.scale)
+            trainer = Trainer(vae, data, objective=objective, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
             t0 = time.perf_counter()
             history = trainer.run(args.epochs, progress=False)
             seconds = time.perf_counter() - t0
             metrics, samples = evaluate(vae, valid, clf, args.num_samples, seed=args.seed)
-            row = dict(objective=objective, outliers=share, seconds=seconds, final_train_loss=history.train_loss[-1],
-                       **metrics)
+            row = dict(
+                objective=objective, outliers=share, seconds=seconds, final_train_loss=history.train_loss[-1], **metrics
+            )
             rows.append(row)
             grids[f"{objective}, {share:.0%} noise"] = samples
-            print(f"{objective:6s} outliers {share:4.0%}: log p(x) {row['log_px']:9.2f} ± {row['log_px_se']:.2f}  "
-                  f"MSE {row['mse']:.4f}  confidence {row['confidence']:.3f}  ({seconds:.0f} s)", flush=True)
+            print(
+                f"{objective:6s} outliers {share:4.0%}: log p(x) {row['log_px']:9.2f} ± {row['log_px_se']:.2f}  "
+                f"MSE {row['mse']:.4f}  confidence {row['confidence']:.3f}  ({seconds:.0f} s)",
+                flush=True,
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(dict(args=vars(args), real_confidence=real, rows=rows), indent=1))
     plot_metrics(rows, real, out / f"fisher_vs_vae_{args.dataset}.png", args.dataset)
-    plot_image_grids(grids, shape, out / f"fisher_vs_vae_samples_{args.dataset}.png", nrow=6,
-                     suptitle="decoded prior samples E[x|z], z ~ N(0, I)")
+    plot_image_grids(
+        grids,
+        shape,
+        out / f"fisher_vs_vae_samples_{args.dataset}.png",
+        nrow=6,
+        suptitle="decoded prior samples E[x|z], z ~ N(0, I)",
+    )
     print_table(rows)
     print(f"wrote {out}")
 
@@ -98,8 +109,11 @@ def main(args):
 def plot_metrics(rows, real_confidence, path, dataset):
     """Three panels against the outlier share: held-out log p(x), MSE, sample confidence."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=110)
-    panels = [("log_px", "held-out log p(x) (nats/image, ↑)"), ("mse", "reconstruction MSE per pixel (↓)"),
-              ("confidence", "classifier confidence of samples (↑)")]
+    panels = [
+        ("log_px", "held-out log p(x) (nats/image, ↑)"),
+        ("mse", "reconstruction MSE per pixel (↓)"),
+        ("confidence", "classifier confidence of samples (↑)"),
+    ]
     for ax, (key, title) in zip(axes, panels):
         for objective, marker in zip(OBJECTIVES, "os"):
             pts = [(r["outliers"] * 100, r[key]) for r in rows if r["objective"] == objective]
@@ -120,8 +134,10 @@ def print_table(rows):
     print("| objective | noise | held-out log p(x) | recon. MSE | sample confidence | train time (s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['objective']} | {r['outliers']:.0%} | {r['log_px']:.2f} ± {r['log_px_se']:.2f} | "
-              f"{r['mse']:.4f} | {r['confidence']:.3f} | {r['seconds']:.0f} |")
+        print(
+            f"| {r['objective']} | {r['outliers']:.0%} | {r['log_px']:.2f} ± {r['log_px_se']:.2f} | "
+            f"{r['mse']:.4f} | {r['confidence']:.3f} | {r['seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,10 @@ def main(args):
         valid_loss = elbo.loss(vae.model, guide, valid.x) / len(valid)  # one batch: the whole set
         scale = pyro.param("AutoNormal.scales.bias")
     print(f"valid -ELBO {valid_loss:.2f} nats per image (the global KL counted once)")
-    print(f"q(b): posterior scale of the {vae.x_dim} bias coordinates, median {scale.median():.3f} "
-          f"(prior 1); a global latent learns from all {n} images at once")
+    print(
+        f"q(b): posterior scale of the {vae.x_dim} bias coordinates, median {scale.median():.3f} "
+        f"(prior 1); a global latent learns from all {n} images at once"
+    )
 
 
 if __name__ == "__main__":

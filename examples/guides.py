@@ -63,16 +63,23 @@ def main(args):
     train = load_dataset(args.dataset, "train", args.data, binarize=binarize)
     valid = load_dataset(args.dataset, "valid", args.data, binarize=binarize)
     if args.limit:
-        train.x = train.x[:args.limit]
-    x_eval = valid.x[:args.eval_points]
+        train.x = train.x[: args.limit]
+    x_eval = valid.x[: args.eval_points]
     out = Path(args.out)
     rows = []
     for name in args.guides:
         pyro.set_rng_seed(args.seed)
         torch.manual_seed(args.seed)
         vae = build_vae(train.image_shape, z_dim=args.z_dim, hidden_dims=(args.hidden,), guide=name)
-        trainer = Trainer(vae, train, objective=args.objective, particles=args.particles, lr=args.lr,
-                          batch_size=args.batch_size, seed=args.seed)
+        trainer = Trainer(
+            vae,
+            train,
+            objective=args.objective,
+            particles=args.particles,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
         history = trainer.run(args.epochs, progress=True)
         sec = sum(history.epoch_seconds) / len(history.epoch_seconds)
         vae.eval()
@@ -80,38 +87,60 @@ def main(args):
         stats = importance_sampling(vae, x_eval, num_samples=args.nll_samples, progress=True)
         share, khat = P.khat_share(vae, x_eval, num_samples=args.khat_samples)
         x = valid.x[args.index]
-        idata = P.nuts_posterior(vae, x, num_samples=args.nuts_samples, warmup_steps=args.nuts_samples,
-                                 jit_compile=True, seed=args.seed)
+        idata = P.nuts_posterior(
+            vae, x, num_samples=args.nuts_samples, warmup_steps=args.nuts_samples, jit_compile=True, seed=args.seed
+        )
         cmp = P.compare_to_nuts(vae, x, idata, num_samples=args.khat_samples)
-        png = plot_posterior_pairs(idata, {name: P.guide_draws(vae, x)}, out / f"posterior_{name}.png",
-                                   title=f"{args.dataset} valid[{args.index}]: NUTS vs the {name} guide "
-                                         f"(k̂ = {cmp['khat']:.2f})")
-        gap = amortization_gap(vae, x_eval[:args.gap_points], steps=args.gap_steps)
-        row = dict(guide=name, sec_per_epoch=sec, train_neg_elbo=history.train_loss[-1],
-                   nll=-stats["log_px"].mean().item(), nll_se=stats["log_px"].std().item() / len(x_eval) ** 0.5,
-                   neg_elbo=-stats["elbo"].mean().item(), khat_share=share, khat_median=khat.median().item(),
-                   gap=gap["gap"].mean().item(), gap_se=gap["gap"].std().item() / args.gap_points ** 0.5,
-                   point=cmp, eval_seconds=time.perf_counter() - t0, figure=str(png),
-                   log_px=stats["log_px"].tolist())
+        png = plot_posterior_pairs(
+            idata,
+            {name: P.guide_draws(vae, x)},
+            out / f"posterior_{name}.png",
+            title=f"{args.dataset} valid[{args.index}]: NUTS vs the {name} guide (k̂ = {cmp['khat']:.2f})",
+        )
+        gap = amortization_gap(vae, x_eval[: args.gap_points], steps=args.gap_steps)
+        row = dict(
+            guide=name,
+            sec_per_epoch=sec,
+            train_neg_elbo=history.train_loss[-1],
+            nll=-stats["log_px"].mean().item(),
+            nll_se=stats["log_px"].std().item() / len(x_eval) ** 0.5,
+            neg_elbo=-stats["elbo"].mean().item(),
+            khat_share=share,
+            khat_median=khat.median().item(),
+            gap=gap["gap"].mean().item(),
+            gap_se=gap["gap"].std().item() / args.gap_points**0.5,
+            point=cmp,
+            eval_seconds=time.perf_counter() - t0,
+            figure=str(png),
+            log_px=stats["log_px"].tolist(),
+        )
         rows.append(row)
-        print(f"{name}: NLL {row['nll']:.2f} ± {row['nll_se']:.2f}, -ELBO {row['neg_elbo']:.2f}, "
-              f"k̂ < 0.7 for {share:.0%}, amortization gap {row['gap']:.2f} ± {row['gap_se']:.2f} nats, "
-              f"{sec:.1f} s/epoch; valid[{args.index}]: k̂ {cmp['khat']:.2f}, KL(q‖p) {cmp['kl_q_p']:.2f}, "
-              f"KL(p‖q) {cmp['kl_p_q']:.2f}, R-hat {cmp['max_rhat']:.3f}")
+        print(
+            f"{name}: NLL {row['nll']:.2f} ± {row['nll_se']:.2f}, -ELBO {row['neg_elbo']:.2f}, "
+            f"k̂ < 0.7 for {share:.0%}, amortization gap {row['gap']:.2f} ± {row['gap_se']:.2f} nats, "
+            f"{sec:.1f} s/epoch; valid[{args.index}]: k̂ {cmp['khat']:.2f}, KL(q‖p) {cmp['kl_q_p']:.2f}, "
+            f"KL(p‖q) {cmp['kl_p_q']:.2f}, R-hat {cmp['max_rhat']:.3f}"
+        )
     print()
-    print(f"| guide | NLL (K={args.nll_samples}) | −ELBO | share k̂ < 0.7 | amortization gap | "
-          f"KL(q‖p) / KL(p‖q) at valid[{args.index}] | s/epoch |")
+    print(
+        f"| guide | NLL (K={args.nll_samples}) | −ELBO | share k̂ < 0.7 | amortization gap | "
+        f"KL(q‖p) / KL(p‖q) at valid[{args.index}] | s/epoch |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['guide']} | {r['nll']:.2f} ± {r['nll_se']:.2f} | {r['neg_elbo']:.2f} | {r['khat_share']:.2f} | "
-              f"{r['gap']:.2f} ± {r['gap_se']:.2f} | {r['point']['kl_q_p']:.2f} / {r['point']['kl_p_q']:.2f} | "
-              f"{r['sec_per_epoch']:.1f} |")
+        print(
+            f"| {r['guide']} | {r['nll']:.2f} ± {r['nll_se']:.2f} | {r['neg_elbo']:.2f} | {r['khat_share']:.2f} | "
+            f"{r['gap']:.2f} ± {r['gap_se']:.2f} | {r['point']['kl_q_p']:.2f} / {r['point']['kl_p_q']:.2f} | "
+            f"{r['sec_per_epoch']:.1f} |"
+        )
     first = torch.tensor(rows[0]["log_px"])
     for r in rows[1:]:  # the same points for every guide: the paired difference is sharper than the table's ±
         diff = first - torch.tensor(r["log_px"])
         r["nll_minus_first"], r["nll_minus_first_se"] = diff.mean().item(), diff.std().item() / len(diff) ** 0.5
-        print(f"NLL({r['guide']}) − NLL({rows[0]['guide']}) = {r['nll_minus_first']:.2f} ± "
-              f"{r['nll_minus_first_se']:.2f} nats (paired over the {len(diff)} points)")
+        print(
+            f"NLL({r['guide']}) − NLL({rows[0]['guide']}) = {r['nll_minus_first']:.2f} ± "
+            f"{r['nll_minus_first_se']:.2f} nats (paired over the {len(diff)} points)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "guides.json").write_text(json.dumps(dict(settings=vars(args), results=rows), indent=2))
     print(f"wrote {out / 'guides.json'} and the pair plots in {out}")

@@ -49,16 +49,19 @@ def main(args):
         train(model, train_data, args)
         model.eval()
         nll = -log_likelihood(model.model, model.guide, x, num_samples=args.nll_samples).mean().item()
-        print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, "
-              f"NLL {nll:.2f} nats per image (valid, {len(x)} images, K = {args.nll_samples})")
+        print(
+            f"{name}: {sum(p.numel() for p in model.parameters())} parameters, "
+            f"NLL {nll:.2f} nats per image (valid, {len(x)} images, K = {args.nll_samples})"
+        )
         path = out / f"samples_{name.replace(' ', '_')}.png"
         save_grid(model.sample(64), shape, path)
         print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", default="digits", help="digits (offline) or binarized-mnist")
     p.add_argument("--data", default=None, help="data folder (binarized-mnist); default $PYRO_VAE_DATA")
     p.add_argument("--epochs", type=int, default=100)

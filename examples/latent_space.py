@@ -67,37 +67,50 @@ def main(args):
         t0 = time.perf_counter()
         history = Trainer(model, train, valid, lr=args.lr, batch_size=batch_size, seed=args.seed).run(epochs)
         loss = "reconstruction loss" if name == "AE" else "-ELBO"
-        print(f"{name}: {epochs} epochs in {time.perf_counter() - t0:.0f} s, validation {loss} "
-              f"{history.valid_loss[-1]:.2f} nats per image")
+        print(
+            f"{name}: {epochs} epochs in {time.perf_counter() - t0:.0f} s, validation {loss} "
+            f"{history.valid_loss[-1]:.2f} nats per image"
+        )
         models[name] = model.eval()
 
     # 2. an independent judge: a small CNN trained on the real labelled images
     t0 = time.perf_counter()
     clf = train_classifier(load_dataset(args.dataset, "train", root), epochs=clf_epochs, seed=args.seed)
-    print(f"classifier: {time.perf_counter() - t0:.0f} s, test accuracy "
-          f"{classifier_accuracy(clf, test.x, test.y):.3f}")
+    print(f"classifier: {time.perf_counter() - t0:.0f} s, test accuracy {classifier_accuracy(clf, test.x, test.y):.3f}")
 
     # 3. dead zones, as numbers
-    reports = {name: dead_zone_report(m, test.x, clf, n_draws=args.draws, seed=args.seed)
-               for name, m in models.items()}
+    reports = {name: dead_zone_report(m, test.x, clf, n_draws=args.draws, seed=args.seed) for name, m in models.items()}
     table = dead_zone_table(list(reports.values()), list(reports))
     print(f"\n{len(test)} test images of {args.dataset}, {args.draws} draws u ~ N(0, I) per model")
     print(table)
 
     # 4. the figures
-    panels = [plots.latent_map_panel(m, test.x, test.y, title=f"{name}: " + (
-        "codes, standardized (z-score)" if name == "AE" else "encoder means E_q[z|x]"), draws=args.draws,
-        seed=args.seed) for name, m in models.items()]
+    panels = [
+        plots.latent_map_panel(
+            m,
+            test.x,
+            test.y,
+            title=f"{name}: " + ("codes, standardized (z-score)" if name == "AE" else "encoder means E_q[z|x]"),
+            draws=args.draws,
+            seed=args.seed,
+        )
+        for name, m in models.items()
+    ]
     written = [plots.plot_latent_maps(panels, out / "latent_maps.png")]
-    manifolds = {f"{name}: decoded at Gaussian quantiles": plots.decode_manifold(
-        m, args.grid, latent_codes(m, test.x)) for name, m in models.items()}
+    manifolds = {
+        f"{name}: decoded at Gaussian quantiles": plots.decode_manifold(m, args.grid, latent_codes(m, test.x))
+        for name, m in models.items()
+    }
     written.append(plots.plot_image_grids(manifolds, shape, out / "manifolds.png", nrow=args.grid))
     torch.manual_seed(args.seed)
     samples = {f"{name}: decoded z ~ N(0, I) (model.sample)": m.sample(64) for name, m in models.items()}
     written.append(plots.plot_image_grids(samples, shape, out / "samples.png", nrow=8))
     for name, m in models.items():
-        written.append(plots.save_interpolations(m, test.x[:6], test.x[6:12], shape,
-                                                 out / f"interpolations_{name.lower()}.png", steps=10))
+        written.append(
+            plots.save_interpolations(
+                m, test.x[:6], test.x[6:12], shape, out / f"interpolations_{name.lower()}.png", steps=10
+            )
+        )
     (out / "dead_zones.md").write_text(table + "\n")
     (out / "dead_zones.json").write_text(json.dumps(reports, indent=2))
     print(f"\nwrote {', '.join(p.name for p in written)}, dead_zones.md and dead_zones.json to {out}")
@@ -106,8 +119,12 @@ def main(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="AE versus VAE: latent maps, manifolds and dead zones.")
-    p.add_argument("--dataset", default="mnist10k", choices=sorted(DEFAULTS),
-                   help="mnist10k: 8,000 labelled MNIST test images to train, 2,000 to test (default)")
+    p.add_argument(
+        "--dataset",
+        default="mnist10k",
+        choices=sorted(DEFAULTS),
+        help="mnist10k: 8,000 labelled MNIST test images to train, 2,000 to test (default)",
+    )
     p.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA or ../shared/data)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: 40 mnist10k, 150 digits)")
     p.add_argument("--lr", type=float, default=1e-3)

@@ -47,14 +47,45 @@ ROWS = {
     "iwae5": dict(epochs=300, args=["--objective", "iwae", "--particles", "5"] + RECIPE),
     "iwae5-flow": dict(epochs=300, args=["--objective", "iwae", "--particles", "5", "--guide", "flow"] + RECIPE),
     "vae-vamp": dict(epochs=500, args=["--objective", "elbo", "--kl-warmup", "10"] + VAMP + RECIPE),
-    "iwae5-flow-vamp": dict(epochs=200, args=["--objective", "iwae", "--particles", "5", "--guide", "flow"]
-                            + VAMP + RECIPE),
-    "hvae-vamp": dict(epochs=300, args=["--model", "hvae", "--network", "gated", "--prior", "vamp", "--objective",
-                                        "elbo", "--kl-warmup", "10"] + RECIPE),
-    "hvae-p200": dict(epochs=200, args=["--model", "hvae", "--network", "gated", "--hidden", "300", "300", "--z-dim",
-                                        "40", "--prior", "vamp", "--objective", "elbo", "--lr", "5e-4", "--batch-size",
-                                        "100", "--lr-schedule", "cosine", "--lr-final", "1e-5", "--kl-warmup", "50",
-                                        "--ema", "0.999", "--fused"]),
+    "iwae5-flow-vamp": dict(
+        epochs=200, args=["--objective", "iwae", "--particles", "5", "--guide", "flow"] + VAMP + RECIPE
+    ),
+    "hvae-vamp": dict(
+        epochs=300,
+        args=["--model", "hvae", "--network", "gated", "--prior", "vamp", "--objective", "elbo", "--kl-warmup", "10"]
+        + RECIPE,
+    ),
+    "hvae-p200": dict(
+        epochs=200,
+        args=[
+            "--model",
+            "hvae",
+            "--network",
+            "gated",
+            "--hidden",
+            "300",
+            "300",
+            "--z-dim",
+            "40",
+            "--prior",
+            "vamp",
+            "--objective",
+            "elbo",
+            "--lr",
+            "5e-4",
+            "--batch-size",
+            "100",
+            "--lr-schedule",
+            "cosine",
+            "--lr-final",
+            "1e-5",
+            "--kl-warmup",
+            "50",
+            "--ema",
+            "0.999",
+            "--fused",
+        ],
+    ),
 }
 
 
@@ -70,8 +101,18 @@ def train_command(name, row, opts):
     data = ["--dataset", opts.dataset] + (["--data", opts.data] if opts.data else [])
     if opts.dataset == "digits":  # the smoke run: the small data set's own network
         data += ["--binarize", "static"]
-    return ["train", *data, "--epochs", epochs, "--seed", str(opts.seed), "--out", str(out),
-            "--no-progress", *row["args"]]
+    return [
+        "train",
+        *data,
+        "--epochs",
+        epochs,
+        "--seed",
+        str(opts.seed),
+        "--out",
+        str(out),
+        "--no-progress",
+        *row["args"],
+    ]
 
 
 def evaluation(name, opts):
@@ -101,23 +142,28 @@ def evaluation(name, opts):
 
 def table(rows, opts):
     """The Markdown table of the evaluated rows."""
-    lines = ["| row | NLL | −ELBO | −L_5 | −L_50 | active units | epochs (best) | training hours |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| row | NLL | −ELBO | −L_5 | −L_50 | active units | epochs (best) | training hours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, result in rows:
         run = json.loads((Path(opts.out) / name / RUN_JSON).read_text())
         iw = result.get("neg_iwae", {})
         hours = sum(run["history"]["epoch_seconds"]) / 3600
         best = run.get("best", {}).get("epoch", "–")
-        lines.append(f"| {name} | {result['nll']:.2f} ± {result['nll_stderr']:.2f} | {result['neg_elbo']:.2f} | "
-                     + " | ".join(f"{iw[k]:.2f}" if k in iw else "–" for k in ("5", "50"))
-                     + f" | {result['active_units']} of {result['latent_units']} | {run['epoch']} ({best}) | "
-                       f"{hours:.2f} |")
+        lines.append(
+            f"| {name} | {result['nll']:.2f} ± {result['nll_stderr']:.2f} | {result['neg_elbo']:.2f} | "
+            + " | ".join(f"{iw[k]:.2f}" if k in iw else "–" for k in ("5", "50"))
+            + f" | {result['active_units']} of {result['latent_units']} | {run['epoch']} ({best}) | "
+            f"{hours:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to train and evaluate")
     p.add_argument("--dataset", default="binarized-mnist", choices=["binarized-mnist", "digits"])
     p.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA or ./data)")
@@ -126,8 +172,11 @@ def main(argv=None):
     p.add_argument("--eval-samples", type=int, default=5000, help="K, importance samples per image")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N validation images (default: all)")
     p.add_argument("--train-only", action="store_true", help="train, do not evaluate")
-    p.add_argument("--traced", action="store_true",
-                   help="evaluate with pyro-vae evaluate --traced: the same estimates from a compiled graph")
+    p.add_argument(
+        "--traced",
+        action="store_true",
+        help="evaluate with pyro-vae evaluate --traced: the same estimates from a compiled graph",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", default=None, help="write the Markdown table to this file")

@@ -28,8 +28,19 @@ from pyro_vae.runs import load_checkpoint
 
 def train(out, args, resume=False):
     """``pyro-vae train`` in a child process (the process we may kill)."""
-    opts = ["--epochs", str(args.epochs), "--binarize", "dynamic", "--batch-size", "64", "--seed", str(args.seed),
-            "--checkpoint-every", str(args.checkpoint_every), "--no-progress"]
+    opts = [
+        "--epochs",
+        str(args.epochs),
+        "--binarize",
+        "dynamic",
+        "--batch-size",
+        "64",
+        "--seed",
+        str(args.seed),
+        "--checkpoint-every",
+        str(args.checkpoint_every),
+        "--no-progress",
+    ]
     cmd = [sys.executable, "-m", "pyro_vae.cli", "train"]
     cmd += ["--resume", str(out)] if resume else opts + ["--out", str(out)]
     # one thread in every process: the same arithmetic in the same order, hence the same bits
@@ -52,8 +63,10 @@ def main(args):
     run.send_signal(signal.SIGKILL)
     run.wait()
     at_kill = load_checkpoint(work / "killed" / "checkpoint.pt")
-    print(f"   killed (exit status {run.returncode}); the checkpoint on disk is from step {at_kill['step']} "
-          f"(epoch {at_kill['epoch'] + 1}, batch {at_kill['epoch_step']})")
+    print(
+        f"   killed (exit status {run.returncode}); the checkpoint on disk is from step {at_kill['step']} "
+        f"(epoch {at_kill['epoch'] + 1}, batch {at_kill['epoch_step']})"
+    )
 
     print("3. pyro-vae train --resume")
     if at_kill["epoch"] >= args.epochs:
@@ -68,8 +81,10 @@ def main(args):
     b = load_checkpoint(work / "killed" / "checkpoint.pt")["model"]
     same = all(torch.equal(a[k], b[k]) for k in a)
     histories = [json.loads((work / d / "run.json").read_text())["history"]["valid_loss"] for d in ("whole", "killed")]
-    print(f"4. final parameters bit-identical: {same}; validation -ELBO per epoch identical: "
-          f"{histories[0] == histories[1]} ({histories[1][-1]:.3f} nats after {args.epochs} epochs)")
+    print(
+        f"4. final parameters bit-identical: {same}; validation -ELBO per epoch identical: "
+        f"{histories[0] == histories[1]} ({histories[1][-1]:.3f} nats after {args.epochs} epochs)"
+    )
     return same
 
 

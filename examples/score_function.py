@@ -58,25 +58,30 @@ def vae(args):
     binarize = None if args.dataset == "binarized-mnist" else "static"
     train = load_dataset(args.dataset, "train", args.data, binarize=binarize)
     valid = load_dataset(args.dataset, "valid", args.data, binarize=binarize)
-    train.x = train.x[:args.limit]
+    train.x = train.x[: args.limit]
     small = train.image_shape[-1] <= 8
     torch.manual_seed(args.seed)
     initial = build_vae(train.image_shape, z_dim=8 if small else 50, hidden_dims=(128,) if small else (400,))
-    x = valid.x[:args.batch_size]
+    x = valid.x[: args.batch_size]
     print(f"\nVAE on {args.dataset} ({len(train)} images): encoder-gradient variance at the initial weights")
     for row in vae_gradient_variance(initial, x, train, repeats=100, settle_steps=100, progress=False):
-        print(f"  {row['route']:16s} mean per-parameter variance {row['mean_var']:.3g} "
-              f"({row['ratio']:.3g} × the reparameterized)")
+        print(
+            f"  {row['route']:16s} mean per-parameter variance {row['mean_var']:.3g} "
+            f"({row['ratio']:.3g} × the reparameterized)"
+        )
     print(f"validation −ELBO after {args.epochs} epochs of SVI (nats per image):")
-    runs = [("reparameterized", {}, Trace_ELBO()),
-            ("score function", {"reparameterized": False}, TraceGraph_ELBO()),
-            ("score + decaying", {"reparameterized": False, "baseline": "decaying"}, TraceGraph_ELBO()),
-            ("score + neural", {"reparameterized": False, "baseline": "neural"}, TraceGraph_ELBO())]
+    runs = [
+        ("reparameterized", {}, Trace_ELBO()),
+        ("score function", {"reparameterized": False}, TraceGraph_ELBO()),
+        ("score + decaying", {"reparameterized": False, "baseline": "decaying"}, TraceGraph_ELBO()),
+        ("score + neural", {"reparameterized": False, "baseline": "neural"}, TraceGraph_ELBO()),
+    ]
     for name, guide_kwargs, elbo in runs:
         pyro.clear_param_store()
         torch.manual_seed(args.seed)
-        model = build_vae(train.image_shape, z_dim=initial.z_dim, hidden_dims=initial.config["hidden_dims"],
-                          guide_kwargs=guide_kwargs)
+        model = build_vae(
+            train.image_shape, z_dim=initial.z_dim, hidden_dims=initial.config["hidden_dims"], guide_kwargs=guide_kwargs
+        )
         model.load_state_dict(copy.deepcopy(initial.state_dict()), strict=False)  # + a baseline network
         svi = SVI(model.model, model.guide, pyro.optim.Adam({"lr": args.lr}), elbo)
         generator = torch.Generator().manual_seed(args.seed)

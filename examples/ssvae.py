@@ -58,7 +58,9 @@ def main():
             total += svi.step(xb, yb if labelled else None, num_data=n)
             steps += 1
         if epoch % max(1, args.epochs // 5) == 0 or epoch == args.epochs - 1:
-            print(f"epoch {epoch + 1}: mean loss per step {total / steps:.1f} (a step's loss stands for its part of the data)")
+            print(
+                f"epoch {epoch + 1}: mean loss per step {total / steps:.1f} (a step's loss stands for its part of the data)"
+            )
     m2 = (model.classify(valid_x) == valid_y).double().mean().item()
 
     torch.manual_seed(args.seed)

@@ -42,8 +42,7 @@ def main(args):
     # 4. generation: z ~ p(z), decoded
     out = Path(args.out)
     save_grid(vae.sample(64), train.image_shape, out / "samples.png")
-    save_grid(torch.cat([valid.x[:8], vae.reconstruct(valid.x[:8])]), train.image_shape,
-              out / "reconstructions.png")
+    save_grid(torch.cat([valid.x[:8], vae.reconstruct(valid.x[:8])]), train.image_shape, out / "reconstructions.png")
     print(f"wrote {out / 'samples.png'} and {out / 'reconstructions.png'}")
 
 

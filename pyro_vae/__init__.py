@@ -11,8 +11,26 @@ from .runs import load_run, resume
 from .train import Trainer, evaluate_loss, fit
 
 __all__ = [
-    "AmortizedGuide", "ModelGuide", "VAE", "build_vae", "build_model", "load_run", "log_likelihood", "MLPEncoder",
-    "MLPDecoder", "ConvEncoder", "ConvDecoder", "ImageData", "load_dataset", "make_objective", "Trainer", "fit",
-    "evaluate_loss", "resume", "TrainConfig", "DataConfig", "ModelConfig",
+    "AmortizedGuide",
+    "ModelGuide",
+    "VAE",
+    "build_vae",
+    "build_model",
+    "load_run",
+    "log_likelihood",
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "ImageData",
+    "load_dataset",
+    "make_objective",
+    "Trainer",
+    "fit",
+    "evaluate_loss",
+    "resume",
+    "TrainConfig",
+    "DataConfig",
+    "ModelConfig",
 ]
 __version__ = "0.1.0"

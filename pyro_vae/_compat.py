@@ -53,7 +53,8 @@ def check_compiled():
         if not lo <= _version(v) < hi:
             raise UnsupportedVersionError(
                 f"the compiled (traced) path is tested with {k} >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}, and {v} is "
-                "installed; run without traced (the eager path supports it)")
+                "installed; run without traced (the eager path supports it)"
+            )
 
 
 # ---- torch ---------------------------------------------------------------------------------

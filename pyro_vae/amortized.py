@@ -54,9 +54,11 @@ def first_argument(*args, **kwargs):
     """The default ``inputs``: the model's first positional argument, flattened per
     element of the data plate, ``(B, −1)``."""
     if not args or not torch.is_tensor(args[0]):
-        raise ValueError("AmortizedGuide reads the model's first positional argument x (a tensor whose first "
-                         "dimension runs over the data plate); pass inputs=callable(*args, **kwargs) -> (B, k) "
-                         "to read something else")
+        raise ValueError(
+            "AmortizedGuide reads the model's first positional argument x (a tensor whose first "
+            "dimension runs over the data plate); pass inputs=callable(*args, **kwargs) -> (B, k) "
+            "to read something else"
+        )
     x = args[0]
     if x.dim() < 1:
         raise ValueError(f"x must have a first dimension over the data plate, got shape {tuple(x.shape)}")
@@ -88,8 +90,9 @@ class AmortizedGuide(AutoGuide):
     :class:`~pyro_vae.models.VAE` does.
     """
 
-    def __init__(self, model, family="diagonal", hidden_dims=(400,), inputs=None, plate=None,
-                 family_kwargs=None, name=None):
+    def __init__(
+        self, model, family="diagonal", hidden_dims=(400,), inputs=None, plate=None, family_kwargs=None, name=None
+    ):
         super().__init__(model)
         self._pyro_name = unique_name("amortized_guide") if name is None else name
         self.family_class = guide_family(family)
@@ -105,20 +108,26 @@ class AmortizedGuide(AutoGuide):
         latents = [(name, site) for name, site in self.prototype_trace.iter_stochastic_nodes()]
         for name, site in latents:
             if site["fn"].support.is_discrete:
-                raise ValueError(f"AmortizedGuide: the latent site {name!r} is discrete ({type(site['fn']).__name__}); "
-                                 "only continuous latents can be encoded (enumerate or marginalize it in the model)")
+                raise ValueError(
+                    f"AmortizedGuide: the latent site {name!r} is discrete ({type(site['fn']).__name__}); "
+                    "only continuous latents can be encoded (enumerate or marginalize it in the model)"
+                )
         frame = self._data_frame(latents)
         self.plate_name, self.plate_dim = frame.name, frame.dim
         if frame.full_size is not None and frame.full_size != frame.size:
-            raise ValueError(f"AmortizedGuide: the data plate {frame.name!r} subsamples {frame.size} of "
-                             f"{frame.full_size} points; the guide encodes the batch it is given, so pass the "
-                             "minibatch as the plate's data (plate size B) and num_data=N for the N/B scale")
+            raise ValueError(
+                f"AmortizedGuide: the data plate {frame.name!r} subsamples {frame.size} of "
+                f"{frame.full_size} points; the guide encodes the batch it is given, so pass the "
+                "minibatch as the plate's data (plate size B) and num_data=N for the N/B scale"
+            )
         B = frame.size
         h = self.inputs(*args, **kwargs)
         if not torch.is_tensor(h) or h.dim() != 2 or h.shape[0] != B:
-            raise ValueError(f"AmortizedGuide: inputs(*args) must give one row per element of the plate "
-                             f"{frame.name!r} (shape ({B}, k)), got "
-                             f"{tuple(h.shape) if torch.is_tensor(h) else type(h).__name__}")
+            raise ValueError(
+                f"AmortizedGuide: inputs(*args) must give one row per element of the plate "
+                f"{frame.name!r} (shape ({B}, k)), got "
+                f"{tuple(h.shape) if torch.is_tensor(h) else type(h).__name__}"
+            )
         self.sites, start = [], 0
         self.global_sites = []
         for name, site in latents:
@@ -128,21 +137,34 @@ class AmortizedGuide(AutoGuide):
             fn = site["fn"]
             batch = tuple(fn.batch_shape)
             if len(batch) != -frame.dim or batch[frame.dim] != B or math.prod(batch) != B:
-                raise ValueError(f"AmortizedGuide: the site {name!r} has batch shape {batch}; the guide encodes one "
-                                 f"value per element of the plate {frame.name!r} (size {B}, dim {frame.dim}), so "
-                                 f"its batch shape must be the plate's alone, {(B,) + (1,) * (-frame.dim - 1)} "
-                                 "(nested plates are not supported)")
+                raise ValueError(
+                    f"AmortizedGuide: the site {name!r} has batch shape {batch}; the guide encodes one "
+                    f"value per element of the plate {frame.name!r} (size {B}, dim {frame.dim}), so "
+                    f"its batch shape must be the plate's alone, {(B,) + (1,) * (-frame.dim - 1)} "
+                    "(nested plates are not supported)"
+                )
             scale = float(site["scale"]) if not torch.is_tensor(site["scale"]) or site["scale"].numel() == 1 else None
             expected = 1.0 if kwargs.get("num_data") is None else kwargs["num_data"] / B
             if scale is None or not math.isclose(scale, expected, rel_tol=1e-6):
-                raise ValueError(f"AmortizedGuide: the model scales the site {name!r} by {site['scale']}, but the guide "
-                                 f"scales its sites by {expected:g} (num_data={kwargs.get('num_data')} for a batch of "
-                                 f"{B}); the model must scale its data plate by num_data/B when it takes num_data")
+                raise ValueError(
+                    f"AmortizedGuide: the model scales the site {name!r} by {site['scale']}, but the guide "
+                    f"scales its sites by {expected:g} (num_data={kwargs.get('num_data')} for a batch of "
+                    f"{B}); the model must scale its data plate by num_data/B when it takes num_data"
+                )
             unconstrained = biject_to(fn.support).inv(site["value"].detach())
-            shape = tuple(unconstrained.shape[len(batch):])
+            shape = tuple(unconstrained.shape[len(batch) :])
             size = math.prod(shape)
-            self.sites.append(dict(name=name, batch_shape=batch, shape=shape, event_dim=fn.event_dim,
-                                   support=fn.support, start=start, stop=start + size))
+            self.sites.append(
+                dict(
+                    name=name,
+                    batch_shape=batch,
+                    shape=shape,
+                    event_dim=fn.event_dim,
+                    support=fn.support,
+                    start=start,
+                    stop=start + size,
+                )
+            )
             start += size
         self.latent_dim = start
         family = self.family_class
@@ -154,8 +176,9 @@ class AmortizedGuide(AutoGuide):
         self.q = family(encoder, z_dim=start, **self.family_kwargs).to(h.device)
         only = self.sites[0] if len(self.sites) == 1 else None
         #: one real-valued site of event shape (d,): sampled from the family directly
-        self._direct = (only is not None and only["event_dim"] == 1 and len(only["batch_shape"]) == 1
-                        and _is_real(only["support"]))
+        self._direct = (
+            only is not None and only["event_dim"] == 1 and len(only["batch_shape"]) == 1 and _is_real(only["support"])
+        )
 
     def _data_frame(self, latents):
         def plates(site):
@@ -165,18 +188,23 @@ class AmortizedGuide(AutoGuide):
         if self.plate_name is not None:
             frames = {f for _, site in local for f in plates(site) if f.name == self.plate_name}
             if not frames:
-                raise ValueError(f"AmortizedGuide: no latent site of the model sits in a plate named "
-                                 f"{self.plate_name!r}")
+                raise ValueError(
+                    f"AmortizedGuide: no latent site of the model sits in a plate named {self.plate_name!r}"
+                )
             return frames.pop()
         if not local:
-            raise ValueError("AmortizedGuide: no data plate found: no latent sample site of the model sits in a "
-                             f"pyro.plate (latent sites: {[name for name, _ in latents] or 'none'}); an amortized "
-                             "guide encodes the latents local to each data point")
+            raise ValueError(
+                "AmortizedGuide: no data plate found: no latent sample site of the model sits in a "
+                f"pyro.plate (latent sites: {[name for name, _ in latents] or 'none'}); an amortized "
+                "guide encodes the latents local to each data point"
+            )
         common = set.intersection(*(plates(site) for _, site in local))
         if len(common) != 1:
             where = {name: sorted(f.name for f in plates(site)) for name, site in local}
-            raise ValueError(f"AmortizedGuide: the local latent sites do not share exactly one plate ({where}); "
-                             "name the data plate with plate=")
+            raise ValueError(
+                f"AmortizedGuide: the local latent sites do not share exactly one plate ({where}); "
+                "name the data plate with plate="
+            )
         return common.pop()
 
     def _features(self, *args, **kwargs):
@@ -212,13 +240,14 @@ class AmortizedGuide(AutoGuide):
             values = {}
             for site in self.sites:
                 batch = u.shape[:-1]
-                u_site = u[..., site["start"]:site["stop"]].reshape(batch + site["shape"])
+                u_site = u[..., site["start"] : site["stop"]].reshape(batch + site["shape"])
                 transform = biject_to(site["support"])
                 value = transform(u_site)
                 log_density = transform.inv.log_abs_det_jacobian(value, u_site)
                 log_density = sum_rightmost(log_density, log_density.dim() - value.dim() + site["event_dim"])
                 values[site["name"]] = pyro.sample(
-                    site["name"], dist.Delta(value, log_density=log_density, event_dim=site["event_dim"]))
+                    site["name"], dist.Delta(value, log_density=log_density, event_dim=site["event_dim"])
+                )
             return values
 
     def _plate(self, B, device):
@@ -228,10 +257,12 @@ class AmortizedGuide(AutoGuide):
         if plate is None:
             return pyro.plate(self.plate_name, B, dim=self.plate_dim, device=device)
         if plate.size != B:
-            raise ValueError(f"AmortizedGuide: the AutoGuideList's plate {self.plate_name!r} has {plate.size} "
-                             f"elements but the batch has {B}; give the list create_plates=lambda x, *a, **k: "
-                             f"pyro.plate({self.plate_name!r}, x.shape[0], dim={self.plate_dim}) so that it "
-                             "follows the batch")
+            raise ValueError(
+                f"AmortizedGuide: the AutoGuideList's plate {self.plate_name!r} has {plate.size} "
+                f"elements but the batch has {B}; give the list create_plates=lambda x, *a, **k: "
+                f"pyro.plate({self.plate_name!r}, x.shape[0], dim={self.plate_dim}) so that it "
+                "follows the batch"
+            )
         return plate
 
     def encode(self, *args, **kwargs):
@@ -286,10 +317,12 @@ class ModelGuide(torch.nn.Module):
             if id(unconstrained) not in own:
                 missing.append(name)
         if missing:
-            raise ValueError(f"the model or guide registers parameters that are not in the modules ModelGuide holds: "
-                             f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; fit steps only those "
-                             "modules' parameters, so write the model as a PyroModule (or a method of one) that "
-                             "owns its networks and parameters, or train it with pyro.infer.SVI")
+            raise ValueError(
+                f"the model or guide registers parameters that are not in the modules ModelGuide holds: "
+                f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; fit steps only those "
+                "modules' parameters, so write the model as a PyroModule (or a method of one) that "
+                "owns its networks and parameters, or train it with pyro.infer.SVI"
+            )
 
     @property
     def model(self):

@@ -50,10 +50,11 @@ CHECKS = {
     "nonneg_number": (lambda v: is_number(v) and v >= 0, "a number ≥ 0"),
     "unit_interval": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "pos_ints": (lambda v: isinstance(v, list) and all(is_int(i) and i > 0 for i in v),
-                 "a list of positive integers"),
-    "shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(i) and i > 0 for i in v),
-              "a list of 3 positive integers (C, H, W)"),
+    "pos_ints": (lambda v: isinstance(v, list) and all(is_int(i) and i > 0 for i in v), "a list of positive integers"),
+    "shape": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(is_int(i) and i > 0 for i in v),
+        "a list of 3 positive integers (C, H, W)",
+    ),
     "dict": (lambda v: isinstance(v, dict), "an object"),
     "list": (lambda v: isinstance(v, list), "a list"),
 }
@@ -61,8 +62,18 @@ CHECKS = {
 
 def kind_of(value):
     """How an error names a JSON value's type: ``"an object"``, ``"null"``, …"""
-    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-                                         int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return (
+        "null"
+        if value is None
+        else {
+            dict: "an object",
+            list: "a list",
+            str: "a string",
+            bool: "a boolean",
+            int: "an integer",
+            float: "a number",
+        }.get(type(value), type(value).__name__)
+    )
 
 
 def _shown(value):
@@ -101,8 +112,9 @@ class Config:
                 continue
             ok, what = CHECKS[f.metadata["check"]]
             if not ok(value):
-                raise ConfigError(f"{where}: {prefix}{f.name} must be {what}{' or null' if nullable else ''}, "
-                                  f"got {_shown(value)}")
+                raise ConfigError(
+                    f"{where}: {prefix}{f.name} must be {what}{' or null' if nullable else ''}, got {_shown(value)}"
+                )
         return obj
 
     @classmethod
@@ -239,6 +251,7 @@ def check_format(run, where):
     """Refuse a ``run.json`` written in a newer format than :data:`FORMAT`, naming it."""
     version = run.get("format", 0)
     if version > FORMAT:
-        raise ConfigError(f"{where} is in format {version}, written by a newer pyro-vae; this one reads "
-                          f"formats up to {FORMAT}")
+        raise ConfigError(
+            f"{where} is in format {version}, written by a newer pyro-vae; this one reads formats up to {FORMAT}"
+        )
     return version

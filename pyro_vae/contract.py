@@ -165,8 +165,10 @@ def contract(vae):
     """
     if not isinstance(vae, PyroVAE) or not (callable(vae.model) and callable(vae.guide)):
         missing = [n for n in ("model", "guide", "parameters") if not callable(getattr(vae, n, None))]
-        raise TypeError(f"{type(vae).__name__} is not a Pyro model/guide pair: it needs callable model and "
-                        f"guide methods and torch module parameters (missing: {', '.join(missing) or 'to/state_dict'})")
+        raise TypeError(
+            f"{type(vae).__name__} is not a Pyro model/guide pair: it needs callable model and "
+            f"guide methods and torch module parameters (missing: {', '.join(missing) or 'to/state_dict'})"
+        )
     config = vae.config if isinstance(vae, Configured) and isinstance(vae.config, dict) else None
     shape = config.get("image_shape") if config else None
     image_shape = tuple(shape) if shape else None
@@ -184,7 +186,8 @@ def contract(vae):
         takes_num_data=takes_num_data(vae.model) and takes_num_data(vae.guide),
         fixed_batch_size=isinstance(q, HasBaseline) and q.baseline is not None,
         conditional=isinstance(vae, Conditional),
-        num_classes=int(vae.condition.num_classes) if isinstance(vae, ClassConditional)
-        and hasattr(vae.condition, "num_classes") else None,
+        num_classes=int(vae.condition.num_classes)
+        if isinstance(vae, ClassConditional) and hasattr(vae.condition, "num_classes")
+        else None,
         classifies=isinstance(vae, Classifies),
     )

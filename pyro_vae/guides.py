@@ -50,8 +50,7 @@ class DiagonalNormal(nn.Module):
         default a :class:`NeuralBaseline` on the encoder's input size.
     """
 
-    def __init__(self, encoder, z_dim=None, reparameterized=True, baseline=None, baseline_beta=0.9,
-                 baseline_net=None):
+    def __init__(self, encoder, z_dim=None, reparameterized=True, baseline=None, baseline_beta=0.9, baseline_net=None):
         super().__init__()
         self.encoder = encoder
         self.z_dim = z_dim
@@ -59,8 +58,10 @@ class DiagonalNormal(nn.Module):
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; choose None, 'decaying' or 'neural'")
         if baseline is not None and reparameterized:
-            raise ValueError(f"baseline={baseline!r} reduces the variance of the score-function estimator, "
-                             "which only a non-reparameterized site uses: pass reparameterized=False")
+            raise ValueError(
+                f"baseline={baseline!r} reduces the variance of the score-function estimator, "
+                "which only a non-reparameterized site uses: pass reparameterized=False"
+            )
         if not 0.0 <= float(baseline_beta) <= 1.0:
             raise ValueError(f"baseline_beta must lie in [0, 1], got {baseline_beta}")
         if baseline_net is not None and baseline != "neural":
@@ -141,8 +142,10 @@ def _input_dim(encoder):
     if x_dim is None and getattr(encoder, "image_shape", None) is not None:
         x_dim = math.prod(encoder.image_shape)
     if x_dim is None:
-        raise ValueError("baseline='neural' needs the input size, but the encoder has no x_dim or image_shape "
-                         "attribute: pass baseline_net=(a module x -> (batch,))")
+        raise ValueError(
+            "baseline='neural' needs the input size, but the encoder has no x_dim or image_shape "
+            "attribute: pass baseline_net=(a module x -> (batch,))"
+        )
     return x_dim
 
 
@@ -201,8 +204,10 @@ def _check_outputs(outputs, sizes, family):
     sizes ``family.encoder_out_dims`` asked for."""
     got = tuple(int(o.shape[-1]) for o in outputs)
     if got != tuple(sizes):
-        raise ValueError(f"the {family} guide needs encoder outputs of sizes {tuple(sizes)}, got {got}; build "
-                         f"the encoder with out_dims={family}.encoder_out_dims(z_dim)")
+        raise ValueError(
+            f"the {family} guide needs encoder outputs of sizes {tuple(sizes)}, got {got}; build "
+            f"the encoder with out_dims={family}.encoder_out_dims(z_dim)"
+        )
 
 
 def _zero_head_rows(encoder, start, stop):
@@ -230,8 +235,9 @@ def tril_from_outputs(log_var, off_diagonal):
     """
     d = log_var.shape[-1]
     if off_diagonal.shape[-1] != d * (d - 1) // 2:
-        raise ValueError(f"a {d}×{d} Cholesky factor has {d * (d - 1) // 2} strictly-lower entries, "
-                         f"got {off_diagonal.shape[-1]}")
+        raise ValueError(
+            f"a {d}×{d} Cholesky factor has {d * (d - 1) // 2} strictly-lower entries, got {off_diagonal.shape[-1]}"
+        )
     rows, cols = torch.tril_indices(d, d, offset=-1, device=log_var.device)
     tril = log_var.new_zeros(log_var.shape + (d,))
     tril[..., rows, cols] = off_diagonal
@@ -361,8 +367,8 @@ class NormalizingFlow(nn.Module):
         self.z_dim = d = int(z_dim)
         hidden_dims = [int(h) for h in (hidden_dims or (max(4 * d, 32),))]
         self.flows = nn.ModuleList(
-            T.conditional_affine_autoregressive(d, self.context_dim, hidden_dims=hidden_dims)
-            for _ in range(num_flows))
+            T.conditional_affine_autoregressive(d, self.context_dim, hidden_dims=hidden_dims) for _ in range(num_flows)
+        )
         if init_identity:
             for flow in self.flows:
                 last = flow.nn.layers[-1]

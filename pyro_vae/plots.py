@@ -88,8 +88,14 @@ def plot_losses(history, path, title=None):
         if finite:
             best, at = min(finite)
             ax.plot([at], [best], "o", color="C1", ms=4)
-            ax.annotate(f"best {best:.2f} (epoch {at})", (at, best), textcoords="offset points", xytext=(0, 8),
-                        ha="center", fontsize=8)
+            ax.annotate(
+                f"best {best:.2f} (epoch {at})",
+                (at, best),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=8,
+            )
     limits = loss_axis_limits(train, valid)
     if limits is not None:
         ax.set_ylim(*limits)
@@ -106,24 +112,23 @@ def plot_losses(history, path, title=None):
 
 def save_reconstructions(vae, x, image_shape, path, n=8):
     """Rows of ``n`` inputs and, under each row, their reconstructions E[x|z=E_q z]."""
-    x = x[:n * 4]
+    x = x[: n * 4]
     recon = vae.reconstruct(x)
     rows = []
     for i in range(0, x.shape[0], n):
-        rows += [x[i:i + n], recon[i:i + n]]
+        rows += [x[i : i + n], recon[i : i + n]]
     return save_grid(torch.cat(rows), image_shape, path, nrow=n)
 
 
 def save_samples(vae, image_shape, path, n=64, mean=True):
     """``n`` samples z ~ p(z), decoded to E[x|z] (or a draw of x if not ``mean``)."""
-    return save_grid(vae.sample(n, mean=mean), image_shape, path, nrow=int(n ** 0.5) or 1)
+    return save_grid(vae.sample(n, mean=mean), image_shape, path, nrow=int(n**0.5) or 1)
 
 
 def save_overview(vae, x, image_shape, path, nrow=8):
     """Three panels side by side: the images ``x`` (``(N, C*H*W)``), their
     reconstructions E[x|z=E_q z], and N samples z ~ p(z) decoded to E[x|z]."""
-    grids = {"validation images": x, "reconstructions": vae.reconstruct(x),
-             "samples, z ~ p(z)": vae.sample(x.shape[0])}
+    grids = {"validation images": x, "reconstructions": vae.reconstruct(x), "samples, z ~ p(z)": vae.sample(x.shape[0])}
     return plot_image_grids(grids, image_shape, path, nrow=nrow)
 
 
@@ -142,8 +147,13 @@ def save_completions(model, x, image_shape, path, num_quadrants=(1, 2, 3), num_s
     (hidden pixels shown at ``hidden_value`` grey), the truth, and ``num_samples``
     completions z ~ p(z|c), x_u = E[x_u|z,c] (:meth:`~pyro_vae.models.ConditionalVAE.complete`)."""
     n, d = x.shape
-    fig, axes = plt.subplots(len(num_quadrants), 1, figsize=(1.0 + 0.55 * n, 0.62 * (2 + num_samples) *
-                                                             len(num_quadrants) + 0.3), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(
+        len(num_quadrants),
+        1,
+        figsize=(1.0 + 0.55 * n, 0.62 * (2 + num_samples) * len(num_quadrants) + 0.3),
+        dpi=120,
+        squeeze=False,
+    )
     labels = ["given", "truth"] + [f"sample {i + 1}" for i in range(num_samples)]
     for ax, k in zip(axes[:, 0], num_quadrants):
         m = quadrant_mask(k, image_shape).to(x.device).expand(n, d)
@@ -196,8 +206,9 @@ def project_2d(codes, *others):
     return proj[0], proj[1:], note
 
 
-def latent_map_panel(model, x, labels=None, title=None, standardize="auto", draws=None, quantile=0.99,
-                     codes="sample", seed=0):
+def latent_map_panel(
+    model, x, labels=None, title=None, standardize="auto", draws=None, quantile=0.99, codes="sample", seed=0
+):
     """What :func:`plot_latent_maps` draws for one model: the codes E_q[z|x] of test
     images ``x`` in the model's :class:`~pyro_vae.eval.latent.LatentFrame` (z-scored for
     an autoencoder, as is for a VAE), and optionally ``draws`` u ~ N(0, I) in that frame
@@ -213,8 +224,11 @@ def latent_map_panel(model, x, labels=None, title=None, standardize="auto", draw
     u = frame.to_frame(codes)
     standardized = not bool((frame.scale == 1).all() and (frame.shift == 0).all())
     kind = type(model).__name__
-    panel = dict(codes=u, labels=labels, title=title or f"{kind}: " + (
-        "codes, standardized (z-score)" if standardized else "encoder means E_q[z|x]"))
+    panel = dict(
+        codes=u,
+        labels=labels,
+        title=title or f"{kind}: " + ("codes, standardized (z-score)" if standardized else "encoder means E_q[z|x]"),
+    )
     if draws:
         g = torch.Generator().manual_seed(seed)
         v = torch.randn(int(draws), u.shape[1], generator=g)
@@ -247,15 +261,23 @@ def plot_latent_maps(panels, path, lim=4.0, circles=(1, 2, 3)):
         c2, others, note = project_2d(p["codes"], *([draws] if draws is not None else []))
         labels = p.get("labels")
         if labels is not None:
-            scatter = ax.scatter(c2[:, 0], c2[:, 1], c=labels.cpu(), cmap="tab10", vmin=-0.5, vmax=9.5, s=4,
-                                 alpha=0.8, linewidths=0)
+            scatter = ax.scatter(
+                c2[:, 0], c2[:, 1], c=labels.cpu(), cmap="tab10", vmin=-0.5, vmax=9.5, s=4, alpha=0.8, linewidths=0
+            )
         else:
             ax.scatter(c2[:, 0], c2[:, 1], s=4, alpha=0.6, linewidths=0, color="tab:blue")
         if draws is not None and p.get("dead") is not None:
             dead = others[0][p["dead"]]
-            ax.scatter(dead[:, 0], dead[:, 1], marker="x", s=9, color="black", linewidths=0.6,
-                       label=f"N(0, I) draws in dead zones ({100 * p['dead'].float().mean():.1f}%)"
-                             + (f"\nof {p['dead_codes']}" if p.get("dead_codes") else ""))
+            ax.scatter(
+                dead[:, 0],
+                dead[:, 1],
+                marker="x",
+                s=9,
+                color="black",
+                linewidths=0.6,
+                label=f"N(0, I) draws in dead zones ({100 * p['dead'].float().mean():.1f}%)"
+                + (f"\nof {p['dead_codes']}" if p.get("dead_codes") else ""),
+            )
             ax.legend(loc="lower left", fontsize=7, framealpha=0.85)
         theta = torch.linspace(0, 2 * torch.pi, 200)
         for r in circles:
@@ -267,13 +289,26 @@ def plot_latent_maps(panels, path, lim=4.0, circles=(1, 2, 3)):
         ax.set_xlabel("PC 1" if note else "$u_1$")
         ax.set_ylabel("PC 2" if note else "$u_2$")
         if note:
-            ax.text(0.5, 0.985, note, transform=ax.transAxes, ha="center", va="top", fontsize=7,
-                    bbox=dict(facecolor="white", alpha=0.8, lw=0))
+            ax.text(
+                0.5,
+                0.985,
+                note,
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=7,
+                bbox=dict(facecolor="white", alpha=0.8, lw=0),
+            )
     if scatter is not None:
         bar = fig.colorbar(scatter, ax=axes[0].tolist(), ticks=range(10), fraction=0.03, pad=0.02)
         bar.set_label("digit")
-    fig.text(0.01, 0.01, f"dashed: circles of N(0, I) holding {', '.join(f'{100 * (1 - math.exp(-r * r / 2)):.0f}%' for r in circles)}",
-             fontsize=7, color="0.3")
+    fig.text(
+        0.01,
+        0.01,
+        f"dashed: circles of N(0, I) holding {', '.join(f'{100 * (1 - math.exp(-r * r / 2)):.0f}%' for r in circles)}",
+        fontsize=7,
+        color="0.3",
+    )
     return save_figure(fig, path)
 
 
@@ -370,11 +405,17 @@ def plot_image_grids(grids, image_shape, path, nrow=None, suptitle=None):
     if not grids:
         raise ValueError("no image grids to draw")
     n = len(grids)
-    made = {title: make_grid(as_images(images, image_shape), nrow=nrow or int(math.ceil(math.sqrt(len(images)))),
-                             padding=1, pad_value=1.0) for title, images in grids.items()}
+    made = {
+        title: make_grid(
+            as_images(images, image_shape),
+            nrow=nrow or int(math.ceil(math.sqrt(len(images)))),
+            padding=1,
+            pad_value=1.0,
+        )
+        for title, images in grids.items()
+    }
     aspect = max(g.shape[1] / g.shape[2] for g in made.values())  # height / width of the tallest grid
-    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.3 * aspect + (0.7 if suptitle else 0.5)), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.3 * aspect + (0.7 if suptitle else 0.5)), dpi=110, squeeze=False)
     for ax, (title, grid) in zip(axes[0], made.items()):
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
@@ -407,21 +448,30 @@ def plot_posterior_pairs(idata, guides, path, dims=None, title=None, max_points=
     colors = ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]
     size = 2.0 * len(dims)
     nuts = _thin(posterior.nuts_draws(idata).numpy(), max_points)
-    ax = az.plot_pair(az.from_dict(posterior={"z": nuts}, coords={"z_dim": np.arange(nuts.shape[-1])},
-                                   dims={"z": ["z_dim"]}),
-                      var_names=["z"], coords=coords, marginals=True, figsize=(size + 1, size),
-                      scatter_kwargs=dict(color="black", alpha=0.35, s=6, zorder=3),
-                      marginal_kwargs=dict(color="black"))
+    ax = az.plot_pair(
+        az.from_dict(posterior={"z": nuts}, coords={"z_dim": np.arange(nuts.shape[-1])}, dims={"z": ["z_dim"]}),
+        var_names=["z"],
+        coords=coords,
+        marginals=True,
+        figsize=(size + 1, size),
+        scatter_kwargs=dict(color="black", alpha=0.35, s=6, zorder=3),
+        marginal_kwargs=dict(color="black"),
+    )
     for draws, color in zip(guides.values(), colors):
         z = np.asarray(torch.as_tensor(draws).double().cpu().numpy())[None, :max_points]
         q = az.from_dict(posterior={"z": z}, coords={"z_dim": np.arange(z.shape[-1])}, dims={"z": ["z_dim"]})
-        az.plot_pair(q, var_names=["z"], coords=coords, marginals=True, ax=ax,
-                     scatter_kwargs=dict(color=color, alpha=0.35, s=6),
-                     marginal_kwargs=dict(color=color))
+        az.plot_pair(
+            q,
+            var_names=["z"],
+            coords=coords,
+            marginals=True,
+            ax=ax,
+            scatter_kwargs=dict(color=color, alpha=0.35, s=6),
+            marginal_kwargs=dict(color=color),
+        )
     fig = np.ravel(ax)[0].figure
     handles = [plt.Line2D([], [], color="black", marker="o", ls="", label="NUTS p(z|x)")]
-    handles += [plt.Line2D([], [], color=c, marker="o", ls="", label=f"q(z|x): {n}")
-                for n, c in zip(guides, colors)]
+    handles += [plt.Line2D([], [], color=c, marker="o", ls="", label=f"q(z|x): {n}") for n, c in zip(guides, colors)]
     fig.legend(handles=handles, loc="upper right", frameon=False)
     if title:
         fig.suptitle(title)

@@ -53,8 +53,9 @@ class DiagonalGaussianMixture(TorchDistribution):
 
     def __init__(self, loc, scale, logits=None, batch_shape=(), validate_args=None):
         if loc.dim() != 2 or scale.shape != loc.shape:
-            raise ValueError(f"loc and scale must both have shape (K, d), got {tuple(loc.shape)} and "
-                             f"{tuple(scale.shape)}")
+            raise ValueError(
+                f"loc and scale must both have shape (K, d), got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
         if logits is None:
             logits = loc.new_zeros(loc.shape[:1])
         if logits.shape != loc.shape[:1]:
@@ -69,10 +70,12 @@ class DiagonalGaussianMixture(TorchDistribution):
         except RuntimeError:
             fits = False
         if not fits:
-            raise ValueError(f"cannot expand a mixture of batch shape {tuple(self.batch_shape)} to "
-                             f"{tuple(batch_shape)}")
-        return type(self)(self.loc, self.scale, self.logits, batch_shape,
-                          validate_args=self.__dict__.get("_validate_args"))
+            raise ValueError(
+                f"cannot expand a mixture of batch shape {tuple(self.batch_shape)} to {tuple(batch_shape)}"
+            )
+        return type(self)(
+            self.loc, self.scale, self.logits, batch_shape, validate_args=self.__dict__.get("_validate_args")
+        )
 
     @property
     def num_components(self):
@@ -114,7 +117,7 @@ class DiagonalGaussianMixture(TorchDistribution):
     @property
     def variance(self):
         pi = torch.softmax(self.logits, -1)
-        second = pi @ (self.scale ** 2 + self.loc ** 2)
+        second = pi @ (self.scale**2 + self.loc**2)
         return (second - (pi @ self.loc) ** 2).expand(self._extended_shape())
 
 

@@ -94,8 +94,9 @@ class ToyRoute:
 TOY_ROUTES = {
     "reparam": ToyRoute("reparameterized (Trace_ELBO)", Trace_ELBO, True, "flat", "2(φ + ε)"),
     "score": ToyRoute("score function (TraceGraph_ELBO)", TraceGraph_ELBO, False, "frozen", "x²(x − φ)"),
-    "score-entropy": ToyRoute("score function, log q in the cost", TraceGraph_ELBO, False, "flat",
-                              "(x − φ)(x² + log q(x))"),
+    "score-entropy": ToyRoute(
+        "score function, log q in the cost", TraceGraph_ELBO, False, "flat", "(x − φ)(x² + log q(x))"
+    ),
 }
 
 #: The sample sizes N of the variance figure (toy_variance.png).
@@ -167,7 +168,7 @@ def _backward(objective, model, guide, *args):
         loss_fn(model, guide, *args)
 
 
-def toy_gradients(phi, route="reparam", num_samples=1, repeats=1, chunk=2 ** 21):
+def toy_gradients(phi, route="reparam", num_samples=1, repeats=1, chunk=2**21):
     r"""R independent estimates of ∇φ E_q_φ[x²] at φ, each from N samples, as Pyro computes
     them: the gradient of the ELBO loss of (:func:`toy_model`, :func:`toy_guide`),
     whose N samples are vectorized particles (the loss is their mean) and whose R
@@ -201,9 +202,9 @@ def toy_estimate(route, phi, eps):
     if route == "reparam":
         return 2 * x
     if route == "score":
-        return x ** 2 * eps
+        return x**2 * eps
     if route == "score-entropy":
-        return eps * (x ** 2 - HALF_LOG_2PI - 0.5 * eps ** 2)
+        return eps * (x**2 - HALF_LOG_2PI - 0.5 * eps**2)
     raise ValueError(f"unknown route {route!r}; choose from {', '.join(TOY_ROUTES)}")
 
 
@@ -238,9 +239,9 @@ def toy_variance(route, phi):
     if route == "reparam":
         return 4.0
     if route == "score":
-        return phi ** 4 + 14 * phi ** 2 + 15
+        return phi**4 + 14 * phi**2 + 15
     a = HALF_LOG_2PI
-    return phi ** 4 + (11 - 2 * a) * phi ** 2 + a * a - 3 * a + 15 / 4
+    return phi**4 + (11 - 2 * a) * phi**2 + a * a - 3 * a + 15 / 4
 
 
 def toy_moments(route, phi, nodes=20):
@@ -268,12 +269,13 @@ def sample_variance_se(route, phi, num_samples, repeats):
     _, var, m4 = toy_moments(route, phi)
     n, r = float(num_samples), float(repeats)
     var_n = var / n
-    m4_n = m4 / n ** 3 + 3 * (n - 1) * var ** 2 / n ** 3
-    return math.sqrt(m4_n / r - var_n ** 2 * (r - 3) / (r * (r - 1)))
+    m4_n = m4 / n**3 + 3 * (n - 1) * var**2 / n**3
+    return math.sqrt(m4_n / r - var_n**2 * (r - 3) / (r * (r - 1)))
 
 
-def measure_toy(phis=(0.0, 1.0, 2.0), sample_sizes=SAMPLE_SIZES, repeats=500, routes=tuple(TOY_ROUTES), seed=0,
-                progress=True):
+def measure_toy(
+    phis=(0.0, 1.0, 2.0), sample_sizes=SAMPLE_SIZES, repeats=500, routes=tuple(TOY_ROUTES), seed=0, progress=True
+):
     """The measurements of the variance figure (toy_variance.png): for every route, φ and N, R estimates of ∇φ E[x²] from
     :func:`toy_gradients`, their mean and variance beside the closed forms.
 
@@ -291,9 +293,20 @@ def measure_toy(phis=(0.0, 1.0, 2.0), sample_sizes=SAMPLE_SIZES, repeats=500, ro
         g = toy_gradients(phi, route, n, repeats)
         var_closed = toy_variance(route, phi) / n
         var, se = g.var().item(), sample_variance_se(route, phi, n, repeats)
-        rows.append(dict(route=route, phi=phi, N=n, repeats=int(repeats), mean=g.mean().item(),
-                         mean_se=math.sqrt(var_closed / repeats), var=var, var_closed=var_closed, var_se=se,
-                         z=(var - var_closed) / se))
+        rows.append(
+            dict(
+                route=route,
+                phi=phi,
+                N=n,
+                repeats=int(repeats),
+                mean=g.mean().item(),
+                mean_se=math.sqrt(var_closed / repeats),
+                var=var,
+                var_closed=var_closed,
+                var_se=se,
+                z=(var - var_closed) / se,
+            )
+        )
     return rows
 
 
@@ -339,8 +352,9 @@ def vae_variant(vae, route, baseline_beta=0.9):
     if not isinstance(vae.q, DiagonalNormal):
         raise TypeError(f"the score-function contrast needs the diagonal guide, not {type(vae.q).__name__}")
     encoder = vae.q.encoder
-    family = DiagonalNormal(encoder, z_dim=vae.z_dim, reparameterized=reparameterized, baseline=baseline,
-                            baseline_beta=baseline_beta)
+    family = DiagonalNormal(
+        encoder, z_dim=vae.z_dim, reparameterized=reparameterized, baseline=baseline, baseline_beta=baseline_beta
+    )
     return VAE(encoder, vae.decoder, vae.z_dim, likelihood=vae.likelihood, guide=family)
 
 
@@ -406,8 +420,9 @@ def settle_baseline(vae, data, steps=200, batch_size=100, lr=1e-2, seed=0):
     _zero_grad(vae)
 
 
-def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=200, settle_steps=200,
-                          settle_lr=1e-2, seed=0, progress=True):
+def vae_gradient_variance(
+    vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=200, settle_steps=200, settle_lr=1e-2, seed=0, progress=True
+):
     r"""The variance of the encoder's gradient, route by route, at ``vae``'s parameters.
 
     For each route, a :func:`vae_variant` sharing the networks (the loss is the
@@ -436,9 +451,16 @@ def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=2
             mean, var = encoder_gradient_moments(variant, x, route_objective(route), repeats)
         if route == "reparam":
             reference = var
-        rows.append(dict(route=route, repeats=int(repeats), params=int(var.numel()),
-                         mean_var=var.mean().item(), snr=(mean.pow(2).sum() / var.sum()).item(),
-                         var_per_param=var))
+        rows.append(
+            dict(
+                route=route,
+                repeats=int(repeats),
+                params=int(var.numel()),
+                mean_var=var.mean().item(),
+                snr=(mean.pow(2).sum() / var.sum()).item(),
+                var_per_param=var,
+            )
+        )
     for row in rows:
         if reference is not None:
             row["ratio"] = row["mean_var"] / reference.mean().item()
@@ -448,8 +470,9 @@ def vae_gradient_variance(vae, x, data=None, routes=tuple(VAE_ROUTES), repeats=2
     return rows
 
 
-def train_curve(vae, train, valid, objective="elbo", steps=1000, batch_size=100, lr=1e-3, eval_every=50,
-                seed=0, progress=True):
+def train_curve(
+    vae, train, valid, objective="elbo", steps=1000, batch_size=100, lr=1e-3, eval_every=50, seed=0, progress=True
+):
     """Train ``vae`` for ``steps`` SVI steps (:meth:`~pyro_vae.train.trainer.Trainer.step`, Adam)
     and record the −ELBO curve.
 
@@ -483,8 +506,21 @@ def train_curve(vae, train, valid, objective="elbo", steps=1000, batch_size=100,
     return curve
 
 
-def vae_contrast(vae, train, valid, x, steps=1000, batch_size=100, lr=1e-3, eval_every=50, repeats=200,
-                 settle_steps=200, routes=tuple(VAE_ROUTES), seed=0, progress=True):
+def vae_contrast(
+    vae,
+    train,
+    valid,
+    x,
+    steps=1000,
+    batch_size=100,
+    lr=1e-3,
+    eval_every=50,
+    repeats=200,
+    settle_steps=200,
+    routes=tuple(VAE_ROUTES),
+    seed=0,
+    progress=True,
+):
     """Part 2 in one call: gradient variances at ``vae``'s initial parameters, −ELBO curves of
     every route from those same parameters over the same ``steps``, and the gradient
     variances again at the parameters the reparameterized route reached.
@@ -500,8 +536,9 @@ def vae_contrast(vae, train, valid, x, steps=1000, batch_size=100, lr=1e-3, eval
     for route in routes:
         torch.manual_seed(seed)  # the same baseline network for every run that has one
         model = vae_variant(copy.deepcopy(vae), route)
-        result["curves"][route] = train_curve(model, train, valid, route_objective(route), steps, batch_size, lr,
-                                              eval_every, seed, progress)
+        result["curves"][route] = train_curve(
+            model, train, valid, route_objective(route), steps, batch_size, lr, eval_every, seed, progress
+        )
         if route == "reparam":
             trained = model
     if trained is not None:
@@ -525,15 +562,22 @@ def plot_gradient_variance(rows, path, labels=None):
     labels = labels or {}
     phis = sorted({r["phi"] for r in rows})
     routes = list(dict.fromkeys(r["route"] for r in rows))
-    fig, axes = plt.subplots(1, len(phis), figsize=(3.6 * len(phis) + 0.6, 3.9), dpi=120, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(phis), figsize=(3.6 * len(phis) + 0.6, 3.9), dpi=120, sharey=True, squeeze=False)
     for ax, phi in zip(axes[0], phis):
         for k, route in enumerate(routes):
             sel = sorted((r for r in rows if r["route"] == route and r["phi"] == phi), key=lambda r: r["N"])
             n = [r["N"] for r in sel]
             color = f"C{k}"
-            ax.errorbar(n, [r["var"] for r in sel], yerr=[2 * r["var_se"] for r in sel], fmt="o", ms=4,
-                        color=color, capsize=2, label=labels.get(route, route))
+            ax.errorbar(
+                n,
+                [r["var"] for r in sel],
+                yerr=[2 * r["var_se"] for r in sel],
+                fmt="o",
+                ms=4,
+                color=color,
+                capsize=2,
+                label=labels.get(route, route),
+            )
             ax.plot(n, [r["var_closed"] for r in sel], "--", color=color, lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -566,9 +610,9 @@ def plot_elbo_curves(curves, path, labels=None, title="−ELBO over the same ste
         train = torch.tensor(c["train"], dtype=torch.float64)
         width = min(25, len(train))
         smooth = torch.nn.functional.avg_pool1d(train[None, None], width, stride=1)[0, 0]
-        ax.plot(c["step"][width - 1:], smooth.tolist(), color=color, lw=0.7, alpha=0.5)
+        ax.plot(c["step"][width - 1 :], smooth.tolist(), color=color, lw=0.7, alpha=0.5)
         ax.plot(c["valid_step"], c["valid"], "o-", color=color, ms=3, lw=1.3, label=labels.get(route, route))
-        later += c["valid"][1:] + smooth.tolist()[len(smooth) // 10:]
+        later += c["valid"][1:] + smooth.tolist()[len(smooth) // 10 :]
     if later:
         lo, hi = min(later), max(later)
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
@@ -587,8 +631,11 @@ def toy_table(rows):
     1/N law keeps at the per-sample σ²) for each N beside the closed-form σ², the largest
     |z| of the variances, and the mean at the largest N beside 2φ."""
     sizes = sorted({r["N"] for r in rows})
-    columns = (["route", "φ", "σ² closed form"] + [f"N·Var, N={n:,}" for n in sizes]
-               + ["max \\|z\\|", f"mean at N={sizes[-1]:,}", "2φ"])
+    columns = (
+        ["route", "φ", "σ² closed form"]
+        + [f"N·Var, N={n:,}" for n in sizes]
+        + ["max \\|z\\|", f"mean at N={sizes[-1]:,}", "2φ"]
+    )
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for route in dict.fromkeys(r["route"] for r in rows):
         for phi in sorted({r["phi"] for r in rows if r["route"] == route}):
@@ -596,8 +643,10 @@ def toy_table(rows):
             cells = " | ".join(f"{sel[n]['N'] * sel[n]['var']:.3g}" for n in sizes)
             z = max(abs(r["z"]) for r in sel.values())
             last = sel[sizes[-1]]
-            lines.append(f"| {route} | {phi:g} | {toy_variance(route, phi):.3g} | {cells} | {z:.1f} | "
-                         f"{last['mean']:.4f} ± {last['mean_se']:.4f} | {2 * phi:g} |")
+            lines.append(
+                f"| {route} | {phi:g} | {toy_variance(route, phi):.3g} | {cells} | {z:.1f} | "
+                f"{last['mean']:.4f} ± {last['mean_se']:.4f} | {2 * phi:g} |"
+            )
     return "\n".join(lines)
 
 
@@ -605,16 +654,23 @@ def vae_table(result):
     """A Markdown table of :func:`vae_contrast`'s result: per route, the mean
     per-parameter variance of the encoder gradient and its ratio to the reparameterized
     route's (at initialization and after training), and the final validation −ELBO."""
-    lines = ["| route | objective | mean Var (init) | ratio (init) | median ratio (init) | mean Var (trained) "
-             "| ratio (trained) | median ratio (trained) | valid −ELBO after training |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| route | objective | mean Var (init) | ratio (init) | median ratio (init) | mean Var (trained) "
+        "| ratio (trained) | median ratio (trained) | valid −ELBO after training |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     trained = {r["route"]: r for r in result.get("variance_trained", [])}
     for row in result["variance_init"]:
         route = row["route"]
         t = trained.get(route)
         curve = result["curves"].get(route)
-        cells = [route, route_objective(route), f"{row['mean_var']:.3g}", f"{row['ratio']:.3g}",
-                 f"{row['median_ratio']:.3g}"]
+        cells = [
+            route,
+            route_objective(route),
+            f"{row['mean_var']:.3g}",
+            f"{row['ratio']:.3g}",
+            f"{row['median_ratio']:.3g}",
+        ]
         cells += [f"{t['mean_var']:.3g}", f"{t['ratio']:.3g}", f"{t['median_ratio']:.3g}"] if t else ["–"] * 3
         cells.append(f"{curve['valid'][-1]:.2f}" if curve else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -662,8 +718,12 @@ def write_vae_outputs(result, out):
 
 # ---- the command line -------------------------------------------------------------------
 def add_arguments(p):
-    p.add_argument("--part", default="all", choices=["all", "toy", "vae"],
-                   help="the toy of Example 1.5 (toy_variance.png), the VAE contrast, or both")
+    p.add_argument(
+        "--part",
+        default="all",
+        choices=["all", "toy", "vae"],
+        help="the toy of Example 1.5 (toy_variance.png), the VAE contrast, or both",
+    )
     p.add_argument("--out", default="runs/gradvar", help="output folder (tables, CSV, JSON, PNG)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.add_argument("--seed", type=int, default=0, help="seed of every random source")
@@ -677,16 +737,22 @@ def add_arguments(p):
     v.add_argument("--data", default=None, help="data folder; if not given: $PYRO_VAE_DATA, else ./data")
     v.add_argument("--train-size", type=positive_int, default=10000, help="first N training images")
     v.add_argument("--valid-size", type=positive_int, default=1000, help="first N validation images")
-    v.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits")
-    v.add_argument("--hidden", type=positive_int, nargs="+", default=None, help="MLP hidden sizes; if not given: 400, or 128")
+    v.add_argument(
+        "--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits"
+    )
+    v.add_argument(
+        "--hidden", type=positive_int, nargs="+", default=None, help="MLP hidden sizes; if not given: 400, or 128"
+    )
     v.add_argument("--steps", type=positive_int, default=1000, help="SVI steps of every −ELBO curve")
     v.add_argument("--batch-size", type=positive_int, default=100, help="data points per step")
     v.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
     v.add_argument("--eval-every", type=positive_int, default=50, help="validation −ELBO every N steps")
-    v.add_argument("--grad-repeats", type=int_at_least(2), default=200,
-                   help="gradient estimates per route for the variance")
-    v.add_argument("--settle-steps", type=nonnegative_int, default=200,
-                   help="steps that settle a baseline before measuring")
+    v.add_argument(
+        "--grad-repeats", type=int_at_least(2), default=200, help="gradient estimates per route for the variance"
+    )
+    v.add_argument(
+        "--settle-steps", type=nonnegative_int, default=200, help="steps that settle a baseline before measuring"
+    )
 
 
 def run(args):
@@ -704,20 +770,41 @@ def run(args):
         binarize = None if args.dataset == "binarized-mnist" else "static"
         train = load_dataset(args.dataset, "train", args.data, binarize=binarize, seed=args.seed)
         valid = load_dataset(args.dataset, "valid", args.data, binarize=binarize, seed=args.seed)
-        train.x, valid.x = train.x[:args.train_size], valid.x[:args.valid_size]
+        train.x, valid.x = train.x[: args.train_size], valid.x[: args.valid_size]
         small = train.image_shape[-1] <= 8
         torch.manual_seed(args.seed)
-        vae = build_model(dict(model="vae", image_shape=list(train.image_shape),
-                               z_dim=args.z_dim or (8 if small else 50),
-                               hidden_dims=args.hidden or ([128] if small else [400])))
-        x = valid.x[:args.batch_size]
-        print(f"VAE on {args.dataset}: {len(train)} train / {len(valid)} valid images, {args.steps} steps per route, "
-              f"gradient variance over {args.grad_repeats} estimates on a batch of {len(x)}")
-        result = vae_contrast(vae, train, valid, x, args.steps, args.batch_size, args.lr, args.eval_every,
-                                      args.grad_repeats, args.settle_steps, seed=args.seed, progress=progress)
+        vae = build_model(
+            dict(
+                model="vae",
+                image_shape=list(train.image_shape),
+                z_dim=args.z_dim or (8 if small else 50),
+                hidden_dims=args.hidden or ([128] if small else [400]),
+            )
+        )
+        x = valid.x[: args.batch_size]
+        print(
+            f"VAE on {args.dataset}: {len(train)} train / {len(valid)} valid images, {args.steps} steps per route, "
+            f"gradient variance over {args.grad_repeats} estimates on a batch of {len(x)}"
+        )
+        result = vae_contrast(
+            vae,
+            train,
+            valid,
+            x,
+            args.steps,
+            args.batch_size,
+            args.lr,
+            args.eval_every,
+            args.grad_repeats,
+            args.settle_steps,
+            seed=args.seed,
+            progress=progress,
+        )
         print(write_vae_outputs(result, out))
-        save_json(out / "vae_gradient_variance.json", dict(settings=settings, **{
-            k: v for k, v in result.items() if k != "curves"}))
+        save_json(
+            out / "vae_gradient_variance.json",
+            dict(settings=settings, **{k: v for k, v in result.items() if k != "curves"}),
+        )
     print(f"wrote {out}")
     return 0
 

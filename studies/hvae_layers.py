@@ -32,7 +32,7 @@ def layer_terms(model, x, num_samples=10, batch_size=500):
     ``num_samples`` draws of the guide."""
     out = {"log_px_given_z": [], "kl2": [], "kl1": []}
     for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
+        xb = x[start : start + batch_size]
         with pyro.plate("_particles", num_samples, dim=-2):
             guide = poutine.trace(model.guide).get_trace(xb)
             trace = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(xb)
@@ -49,7 +49,7 @@ def layer_terms(model, x, num_samples=10, batch_size=500):
 @torch.no_grad()
 def active_units_per_layer(model, x, threshold=1e-2, batch_size=1000):
     """``{"z1": (active, units), "z2": (active, units)}`` from :meth:`HierarchicalVAE.encode_layers`."""
-    means = [model.encode_layers(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    means = [model.encode_layers(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     z1 = torch.cat([m[0] for m in means]).double().var(0)
     z2 = torch.cat([m[1] for m in means]).double().var(0)
     return {"z1": (int((z1 > threshold).sum()), z1.numel()), "z2": (int((z2 > threshold).sum()), z2.numel())}
@@ -60,13 +60,20 @@ def report(model, x, num_samples):
     terms = layer_terms(model, x, num_samples)
     mean = {k: v.mean().item() for k, v in terms.items()}
     neg_elbo = -mean["log_px_given_z"] + mean["kl2"] + mean["kl1"]
-    return dict(n=int(x.shape[0]), neg_elbo=neg_elbo, reconstruction=-mean["log_px_given_z"],
-                kl2=mean["kl2"], kl1=mean["kl1"], active_units=active_units_per_layer(model, x))
+    return dict(
+        n=int(x.shape[0]),
+        neg_elbo=neg_elbo,
+        reconstruction=-mean["log_px_given_z"],
+        kl2=mean["kl2"],
+        kl1=mean["kl1"],
+        active_units=active_units_per_layer(model, x),
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("run_dir", help="a run folder of --model hvae")
     p.add_argument("--data", default=None, help="data folder (default: $PYRO_VAE_DATA, else ./data)")
     p.add_argument("--samples", type=int, default=10, help="draws of the guide per data point")
@@ -82,14 +89,17 @@ def main(argv=None):
     dataset = run["data"]["dataset"]
     result = {}
     for split, limit in (("train", args.train_limit), ("valid", None)):
-        data = load_dataset(dataset, split, args.data, binarize=run["data"].get("binarize"),
-                            seed=run["data"].get("seed", 0))
+        data = load_dataset(
+            dataset, split, args.data, binarize=run["data"].get("binarize"), seed=run["data"].get("seed", 0)
+        )
         result[split] = report(model, data.x[:limit], args.samples)
     for split, r in result.items():
         au = r["active_units"]
-        print(f"{split:5s} ({r['n']} images): -ELBO {r['neg_elbo']:.2f} = reconstruction {r['reconstruction']:.2f}"
-              f" + KL(z2) {r['kl2']:.2f} + KL(z1) {r['kl1']:.2f}; active units z2 {au['z2'][0]} of {au['z2'][1]},"
-              f" z1 {au['z1'][0]} of {au['z1'][1]}")
+        print(
+            f"{split:5s} ({r['n']} images): -ELBO {r['neg_elbo']:.2f} = reconstruction {r['reconstruction']:.2f}"
+            f" + KL(z2) {r['kl2']:.2f} + KL(z1) {r['kl1']:.2f}; active units z2 {au['z2'][0]} of {au['z2'][1]},"
+            f" z1 {au['z1'][0]} of {au['z1'][1]}"
+        )
     print(f"valid − train −ELBO: {result['valid']['neg_elbo'] - result['train']['neg_elbo']:.2f} nats")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -87,9 +87,15 @@ def main(argv=None):
         with torch.no_grad():
             samples = model.sample(c=c)
         recognized = (classifier_probs(judge, samples).argmax(-1) == c).double().mean().item()
-        row = dict(run=str(run_dir), labels=opts["labels"], epochs=run.get("epoch"), ssvae_accuracy=acc,
-                   labels_only_accuracy=base, samples_recognized=recognized,
-                   judge_valid_accuracy=(classifier_probs(judge, valid.x).argmax(-1) == valid.y).double().mean().item())
+        row = dict(
+            run=str(run_dir),
+            labels=opts["labels"],
+            epochs=run.get("epoch"),
+            ssvae_accuracy=acc,
+            labels_only_accuracy=base,
+            samples_recognized=recognized,
+            judge_valid_accuracy=(classifier_probs(judge, valid.x).argmax(-1) == valid.y).double().mean().item(),
+        )
         print(json.dumps(row))
         rows.append(row)
         last = model

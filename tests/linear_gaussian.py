@@ -41,9 +41,9 @@ def linear_gaussian_vae(family="full"):
 
 def exact():
     """p(z|x) = N(Σ Wᵀ x/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, and log p(x) = log N(x; 0, WWᵀ + σ² I)."""
-    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA ** 2)
-    mean = cov @ W.T @ X[0] / SIGMA ** 2
-    log_px = torch.distributions.MultivariateNormal(torch.zeros(3), W @ W.T + SIGMA ** 2 * torch.eye(3)).log_prob(X[0])
+    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)
+    mean = cov @ W.T @ X[0] / SIGMA**2
+    log_px = torch.distributions.MultivariateNormal(torch.zeros(3), W @ W.T + SIGMA**2 * torch.eye(3)).log_prob(X[0])
     return mean, cov, log_px.item()
 
 

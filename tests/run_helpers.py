@@ -38,8 +38,8 @@ def fails(argv, capsys, *says):
 def digits_data():
     """The digits training (dynamically binarized) and validation (static) sets."""
     from pyro_vae import load_dataset
-    return (load_dataset("digits", "train", binarize="dynamic"),
-            load_dataset("digits", "valid", binarize="static"))
+
+    return (load_dataset("digits", "train", binarize="dynamic"), load_dataset("digits", "valid", binarize="static"))
 
 
 def make_trainer(init_seed=0, **kw):
@@ -47,6 +47,7 @@ def make_trainer(init_seed=0, **kw):
     epoch), its weights initialized from ``init_seed``."""
     from pyro_vae import build_vae
     from pyro_vae.train.trainer import Trainer
+
     train, valid = digits_data()
     torch.manual_seed(init_seed)
     vae = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))

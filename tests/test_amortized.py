@@ -39,7 +39,7 @@ def ppca(x):
 
 def exact_log_px(x):
     """log N(x; b, W Wᵀ + σ² I)."""
-    cov = W @ W.T + SIGMA ** 2 * torch.eye(D)
+    cov = W @ W.T + SIGMA**2 * torch.eye(D)
     return dist.MultivariateNormal(BIAS, covariance_matrix=cov).log_prob(x)
 
 
@@ -124,8 +124,7 @@ def test_fit_trains_a_users_model_with_an_amortized_guide():
     x = ppca_data(300)
     data = ImageData(x, None, (1, 1, D), name="ppca")
     guide = AmortizedGuide(ppca, family="full", hidden_dims=())
-    history = fit(ModelGuide(ppca, guide), data, epochs=60, batch_size=50, lr=0.03, particles=8,
-                  progress=False)
+    history = fit(ModelGuide(ppca, guide), data, epochs=60, batch_size=50, lr=0.03, particles=8, progress=False)
     assert history.train_loss[-1] < history.train_loss[0] - 10.0
     gap = exact_log_px(x).mean().item() - elbo_per_point(guide, x)
     assert 0 < gap < 0.6, gap  # (the SVI test above goes to 0.05 with a decaying learning rate)
@@ -141,6 +140,7 @@ def test_a_model_that_ignores_num_data_is_refused():
 
 def test_combines_with_an_autoguide_for_a_global_latent():
     S0 = 0.2  # a prior strong enough that the N/B scale moves the posterior mean
+
     def model(x, num_data=None):
         shift = pyro.sample("shift", dist.Normal(torch.zeros(D), S0).to_event(1))  # global: scale 1
         B = x.shape[0]
@@ -158,10 +158,10 @@ def test_combines_with_an_autoguide_for_a_global_latent():
         svi.step(x[:10] if i % 2 else x[10:], num_data=20)  # minibatches of 10 standing for 20 points
     # p(shift | x) = N(m, P⁻¹), P = I / s0² + n Σ⁻¹, m = P⁻¹ Σ⁻¹ Σ_n x_n, Σ = W Wᵀ + σ² I (z marginalized);
     # unscaled minibatches (n = 10 in effect) would give another mean, m_10, as far from m as checked below
-    inv = torch.linalg.inv(W @ W.T + SIGMA ** 2 * torch.eye(D))
+    inv = torch.linalg.inv(W @ W.T + SIGMA**2 * torch.eye(D))
 
     def mean(n):
-        return torch.linalg.solve(torch.eye(D) / S0 ** 2 + n * inv, inv @ x.sum(0) * n / len(x))
+        return torch.linalg.solve(torch.eye(D) / S0**2 + n * inv, inv @ x.sum(0) * n / len(x))
 
     loc = pyro.param("AutoGuideList.0.locs.shift").detach()
     assert (mean(20) - mean(10)).abs().max() > 0.15
@@ -199,11 +199,14 @@ def test_a_data_plate_at_dim_minus_two_gets_draws_of_the_sites_shape():
         assert math.isfinite(Trace_ELBO(max_plate_nesting=2).loss(model, guide, x))
 
 
-@pytest.mark.parametrize("model, message", [
-    ("discrete", "discrete"),
-    ("no plate", "no data plate"),
-    ("nested", "share exactly one plate"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("discrete", "discrete"),
+        ("no plate", "no data plate"),
+        ("nested", "share exactly one plate"),
+    ],
+)
 def test_clear_errors(model, message):
     def discrete(x):
         with pyro.plate("data", x.shape[0]):

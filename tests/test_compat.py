@@ -12,8 +12,17 @@ from pyro_vae import _compat, build_vae, load_dataset
 from pyro_vae.objectives import TracedELBO
 from pyro_vae.train import Trainer
 
-PRIVATE = {"_get_traces", "_guess_max_plate_nesting", "_setup_prototype", "_PYRO_STACK", "_inductor", "_pytree",
-           "_linear_pointwise", "_allow_non_fake_inputs", "_validate_args"}
+PRIVATE = {
+    "_get_traces",
+    "_guess_max_plate_nesting",
+    "_setup_prototype",
+    "_PYRO_STACK",
+    "_inductor",
+    "_pytree",
+    "_linear_pointwise",
+    "_allow_non_fake_inputs",
+    "_validate_args",
+}
 
 
 def _private_uses(path):
@@ -28,8 +37,9 @@ def _private_uses(path):
         elif isinstance(node, ast.keyword) and node.arg in PRIVATE:
             uses.append((node.value.lineno, node.arg))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module
-                                                    else [])
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            )
             uses += [(node.lineno, n) for n in names if any(p in n.split(".") for p in PRIVATE)]
     return uses
 
@@ -37,8 +47,14 @@ def _private_uses(path):
 #: the modules of the compiled path and the Trainer's step (pyro_vae/objectives/iwae.py,
 #: priors.py and amortized.py still read ``_get_traces``, ``_validate_args`` and
 #: ``_setup_prototype`` themselves)
-COMPILED_PATH = ["ops/compile.py", "ops/graph_passes.py", "ops/kernels.py", "objectives/compiled.py",
-                 "train/trainer.py", "eval/likelihood.py"]
+COMPILED_PATH = [
+    "ops/compile.py",
+    "ops/graph_passes.py",
+    "ops/kernels.py",
+    "objectives/compiled.py",
+    "train/trainer.py",
+    "eval/likelihood.py",
+]
 
 
 def test_private_names_are_read_in_the_compat_module_only():
@@ -58,8 +74,11 @@ def test_outside_the_tested_versions_the_compiled_path_refuses_and_the_eager_pat
     vae = build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,))
     monkeypatch.setattr(torch, "__version__", "2.13.0")
     assert not _compat.compiled_supported()
-    with pytest.raises(_compat.UnsupportedVersionError, match=r"tested with torch >=2.14,<2.15, and 2.13.0 is "
-                                                              r"installed; run without traced"):
+    with pytest.raises(
+        _compat.UnsupportedVersionError,
+        match=r"tested with torch >=2.14,<2.15, and 2.13.0 is "
+        r"installed; run without traced",
+    ):
         TracedELBO(vae, vae.model, vae.guide, compile=False).trace(train.x[:10], num_data=1000)
     with pytest.raises(_compat.UnsupportedVersionError, match="run without traced"):
         Trainer(vae, train, batch_size=100, traced=True)

@@ -25,15 +25,18 @@ def test_configs_round_trip_through_json_with_defaults_filled_in():
     assert model.z_dim == 8 and model.hidden_dims == [400] and not hasattr(model, "num_classes")
 
 
-@pytest.mark.parametrize("cls, obj, says", [
-    (ModelConfig, {"z_dim": 0}, "model.z_dim must be a positive integer, got 0"),
-    (ModelConfig, {"z_dim": True}, "model.z_dim must be a positive integer, got true"),
-    (ModelConfig, {"image_shape": [28, 28]}, "model.image_shape must be a list of 3 positive integers"),
-    (ModelConfig, {"scale": -1.0}, "model.scale must be a positive number or null, got -1.0"),
-    (DataConfig, {"seed": "0"}, "data.seed must be an integer, got \"0\""),
-    (TrainConfig, {"lr": float("nan")}, "train.lr must be a positive number, got NaN"),
-    (TrainConfig, {"batch_size": 2.0}, "train.batch_size must be a positive integer, got 2.0"),
-])
+@pytest.mark.parametrize(
+    "cls, obj, says",
+    [
+        (ModelConfig, {"z_dim": 0}, "model.z_dim must be a positive integer, got 0"),
+        (ModelConfig, {"z_dim": True}, "model.z_dim must be a positive integer, got true"),
+        (ModelConfig, {"image_shape": [28, 28]}, "model.image_shape must be a list of 3 positive integers"),
+        (ModelConfig, {"scale": -1.0}, "model.scale must be a positive number or null, got -1.0"),
+        (DataConfig, {"seed": "0"}, 'data.seed must be an integer, got "0"'),
+        (TrainConfig, {"lr": float("nan")}, "train.lr must be a positive number, got NaN"),
+        (TrainConfig, {"batch_size": 2.0}, "train.batch_size must be a positive integer, got 2.0"),
+    ],
+)
 def test_a_stored_setting_of_the_wrong_type_is_named(cls, obj, says):
     prefix = {ModelConfig: "model.", DataConfig: "data.", TrainConfig: "train."}[cls]
     with pytest.raises(ConfigError) as e:
@@ -44,8 +47,9 @@ def test_a_stored_setting_of_the_wrong_type_is_named(cls, obj, says):
 def test_the_format_version_is_checked():
     assert check_format({"format": FORMAT}, "run.json") == FORMAT
     assert check_format({}, "run.json") == 0  # written before the key existed: read as format 1
-    with pytest.raises(ConfigError, match=f"format {FORMAT + 1}, written by a newer pyro-vae; this one reads "
-                                          f"formats up to {FORMAT}"):
+    with pytest.raises(
+        ConfigError, match=f"format {FORMAT + 1}, written by a newer pyro-vae; this one reads formats up to {FORMAT}"
+    ):
         check_format({"format": FORMAT + 1}, "run.json")
     assert FORMAT == 3  # one TrainConfig under "train" (formats 0 to 2: also "options"); formats 0 and 1: ``posterior``
 
@@ -58,10 +62,17 @@ def _as_format_2(run_dir, format=2):
     run = json.loads((run_dir / "run.json").read_text())
     options = options_of(run)
     options.update(download=False, no_progress=True, ddp_timeout=300.0)
-    old_train = {k: run["train"][k] for k in ("objective", "particles", "lr", "batch_size", "epochs", "seed",
-                                              "device", "clip_norm")}
-    old = dict(run, format=format, train=old_train, options=options,
-               data={k: run["data"][k] for k in ("dataset", "binarize", "seed")})
+    old_train = {
+        k: run["train"][k]
+        for k in ("objective", "particles", "lr", "batch_size", "epochs", "seed", "device", "clip_norm")
+    }
+    old = dict(
+        run,
+        format=format,
+        train=old_train,
+        options=options,
+        data={k: run["data"][k] for k in ("dataset", "binarize", "seed")},
+    )
     old.pop("checkpoint_every", None)
     (run_dir / "run.json").write_text(json.dumps(old))
     return run
@@ -89,8 +100,9 @@ def test_a_format_1_run_loads_and_resumes_with_its_weights_renamed(run_copy, tmp
         assert torch.equal(weights[k.replace("posterior.", "q.", 1)], v), k
     assert main(["train", "--resume", str(run_copy), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((run_copy / "run.json").read_text())["format"] == FORMAT
-    assert all(not k.startswith("posterior.") for k in torch.load(run_copy / "checkpoint.pt",
-                                                                   weights_only=True)["model"])
+    assert all(
+        not k.startswith("posterior.") for k in torch.load(run_copy / "checkpoint.pt", weights_only=True)["model"]
+    )
 
 
 def test_a_run_json_without_a_format_version_still_loads(run_copy, tmp_path):
@@ -136,12 +148,30 @@ def test_a_format_2_run_reads_as_the_same_settings_and_resumes_bit_identically(r
     assert json.loads((run_copy / "run.json").read_text())["train"] == dict(written["train"], epochs=2)
 
 
-@pytest.mark.parametrize("name, train, data", [
-    ("hvae-vamp", dict(lr_schedule="cosine", schedule_epochs=300, kl_warmup=10.0, ema_decay=0.999, keep_best=True,
-                       fused=True, epochs=300, batch_size=256), dict(dataset="binarized-mnist", labels=None)),
-    ("ssvae-100", dict(keep_best=False, epochs=80, batch_size=100, ema_decay=None),
-     dict(dataset="mnist10k", binarize="dynamic", labels=100, label_seed=0, labelled_every=1)),
-])
+@pytest.mark.parametrize(
+    "name, train, data",
+    [
+        (
+            "hvae-vamp",
+            dict(
+                lr_schedule="cosine",
+                schedule_epochs=300,
+                kl_warmup=10.0,
+                ema_decay=0.999,
+                keep_best=True,
+                fused=True,
+                epochs=300,
+                batch_size=256,
+            ),
+            dict(dataset="binarized-mnist", labels=None),
+        ),
+        (
+            "ssvae-100",
+            dict(keep_best=False, epochs=80, batch_size=100, ema_decay=None),
+            dict(dataset="mnist10k", binarize="dynamic", labels=100, label_seed=0, labelled_every=1),
+        ),
+    ],
+)
 def test_the_committed_format_2_runs_read_as_their_options_said(name, train, data):
     run_dir = REPO / "results" / "runs" / name
     stored = json.loads((run_dir / "run.json").read_text())

@@ -13,14 +13,17 @@ def built(model, **kw):
     return build_model({"model": model, "image_shape": [1, 8, 8], "z_dim": 4, "hidden_dims": [16], **kw})
 
 
-@pytest.mark.parametrize("kind, conditional, num_classes, classifies", [
-    ("vae", False, None, False),
-    ("ae", False, None, False),
-    ("hvae", False, None, False),
-    ("cvae", True, 10, False),
-    ("cvae-quadrant", True, None, False),
-    ("ssvae", True, 10, True),
-])
+@pytest.mark.parametrize(
+    "kind, conditional, num_classes, classifies",
+    [
+        ("vae", False, None, False),
+        ("ae", False, None, False),
+        ("hvae", False, None, False),
+        ("cvae", True, 10, False),
+        ("cvae-quadrant", True, None, False),
+        ("ssvae", True, 10, True),
+    ],
+)
 def test_the_packages_models_state_what_they_offer(kind, conditional, num_classes, classifies):
     kw = {"network": "mlp", "hidden_dims": [16, 16]} if kind == "hvae" else {}
     c = contract(built(kind, **kw))

@@ -20,31 +20,154 @@ REPO = Path(__file__).resolve().parents[1]
 # name: (options, files the example must write into OUT); "{data}" is the shared data folder
 EXAMPLES = {
     "vae": (["--dataset", "digits", "--epochs", "1", "--hidden", "32"], []),
-    "amortized_guide": (["--epochs", "1", "--hidden", "16", "--families", "diagonal", "full", "--eval-points", "10",
-                         "--nll-samples", "10"], ["amortized_guide.png"]),
-    "cvae": (["--dataset", "digits", "--epochs", "1", "--z-dim", "2", "--hidden", "32", "--clf-epochs", "1",
-              "--samples-per-class", "3", "--ll-samples", "10", "--ll-points", "40"], []),
-    "fisher_ae": (["--dataset", "digits", "--outliers", "0", "--epochs", "1", "--hidden", "32", "--z-dim", "2",
-                   "--num-samples", "10", "--classifier-epochs", "1"], []),
+    "amortized_guide": (
+        [
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--families",
+            "diagonal",
+            "full",
+            "--eval-points",
+            "10",
+            "--nll-samples",
+            "10",
+        ],
+        ["amortized_guide.png"],
+    ),
+    "cvae": (
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--z-dim",
+            "2",
+            "--hidden",
+            "32",
+            "--clf-epochs",
+            "1",
+            "--samples-per-class",
+            "3",
+            "--ll-samples",
+            "10",
+            "--ll-points",
+            "40",
+        ],
+        [],
+    ),
+    "fisher_ae": (
+        [
+            "--dataset",
+            "digits",
+            "--outliers",
+            "0",
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--z-dim",
+            "2",
+            "--num-samples",
+            "10",
+            "--classifier-epochs",
+            "1",
+        ],
+        [],
+    ),
     "global_latent": (["--epochs", "1", "--hidden", "32"], None),
-    "guides": (["--dataset", "digits", "--limit", "300", "--guides", "diagonal", "full", "flow", "--epochs", "1",
-                "--z-dim", "2", "--hidden", "32", "--eval-points", "3", "--nll-samples", "20", "--khat-samples", "20",
-                "--nuts-samples", "20", "--gap-points", "2", "--gap-steps", "3"], []),
-    "hvae": (["--epochs", "1", "--hidden", "16", "--eval-points", "20", "--nll-samples", "10", "--no-progress"],
-             ["samples_one_layer.png", "samples_two_layers.png"]),
-    "iwae": (["--data", "{data}", "--k", "1", "5", "--epochs", "1", "--hidden", "16", "--train-limit", "500",
-              "--eval-limit", "20", "--eval-samples", "50", "--no-progress"], ["results.json", "iwae_bounds.png"]),
-    "likelihood_table": (["--dataset", "digits", "--epochs", "1", "--eval-samples", "10", "--traced",
-                          "--rows", "vae-recipe", "iwae5", "vae-vamp"],
-                         ["vae-recipe/run.json", "vae-recipe/checkpoint.pt", "vae-recipe/eval_valid.json",
-                          "iwae5/eval_valid.json", "vae-vamp/eval_valid.json"]),
-    "latent_space": (["--dataset", "digits", "--epochs", "1", "--classifier-epochs", "1", "--draws", "50",
-                      "--grid", "4"], []),
-    "resume": (["--epochs", "2", "--checkpoint-every", "5", "--max-delay", "0.3"], ["whole/checkpoint.pt",
-                                                                                    "killed/checkpoint.pt"]),
+    "guides": (
+        [
+            "--dataset",
+            "digits",
+            "--limit",
+            "300",
+            "--guides",
+            "diagonal",
+            "full",
+            "flow",
+            "--epochs",
+            "1",
+            "--z-dim",
+            "2",
+            "--hidden",
+            "32",
+            "--eval-points",
+            "3",
+            "--nll-samples",
+            "20",
+            "--khat-samples",
+            "20",
+            "--nuts-samples",
+            "20",
+            "--gap-points",
+            "2",
+            "--gap-steps",
+            "3",
+        ],
+        [],
+    ),
+    "hvae": (
+        ["--epochs", "1", "--hidden", "16", "--eval-points", "20", "--nll-samples", "10", "--no-progress"],
+        ["samples_one_layer.png", "samples_two_layers.png"],
+    ),
+    "iwae": (
+        [
+            "--data",
+            "{data}",
+            "--k",
+            "1",
+            "5",
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--train-limit",
+            "500",
+            "--eval-limit",
+            "20",
+            "--eval-samples",
+            "50",
+            "--no-progress",
+        ],
+        ["results.json", "iwae_bounds.png"],
+    ),
+    "likelihood_table": (
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--eval-samples",
+            "10",
+            "--traced",
+            "--rows",
+            "vae-recipe",
+            "iwae5",
+            "vae-vamp",
+        ],
+        [
+            "vae-recipe/run.json",
+            "vae-recipe/checkpoint.pt",
+            "vae-recipe/eval_valid.json",
+            "iwae5/eval_valid.json",
+            "vae-vamp/eval_valid.json",
+        ],
+    ),
+    "latent_space": (
+        ["--dataset", "digits", "--epochs", "1", "--classifier-epochs", "1", "--draws", "50", "--grid", "4"],
+        [],
+    ),
+    "resume": (
+        ["--epochs", "2", "--checkpoint-every", "5", "--max-delay", "0.3"],
+        ["whole/checkpoint.pt", "killed/checkpoint.pt"],
+    ),
     "ssvae": (["--labels", "20", "--epochs", "1", "--hidden", "16", "--z-dim", "2"], ["ssvae_samples.png"]),
-    "score_function": (["--phis", "0", "1", "--repeats", "5", "--dataset", "digits", "--limit", "200",
-                        "--epochs", "1"], None),
+    "score_function": (
+        ["--phis", "0", "1", "--repeats", "5", "--dataset", "digits", "--limit", "200", "--epochs", "1"],
+        None,
+    ),
 }
 
 
@@ -60,8 +183,14 @@ def test_example_runs(name, tmp_path, request):
     if files is not None:
         argv += ["--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / f"{name}.py"), *argv], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / f"{name}.py"), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     if files is None:
         return
@@ -88,8 +217,14 @@ def test_example_prints_the_same_numbers_twice(name, tmp_path):
         cwd = tmp_path / run
         cwd.mkdir()
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MPLBACKEND="Agg")
-        proc = subprocess.run([sys.executable, str(REPO / "examples" / f"{name}.py"), *EXAMPLES[name][0],
-                               "--out", "out"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "examples" / f"{name}.py"), *EXAMPLES[name][0], "--out", "out"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         outputs.append(_without_times(proc.stdout))
     assert outputs[0] == outputs[1]

@@ -210,8 +210,8 @@ def test_flow_starts_as_its_diagonal_base():
 # ---- the linear-Gaussian model: a correlated posterior in closed form -----------------------
 def true_posterior(x=X[0]):
     """p(z|x) = N(Σ Wᵀ x / σ², Σ), Σ = (I + Wᵀ W / σ²)⁻¹."""
-    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA ** 2)
-    return dist.MultivariateNormal(cov @ W.T @ x / SIGMA ** 2, covariance_matrix=cov)
+    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)
+    return dist.MultivariateNormal(cov @ W.T @ x / SIGMA**2, covariance_matrix=cov)
 
 
 def _fit_single_point(vae, steps=300, lr=0.05, particles=16):
@@ -225,9 +225,11 @@ def _fit_single_point(vae, steps=300, lr=0.05, particles=16):
         sched.step()
     with torch.no_grad():
         q = vae.encode(X)
-        return dist.MultivariateNormal(q.mean[0], covariance_matrix=q.covariance_matrix[0]) \
-            if isinstance(q, dist.MultivariateNormal) else \
-            dist.MultivariateNormal(q.mean[0], covariance_matrix=torch.diag(q.variance[0]))
+        return (
+            dist.MultivariateNormal(q.mean[0], covariance_matrix=q.covariance_matrix[0])
+            if isinstance(q, dist.MultivariateNormal)
+            else dist.MultivariateNormal(q.mean[0], covariance_matrix=torch.diag(q.variance[0]))
+        )
 
 
 def test_full_guide_recovers_the_correlated_posterior_and_the_diagonal_cannot():
@@ -259,8 +261,16 @@ def test_full_guide_recovers_the_correlated_posterior_and_the_diagonal_cannot():
 def test_every_family_trains_with_every_objective(name, objective):
     train = _binary_data(200)
     vae = build_vae((1, 8, 8), z_dim=3, hidden_dims=(32,), guide=name)
-    history = fit(vae, train, epochs=4, objective=objective, particles=3 if objective == "iwae" else 1,
-                  batch_size=50, lr=1e-2, progress=False)
+    history = fit(
+        vae,
+        train,
+        epochs=4,
+        objective=objective,
+        particles=3 if objective == "iwae" else 1,
+        batch_size=50,
+        lr=1e-2,
+        progress=False,
+    )
     losses = history.train_loss
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 3.0, losses  # from ≈ 44 nats down: it learns
@@ -287,8 +297,9 @@ def test_a_users_own_family_plugs_in_as_a_class():
     assert vae.config["guide"] == "LowRankNormal"
     q = vae.encode(_binary_data(4).x)
     assert isinstance(q, dist.LowRankMultivariateNormal) and q.batch_shape == (4,)
-    history = fit(vae, _binary_data(200), epochs=4, batch_size=50, lr=1e-2, objective="iwae", particles=3,
-                  progress=False)
+    history = fit(
+        vae, _binary_data(200), epochs=4, batch_size=50, lr=1e-2, objective="iwae", particles=3, progress=False
+    )
     assert history.train_loss[-1] < history.train_loss[0] - 5.0
     # a run folder rebuilds it once the class is registered by name
     GUIDES["lowrank"] = LowRankNormal
@@ -314,8 +325,27 @@ def test_conditional_vae_takes_the_families(name):
 @pytest.mark.parametrize("name", ["full", "flow"])
 def test_cli_trains_with_guide(tmp_path, name):
     out = tmp_path / name
-    assert main(["train", "--guide", name, "--epochs", "1", "--z-dim", "3", "--hidden", "32", "--binarize",
-                 "dynamic", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--guide",
+                name,
+                "--epochs",
+                "1",
+                "--z-dim",
+                "3",
+                "--hidden",
+                "32",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["guide"] == name
     model, _ = load_run(out)
@@ -332,8 +362,9 @@ def test_cli_trains_with_guide(tmp_path, name):
 
 
 def test_cli_names_an_unknown_guide(tmp_path, capsys):
-    assert exit_code(["train", "--guide", "cholesky", "--epochs", "1", "--out", str(tmp_path / "x"),
-                 "--no-progress"]) == 2
+    assert (
+        exit_code(["train", "--guide", "cholesky", "--epochs", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    )
     err = capsys.readouterr().err
     assert "argument --guide: invalid choice: 'cholesky'" in err and "'flow'" in err and "'full'" in err
 

@@ -22,8 +22,9 @@ X_DIM, Z_DIM = 16, 2
 
 def _vae():
     torch.manual_seed(0)
-    vae = build_vae((1, 4, 4), z_dim=Z_DIM, hidden_dims=(8,),
-                    guide_kwargs={"reparameterized": False, "baseline": "neural"})
+    vae = build_vae(
+        (1, 4, 4), z_dim=Z_DIM, hidden_dims=(8,), guide_kwargs={"reparameterized": False, "baseline": "neural"}
+    )
     net = vae.q.baseline_net
     assert isinstance(net, NeuralBaseline)
     # the last layer starts at zero (b = 0 whatever s is): give it weights, so the
@@ -51,8 +52,7 @@ def test_scaled_is_s_times_the_network():
 
 def test_site_infer_hands_pyro_s_times_the_network_for_the_scale_it_is_given():
     torch.manual_seed(0)
-    family = DiagonalNormal(MLPEncoder(X_DIM, Z_DIM, (8,)), z_dim=Z_DIM, reparameterized=False,
-                            baseline="neural")
+    family = DiagonalNormal(MLPEncoder(X_DIM, Z_DIM, (8,)), z_dim=Z_DIM, reparameterized=False, baseline="neural")
     with torch.no_grad():
         family.baseline_net.net[-1].weight.normal_()
         family.baseline_net.net[-1].bias.fill_(-0.3)

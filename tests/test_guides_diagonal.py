@@ -40,8 +40,7 @@ def _outputs():
     g = torch.Generator().manual_seed(0)
     loc = torch.randn(B, D, generator=g) * 2
     # log σ² well away from 0 (where exp(log σ²) and exp(½ log σ²) would agree), both signs
-    log_var = torch.tensor([[-2.0, 1.5, 0.8], [2.2, -1.1, -0.6], [1.0, -2.5, 0.5],
-                            [-0.7, 0.9, 2.8], [1.7, -1.9, -1.3]])
+    log_var = torch.tensor([[-2.0, 1.5, 0.8], [2.2, -1.1, -0.6], [1.0, -2.5, 0.5], [-0.7, 0.9, 2.8], [1.7, -1.9, -1.3]])
     return loc, log_var
 
 
@@ -50,8 +49,19 @@ def _vae(**guide_kwargs):
     loc, log_var = _outputs()
     encoder = FixedEncoder(loc, log_var)
     decoder = MLPDecoder(D, X_DIM, (4,))
-    return VAE(encoder, decoder, D, likelihood="bernoulli", guide="diagonal", x_dim=X_DIM,
-               guide_kwargs=guide_kwargs or None), loc, log_var
+    return (
+        VAE(
+            encoder,
+            decoder,
+            D,
+            likelihood="bernoulli",
+            guide="diagonal",
+            x_dim=X_DIM,
+            guide_kwargs=guide_kwargs or None,
+        ),
+        loc,
+        log_var,
+    )
 
 
 def _x():
@@ -83,11 +93,13 @@ def test_guide_site_is_normal_of_mu_and_exp_half_log_var_as_an_event(num_data):
     assert fn.batch_shape == (B,) and fn.event_shape == (D,)
     assert fn.base_dist.batch_shape == (B, D)
     assert torch.equal(fn.base_dist.loc.detach(), loc), ("loc", fn.base_dist.loc[0], loc[0])
-    assert torch.allclose(fn.base_dist.scale.detach(), torch.exp(0.5 * log_var), rtol=1e-6, atol=0), \
-        ("scale", fn.base_dist.scale[0], torch.exp(0.5 * log_var)[0])
+    assert torch.allclose(fn.base_dist.scale.detach(), torch.exp(0.5 * log_var), rtol=1e-6, atol=0), (
+        "scale",
+        fn.base_dist.scale[0],
+        torch.exp(0.5 * log_var)[0],
+    )
     assert torch.allclose(fn.base_dist.scale.detach() ** 2, torch.exp(log_var), rtol=1e-5, atol=0)
-    assert torch.allclose(fn.mean.detach(), loc) and torch.allclose(fn.variance.detach(), torch.exp(log_var),
-                                                                      rtol=1e-5)
+    assert torch.allclose(fn.mean.detach(), loc) and torch.allclose(fn.variance.detach(), torch.exp(log_var), rtol=1e-5)
     assert fn.has_rsample
     # the site is in the data plate of B points
     assert [f.name for f in site["cond_indep_stack"]] == ["data"]
@@ -115,8 +127,11 @@ def test_sample_is_reparameterized_mu_plus_sigma_eps():
     enc = vae.q.encoder
     d_loc, d_log_var = torch.autograd.grad(z.sum(), [enc.loc, enc.log_var])
     assert torch.allclose(d_loc, torch.ones(B, D)), ("dz/dmu", d_loc[0])
-    assert torch.allclose(d_log_var, 0.5 * (z.detach() - loc), rtol=1e-5, atol=1e-6), \
-        ("dz/dlog_var", d_log_var[0], 0.5 * (z.detach() - loc)[0])
+    assert torch.allclose(d_log_var, 0.5 * (z.detach() - loc), rtol=1e-5, atol=1e-6), (
+        "dz/dlog_var",
+        d_log_var[0],
+        0.5 * (z.detach() - loc)[0],
+    )
     # the same ε: z − μ is σ times the standard draw the seed gives
     pyro.set_rng_seed(4)
     eps = torch.randn(B, D)
@@ -126,10 +141,16 @@ def test_sample_is_reparameterized_mu_plus_sigma_eps():
 def test_encode_and_score_function_site_build_the_same_distribution():
     vae, loc, log_var = _vae()
     q = vae.encode(_x())
-    assert isinstance(q, dist.Independent) and q.batch_shape == (B,) and q.event_shape == (D,), \
-        (type(q).__name__, q.batch_shape, q.event_shape)
-    assert torch.allclose(q.base_dist.scale.detach(), torch.exp(0.5 * log_var), rtol=1e-6), \
-        ("scale", q.base_dist.scale[0], torch.exp(0.5 * log_var)[0])
+    assert isinstance(q, dist.Independent) and q.batch_shape == (B,) and q.event_shape == (D,), (
+        type(q).__name__,
+        q.batch_shape,
+        q.event_shape,
+    )
+    assert torch.allclose(q.base_dist.scale.detach(), torch.exp(0.5 * log_var), rtol=1e-6), (
+        "scale",
+        q.base_dist.scale[0],
+        torch.exp(0.5 * log_var)[0],
+    )
     # the non-reparameterized variant: the same Normal(μ, exp(½ log σ²)), without rsample
     score, _, _ = _vae(reparameterized=False)
     fn = poutine.trace(score.guide).get_trace(_x()).nodes["z"]["fn"]
@@ -149,6 +170,6 @@ def test_elbo_kl_term_uses_the_diagonal_gaussian():
     x = _x()
     q = poutine.trace(vae.guide).get_trace(x).nodes["z"]["fn"]
     kl = torch.distributions.kl_divergence(q, vae.prior((B,)))
-    expected = 0.5 * (torch.exp(log_var) + loc ** 2 - 1 - log_var).sum(-1)
+    expected = 0.5 * (torch.exp(log_var) + loc**2 - 1 - log_var).sum(-1)
     assert kl.shape == (B,)
     assert torch.allclose(kl, expected, rtol=1e-5, atol=1e-5), ("KL", kl, expected)

@@ -23,8 +23,9 @@ def test_bernoulli_is_pyros_bernoulli_made_an_event():
 def test_gaussian_is_pyros_normal_made_an_event():
     p = Gaussian(4, scale=0.5)(torch.zeros(2, 4))
     assert type(p) is dist.Independent and type(p.base_dist) is dist.Normal
-    assert torch.allclose(p.log_prob(torch.ones(2, 4)), torch.distributions.Normal(0.0, 0.5).log_prob(
-        torch.tensor(1.0)).expand(2) * 4)
+    assert torch.allclose(
+        p.log_prob(torch.ones(2, 4)), torch.distributions.Normal(0.0, 0.5).log_prob(torch.tensor(1.0)).expand(2) * 4
+    )
 
 
 @pytest.mark.parametrize("bad", [0.5, 2.0])

@@ -28,7 +28,9 @@ def _png(path):
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    return build_autoencoder(SHAPE, z_dim=2, hidden_dims=(16,)).eval(), build_vae(SHAPE, z_dim=3, hidden_dims=(16,)).eval()
+    return build_autoencoder(SHAPE, z_dim=2, hidden_dims=(16,)).eval(), build_vae(
+        SHAPE, z_dim=3, hidden_dims=(16,)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +127,51 @@ def test_cli_plot_draws_everything_from_saved_runs(tmp_path, capsys):
     runs = {}
     for kind in ("ae", "vae"):
         runs[kind] = tmp_path / kind
-        assert main(["train", "--model", kind, "--dataset", "digits", "--binarize", "dynamic", "--z-dim", "2",
-                     "--hidden", "32", "--epochs", "2", "--out", str(runs[kind]), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    kind,
+                    "--dataset",
+                    "digits",
+                    "--binarize",
+                    "dynamic",
+                    "--z-dim",
+                    "2",
+                    "--hidden",
+                    "32",
+                    "--epochs",
+                    "2",
+                    "--out",
+                    str(runs[kind]),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     out = tmp_path / "plots"
-    rc = main(["plot", str(runs["ae"]), str(runs["vae"]), "--out", str(out), "--draws", "300", "-n", "16",
-               "--grid", "5", "--classifier-epochs", "2"])
+    rc = main(
+        [
+            "plot",
+            str(runs["ae"]),
+            str(runs["vae"]),
+            "--out",
+            str(out),
+            "--draws",
+            "300",
+            "-n",
+            "16",
+            "--grid",
+            "5",
+            "--classifier-epochs",
+            "2",
+        ]
+    )
     assert rc == 0
-    for name in ["latent_map", "manifolds", "samples"] + [f"{k}_{f}" for k in runs for f in
-                                                           ("samples", "manifold", "reconstructions",
-                                                            "interpolations")]:
+    for name in ["latent_map", "manifolds", "samples"] + [
+        f"{k}_{f}" for k in runs for f in ("samples", "manifold", "reconstructions", "interpolations")
+    ]:
         _png(out / f"{name}.png")
     assert _png(out / "ae_manifold.png").shape[:2] == (5 * CELL + 2, 5 * CELL + 2)
     reports = json.loads((out / "dead_zones.json").read_text())
@@ -144,8 +182,25 @@ def test_cli_plot_draws_everything_from_saved_runs(tmp_path, capsys):
     assert "| ae | 2 | standardized codes |" in printed
     # the classifier is kept and reused, not retrained
     assert (out / "classifier.pt").is_file()
-    assert main(["plot", str(runs["vae"]), "--out", str(out), "--draws", "100", "-n", "4", "--grid", "3",
-                 "--classifier-epochs", "2"]) == 0
+    assert (
+        main(
+            [
+                "plot",
+                str(runs["vae"]),
+                "--out",
+                str(out),
+                "--draws",
+                "100",
+                "-n",
+                "4",
+                "--grid",
+                "3",
+                "--classifier-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "classifier: " + str(out / "classifier.pt") in capsys.readouterr().out
 
 
@@ -167,7 +222,10 @@ def test_the_loss_axis_shows_where_the_curves_settle_not_the_first_epochs():
 
 
 def test_the_loss_curves_mark_the_best_validation_epoch(tmp_path):
-    history = {"train_loss": [300.0, 99.0, 98.0, 97.5, 97.0], "valid_loss": [310.0, 100.0, 98.5, 99.0, 99.5],
-               "objective": "-ELBO"}
+    history = {
+        "train_loss": [300.0, 99.0, 98.0, 97.5, 97.0],
+        "valid_loss": [310.0, 100.0, 98.5, 99.0, 99.5],
+        "objective": "-ELBO",
+    }
     path = plots.plot_losses(history, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

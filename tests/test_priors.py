@@ -26,8 +26,7 @@ def mixture(K=7, d=3, dtype=torch.float64, seed=0, scale_range=(0.05, 1.5)):
 def test_log_prob_equals_pyros_mixture_same_family_in_float64():
     loc, scale, logits = mixture()
     ours = DiagonalGaussianMixture(loc, scale, logits, batch_shape=(5,))
-    ref = dist.MixtureSameFamily(dist.Categorical(logits=logits),
-                                 dist.Normal(loc, scale).to_event(1)).expand((5,))
+    ref = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)).expand((5,))
     z = torch.randn(4, 5, 3, dtype=torch.float64) * 3
     assert ours.log_prob(z).shape == ref.log_prob(z).shape == (4, 5)
     assert torch.allclose(ours.log_prob(z), ref.log_prob(z), rtol=0, atol=1e-10)
@@ -43,14 +42,15 @@ def test_float32_inputs_keep_float64_accuracy_at_small_posterior_scales(sigma):
     loc = torch.randn(500, 50, generator=g, dtype=torch.float64) * 1.5
     scale = torch.ones(500, 50, dtype=torch.float64)
     scale[:, :20] = sigma * (0.5 + torch.rand(500, 20, generator=g, dtype=torch.float64))
-    points = loc[torch.randint(500, (4000,), generator=g)] + scale[:1] * torch.randn(4000, 50, generator=g,
-                                                                                     dtype=torch.float64)
+    points = loc[torch.randint(500, (4000,), generator=g)] + scale[:1] * torch.randn(
+        4000, 50, generator=g, dtype=torch.float64
+    )
     points32, loc32, scale32 = points.float(), loc.float(), scale.float()
     exact = DiagonalGaussianMixture(loc32.double(), scale32.double()).log_prob(points32.double())
     single = DiagonalGaussianMixture(loc32, scale32).log_prob(points32)
     assert single.dtype == torch.float32
     err = single.double() - exact
-    assert (err.abs() <= 2.0 ** -23 * exact.abs()).all(), err.abs().max()
+    assert (err.abs() <= 2.0**-23 * exact.abs()).all(), err.abs().max()
     assert err.mean().abs() < 1e-6
 
 
@@ -118,8 +118,9 @@ def test_the_vamp_prior_is_the_mixture_of_the_encoders_gaussians_at_the_pseudo_i
     z = guide_tr.nodes["z"]["value"]
     u = vae.vamp.pseudo_inputs.clamp(0, 1)
     loc, log_var = vae.q.encoder(u)[:2]
-    ref = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(6)),
-                                 dist.Normal(loc, (0.5 * log_var).exp()).to_event(1))
+    ref = dist.MixtureSameFamily(
+        dist.Categorical(logits=torch.zeros(6)), dist.Normal(loc, (0.5 * log_var).exp()).to_event(1)
+    )
     site = model_tr.nodes["z"]
     assert site["fn"].batch_shape == (10,)
     assert torch.allclose(site["fn"].log_prob(z), ref.log_prob(z), atol=1e-5)
@@ -174,12 +175,15 @@ def test_config_rebuilds_the_prior_and_generation_samples_it():
     assert build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,)).config.get("prior") is None
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(prior="learned"), "unknown prior 'learned' for a VAE"),
-    (dict(pseudo_inputs=5), "pass prior='vamp'"),
-    (dict(prior="vamp", pseudo_inputs=0), "positive integer number of pseudo-inputs"),
-    (dict(prior="vamp", pseudo_inputs=2.5), "positive integer number of pseudo-inputs"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(prior="learned"), "unknown prior 'learned' for a VAE"),
+        (dict(pseudo_inputs=5), "pass prior='vamp'"),
+        (dict(prior="vamp", pseudo_inputs=0), "positive integer number of pseudo-inputs"),
+        (dict(prior="vamp", pseudo_inputs=2.5), "positive integer number of pseudo-inputs"),
+    ],
+)
 def test_bad_prior_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         build_vae((1, 3, 4), z_dim=2, hidden_dims=(8,), **kw)

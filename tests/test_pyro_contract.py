@@ -87,8 +87,9 @@ def hand_neg_elbo(vae, x):
     """−Σ_n [log p(x_n|z_n) + log p(z_n) − log q(z_n|x_n)], one draw z_n = rsample of q."""
     q = vae.encode(x)
     z = q.rsample()
-    return -(vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior(x.shape[:1]).log_prob(z)
-             - q.log_prob(z)).sum().item()
+    return (
+        -(vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior(x.shape[:1]).log_prob(z) - q.log_prob(z)).sum().item()
+    )
 
 
 def test_evaluate_loss_of_a_fitted_model_is_the_batchs_own_elbo(fitted, digits):
@@ -134,7 +135,7 @@ def test_guide_site_is_pyros_normal_and_its_log_density_differentiates_in_z():
     z = site["value"]
     (g,) = torch.autograd.grad(site["fn"].log_prob(z).sum(), z)
     loc, scale = site["fn"].base_dist.loc, site["fn"].base_dist.scale
-    assert torch.allclose(g, -(z - loc) / scale ** 2, atol=1e-5)  # d log N(z; μ, σ²)/dz
+    assert torch.allclose(g, -(z - loc) / scale**2, atol=1e-5)  # d log N(z; μ, σ²)/dz
     model_tr = poutine.trace(poutine.replay(vae.model, trace=tr)).get_trace(x)
     for name in ("z", "x"):
         fn = model_tr.nodes[name]["fn"]
@@ -148,7 +149,7 @@ def test_trace_elbo_works_after_tracegraph_training_with_a_decaying_baseline(dig
     vae = small_vae(guide_kwargs={"reparameterized": False, "baseline": "decaying"})
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), TraceGraph_ELBO())
     for i in range(3):
-        svi.step(digits.x[100 * i:100 * (i + 1)])
+        svi.step(digits.x[100 * i : 100 * (i + 1)])
     assert any("baseline" in name for name in pyro.get_param_store())
     assert Trace_ELBO().loss(vae.model, vae.guide, digits.x[:10]) > 0
     assert pyro_vae.evaluate_loss(vae, load_dataset("digits", "valid", binarize="static")) > 0
@@ -180,12 +181,15 @@ def test_build_vae_round_trips_its_config_and_load_run_is_public(tmp_path):
 
 
 # ---- 9. objective labels -------------------------------------------------------------------------
-@pytest.mark.parametrize("args, label", [
-    (["--objective", "elbo"], "-ELBO"),
-    (["--objective", "iwae", "--particles", "3"], "-L_3"),
-    (["--objective", "fisher"], "Fisher loss"),
-    (["--model", "ae"], "reconstruction"),
-])
+@pytest.mark.parametrize(
+    "args, label",
+    [
+        (["--objective", "elbo"], "-ELBO"),
+        (["--objective", "iwae", "--particles", "3"], "-L_3"),
+        (["--objective", "fisher"], "Fisher loss"),
+        (["--model", "ae"], "reconstruction"),
+    ],
+)
 def test_objective_labels_in_progress_line_and_run_json(tmp_path, capsys, args, label):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"] + args) == 0
@@ -197,12 +201,15 @@ def test_objective_labels_in_progress_line_and_run_json(tmp_path, capsys, args, 
 
 
 # ---- bad input: a clear error naming the expected shape ------------------------------------------
-@pytest.mark.parametrize("x, message", [
-    (torch.zeros(64), r"shape \(batch, 64\), got shape \(64,\)"),
-    (torch.zeros(3, 63), r"shape \(batch, 64\), got shape \(3, 63\)"),
-    (torch.zeros(2, 1, 8, 8), r"shape \(batch, 64\), got shape \(2, 1, 8, 8\)"),
-    (torch.zeros(3, 64, dtype=torch.long), "floating-point"),
-])
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.zeros(64), r"shape \(batch, 64\), got shape \(64,\)"),
+        (torch.zeros(3, 63), r"shape \(batch, 64\), got shape \(3, 63\)"),
+        (torch.zeros(2, 1, 8, 8), r"shape \(batch, 64\), got shape \(2, 1, 8, 8\)"),
+        (torch.zeros(3, 64, dtype=torch.long), "floating-point"),
+    ],
+)
 def test_bad_x_is_refused_naming_the_expected_shape(x, message):
     vae = small_vae()
     for fn in (vae.model, vae.guide):
@@ -244,10 +251,13 @@ def test_a_copy_of_a_model_trains_its_own_parameters(digits):
     assert copy.deepcopy(named)._pyro_name == "mine"  # an explicit name is kept, as Pyro shares by name
 
 
-@pytest.mark.parametrize("x, message", [
-    (torch.zeros(3, 64, dtype=torch.float64), "dtype torch.float64 but the model's parameters are torch.float32"),
-    (torch.zeros(0, 64), "no data points"),
-])
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.zeros(3, 64, dtype=torch.float64), "dtype torch.float64 but the model's parameters are torch.float32"),
+        (torch.zeros(0, 64), "no data points"),
+    ],
+)
 def test_dtype_and_empty_batches_are_refused(x, message):
     vae = small_vae()
     for fn in (vae.model, vae.guide, vae.encode):

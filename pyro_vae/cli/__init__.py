@@ -24,10 +24,17 @@ COMMANDS = (
     ("train", train, "train a model; writes a run folder"),
     ("sample", sample, "write samples of a trained run as a PNG grid"),
     ("evaluate", evaluate, "NLL by importance sampling, -ELBO, IWAE bounds, active units (JSON)"),
-    ("plot", plot, "latent maps, manifolds, samples, reconstructions, interpolations and dead-zone numbers of "
-                   "saved runs (PNG, JSON)"),
-    ("posterior", posterior, "NUTS on p(z|x) of a trained VAE against its guide for one data point: pair plot, "
-                             "Pareto k̂, divergences"),
+    (
+        "plot",
+        plot,
+        "latent maps, manifolds, samples, reconstructions, interpolations and dead-zone numbers of "
+        "saved runs (PNG, JSON)",
+    ),
+    (
+        "posterior",
+        posterior,
+        "NUTS on p(z|x) of a trained VAE against its guide for one data point: pair plot, Pareto k̂, divergences",
+    ),
 )
 
 
@@ -46,8 +53,7 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)  # which options were given (train --resume)
     try:
         return args.func(args)
-    except (UsageError, DataError, CheckpointError, NonFiniteLossError, ValueError,
-            distributed.DistributedError) as e:
+    except (UsageError, DataError, CheckpointError, NonFiniteLossError, ValueError, distributed.DistributedError) as e:
         # one write, newline included: the lines of several ranks (torchrun) do not merge
         sys.stderr.write(f"pyro-vae {args.command}: error: {e}\n")
         sys.stderr.flush()

@@ -22,8 +22,7 @@ def check_out_dir(out, overwrite):
     if out.exists() and any(p.name != runs.LOCK for p in out.iterdir()):
         if (out / runs.RUN_JSON).exists() or (out / runs.CHECKPOINT).exists():
             if not overwrite:
-                raise UsageError(f"{out} already holds a run; pass --overwrite to replace it, "
-                                 "or choose another --out")
+                raise UsageError(f"{out} already holds a run; pass --overwrite to replace it, or choose another --out")
         elif not overwrite:
             raise UsageError(f"{out} is not empty and holds no run; pass --overwrite to write into it")
     return out
@@ -69,8 +68,9 @@ def check_device(device):
     if not torch.cuda.is_available():
         raise UsageError(f"--device {device} was asked for, but no CUDA GPU is available")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: there is no GPU {dev.index} (this machine has "
-                         f"{torch.cuda.device_count()})")
+        raise UsageError(
+            f"--device {device}: there is no GPU {dev.index} (this machine has {torch.cuda.device_count()})"
+        )
 
 
 def run_data(run, split, root=None, limit=None):
@@ -83,8 +83,7 @@ def run_data(run, split, root=None, limit=None):
     :returns: ``(data, DataConfig)``.
     """
     cfg = DataConfig.from_dict(run.get("data", {}))
-    data = load_dataset(cfg.dataset, split, root or cfg.root, binarize=cfg.eval_binarize,
-                        seed=cfg.seed)
+    data = load_dataset(cfg.dataset, split, root or cfg.root, binarize=cfg.eval_binarize, seed=cfg.seed)
     if limit is not None:
         data.x = data.x[:limit]
         data.y = data.y[:limit] if data.y is not None else None
@@ -99,6 +98,7 @@ def number_type(kind, what, ok):
 
     :param str what: what the value must be, e.g. ``"a positive integer"``.
     """
+
     def parse(text):
         try:
             if isinstance(text, bool) or (kind is int and isinstance(text, float)):

@@ -22,8 +22,12 @@ LABELLED_DATA = {"binarized-mnist": "mnist10k"}
 
 
 def add_arguments(p):
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                   help="run folders, e.g. an autoencoder's and a VAE's: drawn side by side")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders, e.g. an autoencoder's and a VAE's: drawn side by side",
+    )
     p.add_argument("--out", default=None, help="folder for the figures; if not given: RUN_DIR/plots of the first run")
     p.add_argument("--data", default=None, help="data folder; if not given: $PYRO_VAE_DATA, else ./data")
     p.add_argument("-n", type=positive_int, default=64, help="samples per model")
@@ -31,8 +35,12 @@ def add_arguments(p):
     p.add_argument("--steps", type=int_at_least(2), default=10, help="decoded images per interpolation")
     p.add_argument("--draws", type=positive_int, default=2000, help="N(0, I) draws for the dead-zone numbers")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="use only the first N test images")
-    p.add_argument("--classifier-epochs", type=positive_int, default=10,
-                   help="epochs of the independent classifier, trained once and kept in OUT/classifier.pt")
+    p.add_argument(
+        "--classifier-epochs",
+        type=positive_int,
+        default=10,
+        help="epochs of the independent classifier, trained once and kept in OUT/classifier.pt",
+    )
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier's confidence")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, draws and classifier")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N for GPU N)")
@@ -45,8 +53,7 @@ def _plot_test_data(run, root, limit):
     dataset = cfg.dataset
     labelled = LABELLED_DATA.get(dataset, dataset)
     try:
-        data = load_dataset(labelled, "valid", root, binarize="static" if cfg.binary else None,
-                            seed=cfg.seed)
+        data = load_dataset(labelled, "valid", root, binarize="static" if cfg.binary else None, seed=cfg.seed)
     except DataError as e:
         if labelled == dataset:
             raise
@@ -75,8 +82,10 @@ def _plot_classifier(labelled, root, out, epochs, seed, device):
             return clf
     clf = train_classifier(train, epochs=epochs, seed=seed, device=device, progress=True)
     runs.save_checkpoint(path, dict(model=clf.state_dict(), meta=meta))
-    print(f"classifier: trained on {train.name} ({len(train)} images, {epochs} epochs), valid accuracy "
-          f"{classifier_accuracy(clf, valid.x, valid.y):.3f}; saved {path}")
+    print(
+        f"classifier: trained on {train.name} ({len(train)} images, {epochs} epochs), valid accuracy "
+        f"{classifier_accuracy(clf, valid.x, valid.y):.3f}; saved {path}"
+    )
     return clf
 
 
@@ -88,20 +97,26 @@ def run(args):
     for run_dir in args.run_dirs:
         model, run = load_run(run_dir, args.device)
         if getattr(model, "prior_kind", "fixed") == "vamp":
-            raise UsageError(f"{run_dir} holds a VAE with the VampPrior; pyro-vae plot measures the latent space "
-                             "against p(z) = N(0, I), which is not this model's prior")
+            raise UsageError(
+                f"{run_dir} holds a VAE with the VampPrior; pyro-vae plot measures the latent space "
+                "against p(z) = N(0, I), which is not this model's prior"
+            )
         write_missing_run_figures(model, run, run_dir, args.data)
         if contract(model).conditional:
-            raise UsageError(f"{run_dir} holds a conditional model ({run['model'].get('model')}); pyro-vae plot "
-                             "draws the latent space of unconditional models (vae, ae)")
+            raise UsageError(
+                f"{run_dir} holds a conditional model ({run['model'].get('model')}); pyro-vae plot "
+                "draws the latent space of unconditional models (vae, ae)"
+            )
         name = Path(run_dir).resolve().name
         names.append(name if name not in names else f"{name}-{len(names) + 1}")
         loaded.append((model, run))
     datasets = {run.get("data", {}).get("dataset") for _, run in loaded}
     shapes = {tuple(run["model"]["image_shape"]) for _, run in loaded}
     if len(datasets) > 1 or len(shapes) > 1:
-        raise UsageError(f"the runs were trained on different data ({', '.join(map(str, sorted(datasets)))}); "
-                         "compare runs of the same data set")
+        raise UsageError(
+            f"the runs were trained on different data ({', '.join(map(str, sorted(datasets)))}); "
+            "compare runs of the same data set"
+        )
     shape = shapes.pop()
     out = Path(args.out or Path(args.run_dirs[0]) / "plots")
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +133,7 @@ def run(args):
         plots.save_grid(samples[title], shape, out / f"{name}_samples.png", nrow=int(math.sqrt(args.n)) or 1)
         plots.save_reconstructions(model, x[:32], shape, out / f"{name}_reconstructions.png")
         k = min(6, len(x) // 2)
-        plots.save_interpolations(model, x[:k], x[k:2 * k], shape, out / f"{name}_interpolations.png", args.steps)
+        plots.save_interpolations(model, x[:k], x[k : 2 * k], shape, out / f"{name}_interpolations.png", args.steps)
         if model.z_dim < 2:
             print(f"{name}: a 1-D latent space has no map or manifold to draw")
         else:
@@ -133,10 +148,16 @@ def run(args):
     written = []
     if panels:
         written.append(plots.plot_latent_maps(panels, out / "latent_map.png"))
-        written.append(plots.plot_image_grids(manifolds, shape, out / "manifolds.png", nrow=args.grid,
-                                              suptitle="decoded at Gaussian quantiles of each model's frame"))
-    written.append(plots.plot_image_grids(samples, shape, out / "samples.png",
-                                          suptitle="decoded z ~ N(0, I)"))
+        written.append(
+            plots.plot_image_grids(
+                manifolds,
+                shape,
+                out / "manifolds.png",
+                nrow=args.grid,
+                suptitle="decoded at Gaussian quantiles of each model's frame",
+            )
+        )
+    written.append(plots.plot_image_grids(samples, shape, out / "samples.png", suptitle="decoded z ~ N(0, I)"))
     table = evaluation.dead_zone_table(reports, names)
     runs.save_json(out / "dead_zones.json", dict(zip(names, reports)))
     (out / "dead_zones.md").write_text(table + "\n")

@@ -12,8 +12,18 @@ from .common import UsageError
 
 #: Options that may differ from the run's when resuming; any other option given with
 #: --resume must give the run's settings.
-RESUME_MAY_CHANGE = ("epochs", "device", "no_progress", "checkpoint_every", "data", "download", "resume", "out",
-                     "overwrite", "ddp_timeout")
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "device",
+    "no_progress",
+    "checkpoint_every",
+    "data",
+    "download",
+    "resume",
+    "out",
+    "overwrite",
+    "ddp_timeout",
+)
 
 
 def options_of(run):
@@ -22,15 +32,42 @@ def options_of(run):
     m = ModelConfig.from_dict(run["model"])
     d = DataConfig.from_dict(run.get("data", {}))
     t = TrainConfig.from_dict(run["train"])
-    return dict(dataset=d.dataset, data=d.root, binarize=d.binarize, labels=d.labels, label_seed=d.label_seed,
-                labelled_every=d.labelled_every, model=m.model, likelihood=m.likelihood, scale=m.scale,
-                network=m.network, hidden=list(m.hidden_dims), z_dim=m.z_dim, guide=m.guide,
-                prior=run["model"].get("prior"), pseudo_inputs=run["model"].get("pseudo_inputs"),
-                alpha=run["model"].get("alpha"), objective=t.objective, particles=t.particles, lr=t.lr,
-                batch_size=t.batch_size, epochs=t.epochs, seed=t.seed, device=t.device, clip_norm=t.clip_norm,
-                lr_schedule=t.lr_schedule, lr_final=t.lr_final, schedule_epochs=t.schedule_epochs,
-                kl_warmup=t.kl_warmup, ema=t.ema_decay, keep_best=t.keep_best, fused=t.fused, compile=t.compile,
-                traced=t.traced, checkpoint_every=run.get("checkpoint_every"))
+    return dict(
+        dataset=d.dataset,
+        data=d.root,
+        binarize=d.binarize,
+        labels=d.labels,
+        label_seed=d.label_seed,
+        labelled_every=d.labelled_every,
+        model=m.model,
+        likelihood=m.likelihood,
+        scale=m.scale,
+        network=m.network,
+        hidden=list(m.hidden_dims),
+        z_dim=m.z_dim,
+        guide=m.guide,
+        prior=run["model"].get("prior"),
+        pseudo_inputs=run["model"].get("pseudo_inputs"),
+        alpha=run["model"].get("alpha"),
+        objective=t.objective,
+        particles=t.particles,
+        lr=t.lr,
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+        seed=t.seed,
+        device=t.device,
+        clip_norm=t.clip_norm,
+        lr_schedule=t.lr_schedule,
+        lr_final=t.lr_final,
+        schedule_epochs=t.schedule_epochs,
+        kl_warmup=t.kl_warmup,
+        ema=t.ema_decay,
+        keep_best=t.keep_best,
+        fused=t.fused,
+        compile=t.compile,
+        traced=t.traced,
+        checkpoint_every=run.get("checkpoint_every"),
+    )
 
 
 def given_options(args, add_arguments):
@@ -43,7 +80,7 @@ def given_options(args, add_arguments):
     argv = list(argv)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    given, _ = parser.parse_known_args(argv[argv.index("train") + 1:] if "train" in argv else argv)
+    given, _ = parser.parse_known_args(argv[argv.index("train") + 1 :] if "train" in argv else argv)
     return set(vars(given))
 
 
@@ -59,14 +96,17 @@ def resume_args(args, add_arguments, settings_of):
     run_dir = Path(args.resume)
     for name in (runs.RUN_JSON, runs.CHECKPOINT):
         if not (run_dir / name).is_file():
-            raise UsageError(f"--resume {run_dir}: there is no {name} there; is it a run folder written by "
-                             "pyro-vae train?")
+            raise UsageError(
+                f"--resume {run_dir}: there is no {name} there; is it a run folder written by pyro-vae train?"
+            )
     if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
         raise UsageError(f"--resume continues the run in its own folder {run_dir}; drop --out {args.out}")
     run = runs.read_run(run_dir / runs.RUN_JSON)
     if "train" not in run:
-        raise UsageError(f"--resume {run_dir}: its run.json stores no training settings (written by an older "
-                         "pyro-vae, or by a Checkpointer without them), so the run cannot be resumed")
+        raise UsageError(
+            f"--resume {run_dir}: its run.json stores no training settings (written by an older "
+            "pyro-vae, or by a Checkpointer without them), so the run cannot be resumed"
+        )
     stored = options_of(run)
     given = given_options(args, add_arguments)
     image_shape = run["model"].get("image_shape", [1, 28, 28])
@@ -83,9 +123,11 @@ def resume_args(args, add_arguments, settings_of):
         if changed:
             diffs.append(f"--{k.replace('_', '-')} {value!r} (the run has {stored.get(k)!r})")
     if diffs:
-        raise UsageError(f"--resume {run_dir}: the given options differ from the run's (its run.json): "
-                         f"{', '.join(diffs)}; drop them to continue the run as it was, or start a new run "
-                         "with another --out")
+        raise UsageError(
+            f"--resume {run_dir}: the given options differ from the run's (its run.json): "
+            f"{', '.join(diffs)}; drop them to continue the run as it was, or start a new run "
+            "with another --out"
+        )
     merged = dict(vars(args))
     for k, v in stored.items():
         if not (k in RESUME_MAY_CHANGE and k in given):

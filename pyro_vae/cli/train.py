@@ -40,78 +40,174 @@ def add_arguments(p):
     d.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (digits needs no download)")
     d.add_argument("--data", default=None, help="data folder; if not given: $PYRO_VAE_DATA, else ./data")
     d.add_argument("--download", action="store_true", help="download missing data files (needs network)")
-    d.add_argument("--binarize", default=None, choices=["static", "dynamic", "none"],
-                   help="binarize grey levels for a Bernoulli likelihood: one fixed draw (static), a new draw "
-                        "per epoch (dynamic), or not at all (none, as None)")
+    d.add_argument(
+        "--binarize",
+        default=None,
+        choices=["static", "dynamic", "none"],
+        help="binarize grey levels for a Bernoulli likelihood: one fixed draw (static), a new draw "
+        "per epoch (dynamic), or not at all (none, as None)",
+    )
     m = p.add_argument_group("model")
     m.add_argument("--model", default="vae", choices=sorted(MODEL_BUILDERS), help="model kind")
-    m.add_argument("--likelihood", default="auto", choices=["auto", "bernoulli", "gaussian"],
-                   help="p(x|z); auto: bernoulli for binary data, gaussian otherwise")
-    m.add_argument("--scale", type=gaussian_scale, default=None, metavar="{SCALE,learned}",
-                   help="the Gaussian likelihood's scale: fixed, or learned per pixel; if not given: 0.25 for "
-                        "digits (on its pixels that are always 0 a learned scale shrinks without bound), "
-                        "else learned")
-    m.add_argument("--network", default="mlp", choices=["mlp", "conv", "gated"],
-                   help="encoder and decoder networks (gated: MLPs of gated dense layers, --model hvae)")
-    m.add_argument("--hidden", type=positive_int, nargs="+", default=None,
-                   help="hidden layer sizes of the MLP; if not given: 400, or 128 for 8×8 digits")
-    m.add_argument("--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits")
+    m.add_argument(
+        "--likelihood",
+        default="auto",
+        choices=["auto", "bernoulli", "gaussian"],
+        help="p(x|z); auto: bernoulli for binary data, gaussian otherwise",
+    )
+    m.add_argument(
+        "--scale",
+        type=gaussian_scale,
+        default=None,
+        metavar="{SCALE,learned}",
+        help="the Gaussian likelihood's scale: fixed, or learned per pixel; if not given: 0.25 for "
+        "digits (on its pixels that are always 0 a learned scale shrinks without bound), "
+        "else learned",
+    )
+    m.add_argument(
+        "--network",
+        default="mlp",
+        choices=["mlp", "conv", "gated"],
+        help="encoder and decoder networks (gated: MLPs of gated dense layers, --model hvae)",
+    )
+    m.add_argument(
+        "--hidden",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="hidden layer sizes of the MLP; if not given: 400, or 128 for 8×8 digits",
+    )
+    m.add_argument(
+        "--z-dim", type=positive_int, default=None, help="latent dimension; if not given: 50, or 8 for digits"
+    )
     m.add_argument("--guide", default="diagonal", choices=sorted(GUIDES), help="guide family q(z|x)")
-    m.add_argument("--prior", default=None, choices=["fixed", "learned", "vamp"],
-                   help="p(z) = N(0, I) (fixed); for the VAE also vamp, the VampPrior; for the conditional VAEs "
-                        "also learned, a prior network p(z|c); if not given: learned for cvae-quadrant, else fixed")
-    m.add_argument("--pseudo-inputs", type=positive_int, default=None, metavar="K",
-                   help=f"the VampPrior's pseudo-inputs (--prior vamp); if not given: {PSEUDO_INPUTS}")
+    m.add_argument(
+        "--prior",
+        default=None,
+        choices=["fixed", "learned", "vamp"],
+        help="p(z) = N(0, I) (fixed); for the VAE also vamp, the VampPrior; for the conditional VAEs "
+        "also learned, a prior network p(z|c); if not given: learned for cvae-quadrant, else fixed",
+    )
+    m.add_argument(
+        "--pseudo-inputs",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help=f"the VampPrior's pseudo-inputs (--prior vamp); if not given: {PSEUDO_INPUTS}",
+    )
     s = p.add_argument_group("semi-supervised (--model ssvae)")
-    s.add_argument("--labels", type=positive_int, default=None, metavar="N",
-                   help="--model ssvae: keep N training labels, balanced per class (the rest unlabelled)")
+    s.add_argument(
+        "--labels",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--model ssvae: keep N training labels, balanced per class (the rest unlabelled)",
+    )
     s.add_argument("--label-seed", type=int, default=0, help="--model ssvae: seed of the choice of the N labels")
-    s.add_argument("--alpha", type=nonnegative_float, default=None,
-                   help=f"--model ssvae: weight α per labelled point of log q(y|x); if not given: {SSVAE_ALPHA:g}")
-    s.add_argument("--labelled-every", type=positive_int, default=1, metavar="K",
-                   help="--model ssvae: one labelled batch after every K unlabelled ones")
+    s.add_argument(
+        "--alpha",
+        type=nonnegative_float,
+        default=None,
+        help=f"--model ssvae: weight α per labelled point of log q(y|x); if not given: {SSVAE_ALPHA:g}",
+    )
+    s.add_argument(
+        "--labelled-every",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="--model ssvae: one labelled batch after every K unlabelled ones",
+    )
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
     o.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
     o.add_argument("--batch-size", type=positive_int, default=128, help="data points per step")
-    o.add_argument("--epochs", type=positive_int, default=None,
-                   help="passes over the training data; if not given: 300 for digits (about 20 s), else 30")
+    o.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="passes over the training data; if not given: 300 for digits (about 20 s), else 30",
+    )
     o.add_argument("--seed", type=int, default=0, help="seed of every random source")
     o.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N for GPU N)")
     o.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm to this value")
-    o.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
-                   help="learning rate per epoch: constant, or cosine/exponential from --lr to --lr-final "
-                        "over --schedule-epochs")
-    o.add_argument("--lr-final", type=positive_float, default=None,
-                   help="learning rate at the schedule's end; if not given: lr/10")
-    o.add_argument("--schedule-epochs", type=positive_int, default=None, metavar="T",
-                   help="epochs over which the schedule reaches --lr-final; if not given: --epochs")
-    o.add_argument("--kl-warmup", type=nonnegative_float, default=0.0, metavar="EPOCHS",
-                   help="raise the KL term's weight β linearly from 0 to 1 over this many epochs (0: off)")
-    o.add_argument("--ema", type=decay, default=None, metavar="DECAY",
-                   help="validate and keep an exponential moving average of the weights with this decay, "
-                        "e.g. 0.999; if not given: off")
-    o.add_argument("--no-keep-best", dest="keep_best", action="store_false",
-                   help="do not keep the weights of the best validation epoch (evaluate uses them when kept)")
-    o.add_argument("--fused", action="store_true",
-                   help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)")
-    o.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoder and decoder networks (slower for the MLP on CPU; see docs/speed.md)")
-    o.add_argument("--traced", action="store_true",
-                   help="trace Trace_ELBO's step once per batch shape and replay it compiled (--objective elbo, "
-                        "reparameterized guides; compiles for seconds first; see docs/speed.md)")
-    o.add_argument("--ddp-timeout", type=positive_float, default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="under torchrun: how long a rank waits for the others in a collective before it "
-                        "stops with an error")
+    o.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=LR_SCHEDULES,
+        help="learning rate per epoch: constant, or cosine/exponential from --lr to --lr-final over --schedule-epochs",
+    )
+    o.add_argument(
+        "--lr-final", type=positive_float, default=None, help="learning rate at the schedule's end; if not given: lr/10"
+    )
+    o.add_argument(
+        "--schedule-epochs",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="epochs over which the schedule reaches --lr-final; if not given: --epochs",
+    )
+    o.add_argument(
+        "--kl-warmup",
+        type=nonnegative_float,
+        default=0.0,
+        metavar="EPOCHS",
+        help="raise the KL term's weight β linearly from 0 to 1 over this many epochs (0: off)",
+    )
+    o.add_argument(
+        "--ema",
+        type=decay,
+        default=None,
+        metavar="DECAY",
+        help="validate and keep an exponential moving average of the weights with this decay, "
+        "e.g. 0.999; if not given: off",
+    )
+    o.add_argument(
+        "--no-keep-best",
+        dest="keep_best",
+        action="store_false",
+        help="do not keep the weights of the best validation epoch (evaluate uses them when kept)",
+    )
+    o.add_argument(
+        "--fused",
+        action="store_true",
+        help="the optimizer's fused step, one kernel for all parameters (faster; see docs/speed.md)",
+    )
+    o.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the encoder and decoder networks (slower for the MLP on CPU; see docs/speed.md)",
+    )
+    o.add_argument(
+        "--traced",
+        action="store_true",
+        help="trace Trace_ELBO's step once per batch shape and replay it compiled (--objective elbo, "
+        "reparameterized guides; compiles for seconds first; see docs/speed.md)",
+    )
+    o.add_argument(
+        "--ddp-timeout",
+        type=positive_float,
+        default=distributed.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others in a collective before it stops with an error",
+    )
     r = p.add_argument_group("output")
     r.add_argument("--out", default=None, help="run folder; if not given: runs/<dataset>")
     r.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
-                   help="save a checkpoint every N steps as well as at each epoch end")
-    r.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint (options default to the run's)")
+    r.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="save a checkpoint every N steps as well as at each epoch end",
+    )
+    r.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (options default to the run's)",
+    )
 
 
 def _validate_train_args(args):
@@ -166,7 +262,8 @@ def resolve_defaults(args):
     if args.epochs is None:
         args.epochs = DIGITS_EPOCHS if digits else EPOCHS
     gaussian = args.likelihood == "gaussian" or (
-        args.likelihood == "auto" and not DataConfig(dataset=args.dataset, binarize=args.binarize).binary)
+        args.likelihood == "auto" and not DataConfig(dataset=args.dataset, binarize=args.binarize).binary
+    )
     if args.scale == "learned":
         args.scale = None
     elif args.scale is None and digits and gaussian:
@@ -180,22 +277,38 @@ def model_config(args, image_shape, binary):
     if likelihood == "auto":
         likelihood = "bernoulli" if binary else "gaussian"
     hvae = args.model == "hvae"  # two layers of 40 latents, MLPs of 300-300 (the VampPrior paper's sizes)
-    config = dict(model=args.model, image_shape=list(image_shape),
-                  z_dim=args.z_dim or (8 if small else 40 if hvae else 50), network=args.network,
-                  hidden_dims=args.hidden or ([128] if small else [300, 300] if hvae else [400]),
-                  likelihood=likelihood, guide=args.guide, scale=args.scale)
+    config = dict(
+        model=args.model,
+        image_shape=list(image_shape),
+        z_dim=args.z_dim or (8 if small else 40 if hvae else 50),
+        network=args.network,
+        hidden_dims=args.hidden or ([128] if small else [300, 300] if hvae else [400]),
+        likelihood=likelihood,
+        guide=args.guide,
+        scale=args.scale,
+    )
     if args.model == "ssvae":
         config["alpha"] = SSVAE_ALPHA if getattr(args, "alpha", None) is None else args.alpha
     prior, k = getattr(args, "prior", None), getattr(args, "pseudo_inputs", None)
     if k is not None and prior != "vamp":
         raise UsageError("--pseudo-inputs is the VampPrior's K: it needs --prior vamp")
     if prior is not None:
-        allowed = {"vae": ("fixed", "vamp"), "hvae": ("fixed", "vamp"), "cvae": ("fixed", "learned"), "cvae-quadrant": ("fixed", "learned")}
+        allowed = {
+            "vae": ("fixed", "vamp"),
+            "hvae": ("fixed", "vamp"),
+            "cvae": ("fixed", "learned"),
+            "cvae-quadrant": ("fixed", "learned"),
+        }
         if prior not in allowed.get(args.model, ()):
             choices = allowed.get(args.model)
-            raise UsageError(f"--prior {prior} does not apply to --model {args.model}"
-                             + (f" (choose {' or '.join(choices)})" if choices else
-                                f" (--model {args.model} takes no --prior: p(z) = N(0, I))"))
+            raise UsageError(
+                f"--prior {prior} does not apply to --model {args.model}"
+                + (
+                    f" (choose {' or '.join(choices)})"
+                    if choices
+                    else f" (--model {args.model} takes no --prior: p(z) = N(0, I))"
+                )
+            )
         if prior != "fixed" or args.model.startswith("cvae"):
             config["prior"] = prior
         if prior == "vamp":
@@ -284,8 +397,9 @@ def _interrupted(error, out):
             run = None
         if run is not None and (out / runs.CHECKPOINT).exists():
             step = run.get("step")
-            held = (f"its last checkpoint holds {run.get('epoch')} complete epochs"
-                    + (f" (step {step})" if step is not None else ""))
+            held = f"its last checkpoint holds {run.get('epoch')} complete epochs" + (
+                f" (step {step})" if step is not None else ""
+            )
             line = f"{held}; continue with: pyro-vae train --resume {out}"
         else:
             line = "no checkpoint was saved yet: nothing to resume"
@@ -297,9 +411,15 @@ def _interrupted(error, out):
 def data_config(args):
     """The data settings (:class:`~pyro_vae.config.DataConfig`) the options give."""
     ssvae = args.model == "ssvae"
-    return DataConfig(dataset=args.dataset, binarize=args.binarize, seed=args.seed,
-                      labels=args.labels if ssvae else None, label_seed=args.label_seed if ssvae else 0,
-                      labelled_every=args.labelled_every if ssvae else 1, root=args.data)
+    return DataConfig(
+        dataset=args.dataset,
+        binarize=args.binarize,
+        seed=args.seed,
+        labels=args.labels if ssvae else None,
+        label_seed=args.label_seed if ssvae else 0,
+        labelled_every=args.labelled_every if ssvae else 1,
+        root=args.data,
+    )
 
 
 def train_config(args):
@@ -308,11 +428,25 @@ def train_config(args):
     schedule_epochs = args.schedule_epochs
     if args.lr_schedule != "constant" and schedule_epochs is None:
         schedule_epochs = args.epochs
-    return TrainConfig(objective=args.objective, particles=args.particles, lr=args.lr, batch_size=args.batch_size,
-                       epochs=args.epochs, seed=args.seed, device=args.device, clip_norm=args.clip_norm,
-                       lr_schedule=args.lr_schedule, schedule_epochs=schedule_epochs, lr_final=args.lr_final,
-                       kl_warmup=float(args.kl_warmup), ema_decay=args.ema, keep_best=args.keep_best,
-                       fused=args.fused, compile=args.compile, traced=args.traced)
+    return TrainConfig(
+        objective=args.objective,
+        particles=args.particles,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        clip_norm=args.clip_norm,
+        lr_schedule=args.lr_schedule,
+        schedule_epochs=schedule_epochs,
+        lr_final=args.lr_final,
+        kl_warmup=float(args.kl_warmup),
+        ema_decay=args.ema,
+        keep_best=args.keep_best,
+        fused=args.fused,
+        compile=args.compile,
+        traced=args.traced,
+    )
 
 
 def settings_of(args, image_shape):
@@ -320,8 +454,7 @@ def settings_of(args, image_shape):
     without those a resume may change (epochs, device, the data folder)."""
     data = data_config(args)
     model = model_config(args, image_shape, data.binary)
-    return (model, dict(data.to_dict(), root=None),
-            dict(train_config(args).to_dict(), epochs=None, device=None))
+    return (model, dict(data.to_dict(), root=None), dict(train_config(args).to_dict(), epochs=None, device=None))
 
 
 def _train(args, device, out, timeout):
@@ -333,8 +466,9 @@ def _train(args, device, out, timeout):
     train, valid, with_labels = for_model(model, train, valid, data)
     trainer = make_trainer(model, train, valid, train_config(args), with_labels, device=device)
     # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
-    save = checkpoints.Checkpointer(out, every=args.checkpoint_every,
-                                    run=record(model, data, trainer, args.checkpoint_every))
+    save = checkpoints.Checkpointer(
+        out, every=args.checkpoint_every, run=record(model, data, trainer, args.checkpoint_every)
+    )
     if args.resume:
         restore(trainer, out / runs.CHECKPOINT)
         if args.epochs <= trainer.epoch:
@@ -343,25 +477,38 @@ def _train(args, device, out, timeout):
                 if distributed.is_main():
                     model.eval()
                     write_figures(model, trainer.history.to_dict(), valid, out, only=missing)
-                    print(f"--resume {out}: the run has already trained {trainer.epoch} epochs; wrote its "
-                          f"missing figures {', '.join(missing)}")
+                    print(
+                        f"--resume {out}: the run has already trained {trainer.epoch} epochs; wrote its "
+                        f"missing figures {', '.join(missing)}"
+                    )
                 return 0
-            raise UsageError(f"--resume {out}: the run has already trained {trainer.epoch} epochs; "
-                             f"pass --epochs N with N > {trainer.epoch} to train further")
+            raise UsageError(
+                f"--resume {out}: the run has already trained {trainer.epoch} epochs; "
+                f"pass --epochs N with N > {trainer.epoch} to train further"
+            )
     main_rank = distributed.is_main()
     if main_rank:
-        print(f"training a {config['model']} ({config['network']}, z_dim={config['z_dim']}, "
-              f"{config['likelihood']} likelihood, {config['guide']} guide"
-              + (f", VampPrior of {config['pseudo_inputs']} pseudo-inputs" if config.get("prior") == "vamp" else "")
-              + (f", {config['prior']} prior" if config.get("prior") in ("fixed", "learned") else "")
-              + f") on {args.dataset} "
-              f"({len(train)} train / {len(valid)} valid) with {args.objective}, writing {out}"
-              + (f"; resuming after step {trainer.step_count} (epoch {trainer.epoch + 1}, batch "
-                 f"{trainer.epoch_step})" if args.resume else "")
-              + (f"; {trainer.world_size} processes" if trainer.world_size > 1 else ""))
+        print(
+            f"training a {config['model']} ({config['network']}, z_dim={config['z_dim']}, "
+            f"{config['likelihood']} likelihood, {config['guide']} guide"
+            + (f", VampPrior of {config['pseudo_inputs']} pseudo-inputs" if config.get("prior") == "vamp" else "")
+            + (f", {config['prior']} prior" if config.get("prior") in ("fixed", "learned") else "")
+            + f") on {args.dataset} "
+            f"({len(train)} train / {len(valid)} valid) with {args.objective}, writing {out}"
+            + (
+                f"; resuming after step {trainer.step_count} (epoch {trainer.epoch + 1}, batch {trainer.epoch_step})"
+                if args.resume
+                else ""
+            )
+            + (f"; {trainer.world_size} processes" if trainer.world_size > 1 else "")
+        )
     try:
-        history = trainer.run(args.epochs - trainer.epoch, progress=not args.no_progress,
-                              callback=save.on_epoch, step_callback=save.on_step)
+        history = trainer.run(
+            args.epochs - trainer.epoch,
+            progress=not args.no_progress,
+            callback=save.on_epoch,
+            step_callback=save.on_step,
+        )
     except RuntimeError as e:  # under torchrun: a collective that timed out or lost a rank
         if not distributed.is_initialized() or isinstance(e, runs.CheckpointError):
             raise
@@ -370,7 +517,8 @@ def _train(args, device, out, timeout):
         return 0
     model.eval()
     write_figures(model, history.to_dict(), valid, out)
-    print(f"epoch {trainer.epoch}: train {trainer.label} {history.train_loss[-1]:.3f}, "
-          f"valid {trainer.label} {history.valid_loss[-1]:.3f} nats per data point; wrote {out}")
+    print(
+        f"epoch {trainer.epoch}: train {trainer.label} {history.train_loss[-1]:.3f}, "
+        f"valid {trainer.label} {history.valid_loss[-1]:.3f} nats per data point; wrote {out}"
+    )
     return 0
-

@@ -71,5 +71,11 @@ def with_quadrant_masks(data, num_quadrants=(1, 2, 3)):
     x = data.x.repeat(len(num_quadrants), 1)
     y = torch.cat([m.expand(n, -1) for m in masks])
     ks = "".join(str(k) for k in num_quadrants)
-    return ImageData(x=x, y=y, image_shape=data.image_shape, name=f"{data.name}+quadrants{ks}",
-                     binarize=data.binarize, source=data.source)
+    return ImageData(
+        x=x,
+        y=y,
+        image_shape=data.image_shape,
+        name=f"{data.name}+quadrants{ks}",
+        binarize=data.binarize,
+        source=data.source,
+    )

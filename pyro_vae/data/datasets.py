@@ -68,7 +68,8 @@ def _find_binarized_mnist(root, split, download):
     raise DataError(
         f"binarized MNIST split {split!r} not found: put binarized_mnist_{split}.amat in "
         f"{root / 'binarized_mnist'} (or {root}), set PYRO_VAE_DATA to the folder that holds it, "
-        "or pass download=True (CLI --download) on a machine with network")
+        "or pass download=True (CLI --download) on a machine with network"
+    )
 
 
 def _load_torchvision(name, root, split, download):
@@ -78,10 +79,15 @@ def _load_torchvision(name, root, split, download):
     try:
         ds = cls(str(root), train=(split == "train"), download=download)
     except RuntimeError as e:
-        hint = (" Offline, the 10,000 labelled MNIST test images in mnist/raw serve as dataset 'mnist10k'."
-                if name == "mnist" else "")
-        raise DataError(f"{name} not found under {root} ({e}). Pass download=True (CLI --download) on a machine "
-                        f"with network, or put torchvision's {cls.__name__}/raw files under {root}.{hint}") from None
+        hint = (
+            " Offline, the 10,000 labelled MNIST test images in mnist/raw serve as dataset 'mnist10k'."
+            if name == "mnist"
+            else ""
+        )
+        raise DataError(
+            f"{name} not found under {root} ({e}). Pass download=True (CLI --download) on a machine "
+            f"with network, or put torchvision's {cls.__name__}/raw files under {root}.{hint}"
+        ) from None
     x = ds.data.reshape(len(ds.data), -1).to(torch.float32) / 255.0
     return x, ds.targets.to(torch.int64), (1, 28, 28)
 
@@ -91,13 +97,16 @@ def _load_mnist10k(root, split):
     files = [raw / "t10k-images-idx3-ubyte.gz", raw / "t10k-labels-idx1-ubyte.gz"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise DataError(f"mnist10k needs the MNIST test files {', '.join(f.name for f in files)} in {raw}; "
-                        f"missing: {', '.join(missing)}")
+        raise DataError(
+            f"mnist10k needs the MNIST test files {', '.join(f.name for f in files)} in {raw}; "
+            f"missing: {', '.join(missing)}"
+        )
     images = read_idx(files[0], ndim=3)
     labels = read_idx(files[1], ndim=1)
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise DataError(f"{files[0]}: expected (N, 28, 28) images with N labels, got "
-                        f"{tuple(images.shape)} and {len(labels)} labels")
+        raise DataError(
+            f"{files[0]}: expected (N, 28, 28) images with N labels, got {tuple(images.shape)} and {len(labels)} labels"
+        )
     x = images.reshape(len(images), -1).to(torch.float32) / 255.0
     train, valid = _split(len(x), 2000, seed=12345)
     idx = train if split == "train" else valid
@@ -109,7 +118,7 @@ def _load_mnist10k(root, split):
 NO_TEST_SPLIT = {
     "digits": "digits has no test split: its 1,797 images are split into 1,497 train / 300 valid",
     "mnist10k": "mnist10k has no test split: it is the 10,000 MNIST test images alone, split into "
-                "8,000 train / 2,000 valid",
+    "8,000 train / 2,000 valid",
 }
 
 
@@ -162,5 +171,12 @@ def load_dataset(name="digits", split="train", root=None, binarize=None, seed=0,
         x, y, shape = _load_torchvision(name, root, split, download)
     if binarize == "static" or (binarize == "dynamic" and split != "train"):
         x, binarize = binarize_static(x, seed + (split != "train")), None
-    return ImageData(x=x, y=y, image_shape=shape, name=f"{name}/{split}", binarize=binarize,
-                     num_classes=10 if y is not None else None, source=source)
+    return ImageData(
+        x=x,
+        y=y,
+        image_shape=shape,
+        name=f"{name}/{split}",
+        binarize=binarize,
+        num_classes=10 if y is not None else None,
+        source=source,
+    )

@@ -39,8 +39,11 @@ def read_amat(path, dim=784):
     if raw.size % (2 * dim) == 0:  # the usual layout, "v v ... v\n" on every line: checked in one pass
         rows = raw.reshape(-1, 2 * dim)
         values, gaps = rows[:, 0::2], rows[:, 1::2]
-        if (((values == ord("0")) | (values == ord("1"))).all() and (gaps[:, :-1] == ord(" ")).all()
-                and (gaps[:, -1] == ord("\n")).all()):
+        if (
+            ((values == ord("0")) | (values == ord("1"))).all()
+            and (gaps[:, :-1] == ord(" ")).all()
+            and (gaps[:, -1] == ord("\n")).all()
+        ):
             return torch.from_numpy((values - ord("0")).astype(np.float32))
     ends = np.flatnonzero(raw == ord("\n"))  # the newline ending each line
     if ends.size == 0 or ends[-1] != raw.size - 1:
@@ -51,10 +54,12 @@ def read_amat(path, dim=784):
 
     def bad_value(i):
         lo = ends[i - 1] + 1 if i else 0
-        text = raw[lo:ends[i]].tobytes().decode("latin-1")
+        text = raw[lo : ends[i]].tobytes().decode("latin-1")
         bad = next(t for t in text.split() if t not in ("0", "1"))
-        return DataError(f"{path}: line {i + 1} holds {bad[:20]!r}, a value other than 0 or 1 (an .amat file "
-                         "of binarized MNIST holds only 0/1 values)")
+        return DataError(
+            f"{path}: line {i + 1} holds {bad[:20]!r}, a value other than 0 or 1 (an .amat file "
+            "of binarized MNIST holds only 0/1 values)"
+        )
 
     kind = _AMAT_BYTES[raw]  # 0: other, 1: space, 2: digit, 3: newline
     if not kind.all():
@@ -108,21 +113,26 @@ def read_idx(path, ndim=None):
         raise DataError(f"{path}: the IDX header is truncated ({len(data)} bytes, at least 4 needed)")
     magic = data[:4]
     if magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: bad IDX magic number 0x{magic.hex()} (expected 0x0000TTNN: a known element "
-                        "type TT and the number of dimensions NN); the file is corrupt or not an IDX file")
+        raise DataError(
+            f"{path}: bad IDX magic number 0x{magic.hex()} (expected 0x0000TTNN: a known element "
+            "type TT and the number of dimensions NN); the file is corrupt or not an IDX file"
+        )
     dims = magic[3]
     if ndim is not None and dims != ndim:
         raise DataError(f"{path}: the IDX header says {dims} dimensions, expected {ndim}")
     header = 4 + 4 * dims
     if len(data) < header:
-        raise DataError(f"{path}: the IDX header is truncated ({len(data)} bytes, {header} needed "
-                        f"for {dims} dimensions)")
+        raise DataError(
+            f"{path}: the IDX header is truncated ({len(data)} bytes, {header} needed for {dims} dimensions)"
+        )
     shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=dims, offset=4))
     dtype = np.dtype(_IDX_TYPES[magic[2]])
     need = math.prod(shape) * dtype.itemsize
     if len(data) - header != need:
-        raise DataError(f"{path}: the IDX header gives shape {shape} ({need} bytes of data), but the file holds "
-                        f"{len(data) - header} bytes after it (truncated or corrupt)")
+        raise DataError(
+            f"{path}: the IDX header gives shape {shape} ({need} bytes of data), but the file holds "
+            f"{len(data) - header} bytes after it (truncated or corrupt)"
+        )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("=")))
 

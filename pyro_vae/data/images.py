@@ -36,13 +36,17 @@ class ImageData:
 
     def __post_init__(self):
         if self.x.dim() != 2 or self.x.shape[1] != math.prod(self.image_shape):
-            raise DataError(f"{self.name or 'data'}: expected images of shape (N, {math.prod(self.image_shape)}) "
-                            f"for image shape {tuple(self.image_shape)}, got {tuple(self.x.shape)}")
+            raise DataError(
+                f"{self.name or 'data'}: expected images of shape (N, {math.prod(self.image_shape)}) "
+                f"for image shape {tuple(self.image_shape)}, got {tuple(self.x.shape)}"
+            )
         if not torch.isfinite(self.x).all():
             raise DataError(f"{self.name or 'data'}: the images hold NaN or inf values")
         if self.binarize == "dynamic" and (self.x.min() < 0 or self.x.max() > 1):
-            raise DataError(f"{self.name or 'data'}: dynamic binarization draws x ~ Bernoulli(p) and needs grey "
-                            f"levels p in [0, 1], got values in [{self.x.min():.4g}, {self.x.max():.4g}]")
+            raise DataError(
+                f"{self.name or 'data'}: dynamic binarization draws x ~ Bernoulli(p) and needs grey "
+                f"levels p in [0, 1], got values in [{self.x.min():.4g}, {self.x.max():.4g}]"
+            )
         if self.y is not None and self.y.shape[0] != self.x.shape[0]:
             raise DataError(f"{self.name or 'data'}: {self.y.shape[0]} labels for {self.x.shape[0]} images")
         if self.y is not None and self.num_classes is not None:
@@ -75,7 +79,7 @@ class ImageData:
             order = torch.arange(n, device=self.x.device)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xb = self.x[idx]
             if self.binarize == "dynamic":
                 u = torch.rand(xb.shape, generator=generator).to(xb.device)
@@ -106,9 +110,11 @@ def check_labels(y, num_classes, name="labels", check_values=True):
         return y
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
-        raise DataError(f"{name}: {int(bad.sum())} labels are out of range for {num_classes} classes "
-                        f"(labels must lie in 0..{num_classes - 1}; the first is {y[bad][0].item()} "
-                        f"at index {int(bad.nonzero()[0, 0])})")
+        raise DataError(
+            f"{name}: {int(bad.sum())} labels are out of range for {num_classes} classes "
+            f"(labels must lie in 0..{num_classes - 1}; the first is {y[bad][0].item()} "
+            f"at index {int(bad.nonzero()[0, 0])})"
+        )
     return y
 
 
@@ -119,7 +125,9 @@ def binarize_static(x, seed):
     :param torch.Tensor x: grey levels in [0, 1], any shape.
     :raises DataError: for values outside [0, 1]."""
     if x.min() < 0 or x.max() > 1:
-        raise DataError(f"binarization draws x ~ Bernoulli(p) and needs grey levels p in [0, 1], "
-                        f"got values in [{x.min():.4g}, {x.max():.4g}]")
+        raise DataError(
+            f"binarization draws x ~ Bernoulli(p) and needs grey levels p in [0, 1], "
+            f"got values in [{x.min():.4g}, {x.max():.4g}]"
+        )
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(x.shape, generator=g) < x).to(x.dtype)

@@ -39,8 +39,10 @@ def choose_labelled(y, num_labels, num_classes=10, seed=0):
         want = per + (k < extra)
         members = (y == k).nonzero().flatten()
         if len(members) < want:
-            raise DataError(f"{num_labels} labels balanced over {num_classes} classes need {want} of class {k}, "
-                            f"which has {len(members)} points")
+            raise DataError(
+                f"{num_labels} labels balanced over {num_classes} classes need {want} of class {k}, "
+                f"which has {len(members)} points"
+            )
         chosen.append(members[torch.randperm(len(members), generator=g)[:want]])
     return torch.cat(chosen).sort().values
 
@@ -92,18 +94,18 @@ class SemiSupervisedData(ImageData):
         if not shuffle:
             for part in (unl, lab):
                 for start in range(0, len(part), batch_size):
-                    yield self._batch(part[start:start + batch_size], generator)
+                    yield self._batch(part[start : start + batch_size], generator)
             return
         order = unl[torch.randperm(len(unl), generator=generator).to(unl.device)]
         b_lab = min(batch_size, len(lab))
         cycle, pos = lab[:0], 0
         for i, start in enumerate(range(0, len(order), batch_size)):
-            yield self._batch(order[start:start + batch_size], generator)
+            yield self._batch(order[start : start + batch_size], generator)
             if b_lab and (i + 1) % self.labelled_every == 0:
                 if pos + b_lab > len(cycle):  # the rest of this pass, then a fresh shuffle
                     cycle = torch.cat([cycle[pos:], lab[torch.randperm(len(lab), generator=generator).to(lab.device)]])
                     pos = 0
-                yield self._batch(cycle[pos:pos + b_lab], generator)
+                yield self._batch(cycle[pos : pos + b_lab], generator)
                 pos += b_lab
 
 
@@ -114,13 +116,21 @@ def semisupervised(data, num_labels, seed=0, labelled_every=1, num_classes=10):
     :returns: :class:`SemiSupervisedData`.
     """
     if data.y is None:
-        raise DataError(f"{data.name or 'the data'} has no labels; the semi-supervised VAE needs a labelled data set "
-                        "(mnist10k, digits, mnist, fashion-mnist) of which --labels N are kept")
+        raise DataError(
+            f"{data.name or 'the data'} has no labels; the semi-supervised VAE needs a labelled data set "
+            "(mnist10k, digits, mnist, fashion-mnist) of which --labels N are kept"
+        )
     keep = choose_labelled(data.y.cpu(), num_labels, num_classes, seed)
     y = torch.full_like(data.y, UNLABELLED)
     y[keep.to(y.device)] = data.y[keep.to(y.device)]
-    return SemiSupervisedData(data.x, y, image_shape=data.image_shape,
-                              name=f"{data.name} ({num_labels} labelled)", binarize=data.binarize,
-                              labelled_every=labelled_every,
-                              source=None if data.source is None else dict(
-                                  data.source, labels=num_labels, label_seed=seed, labelled_every=labelled_every))
+    return SemiSupervisedData(
+        data.x,
+        y,
+        image_shape=data.image_shape,
+        name=f"{data.name} ({num_labels} labelled)",
+        binarize=data.binarize,
+        labelled_every=labelled_every,
+        source=None
+        if data.source is None
+        else dict(data.source, labels=num_labels, label_seed=seed, labelled_every=labelled_every),
+    )

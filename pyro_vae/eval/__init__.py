@@ -53,25 +53,54 @@ from .likelihood import (
 
 __all__ = [
     # calls
-    "ModelAndGuide", "model_and_guide", "fixed_model",
+    "ModelAndGuide",
+    "model_and_guide",
+    "fixed_model",
     # likelihood
-    "importance_sampling", "log_likelihood", "iwae_bound", "elbo",
-    "posterior_means", "active_units", "likelihood_report",
+    "importance_sampling",
+    "log_likelihood",
+    "iwae_bound",
+    "elbo",
+    "posterior_means",
+    "active_units",
+    "likelihood_report",
     # classifier
-    "DigitClassifier", "train_classifier", "classifier_probs", "classifier_confidence", "classifier_accuracy",
+    "DigitClassifier",
+    "train_classifier",
+    "classifier_probs",
+    "classifier_confidence",
+    "classifier_accuracy",
     "predicted_class_entropy",
     # latent
-    "latent_codes", "LatentFrame", "latent_frame", "nearest_distances", "dead_zone_threshold", "dead_zone_share",
-    "dead_zone_report", "dead_zone_table",
+    "latent_codes",
+    "LatentFrame",
+    "latent_frame",
+    "nearest_distances",
+    "dead_zone_threshold",
+    "dead_zone_share",
+    "dead_zone_report",
+    "dead_zone_table",
     # gap
-    "FreeOutputs", "amortization_gap", "copy_with_guide_outputs",
+    "FreeOutputs",
+    "amortization_gap",
+    "copy_with_guide_outputs",
 ]
 
 #: the names of :mod:`~pyro_vae.eval.posterior`, imported (with ArviZ) when first asked for
 POSTERIOR_NAMES = (
-    "KHAT_THRESHOLD", "nuts_posterior", "nuts_diagnostics", "nuts_draws", "log_joint",
-    "guide_distribution", "importance_log_weights", "pareto_khat", "khat_share", "log_evidence",
-    "compare_to_nuts", "guide_draws", "informative_dims",
+    "KHAT_THRESHOLD",
+    "nuts_posterior",
+    "nuts_diagnostics",
+    "nuts_draws",
+    "log_joint",
+    "guide_distribution",
+    "importance_log_weights",
+    "pareto_khat",
+    "khat_share",
+    "log_evidence",
+    "compare_to_nuts",
+    "guide_draws",
+    "informative_dims",
 )
 
 

@@ -38,9 +38,7 @@ def _model_device(model):
 
 def _is_model_object(obj):
     """A VAE-like object: anything with callable ``.model`` and ``.guide`` attributes."""
-    return callable(getattr(obj, "model", None)) and callable(
-        getattr(obj, "guide", None)
-    )
+    return callable(getattr(obj, "model", None)) and callable(getattr(obj, "guide", None))
 
 
 def _owner_module(fn):
@@ -75,42 +73,27 @@ class ModelAndGuide:
         with Pyro's validation on, its ``condition`` of the whole of c) when a VAE-like object
         was given, else x's own device (args are moved to it)."""
         if not torch.is_tensor(x):
-            raise TypeError(
-                f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}"
-            )
+            raise TypeError(f"x must be a tensor of shape (N, x_dim), got {type(x).__name__}")
         if x.dim() < 2:
-            raise ValueError(
-                f"x must be a batch of data points of shape (N, x_dim), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must be a batch of data points of shape (N, x_dim), got shape {tuple(x.shape)}")
         n = x.shape[0]
         if n == 0:
             raise ValueError("x holds no data points (N = 0)")
         for i, a in enumerate(args):
             if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] != n:
-                raise ValueError(
-                    f"model argument {i + 1} after x has {a.shape[0]} rows, but x has {n} data points"
-                )
+                raise ValueError(f"model argument {i + 1} after x has {a.shape[0]} rows, but x has {n} data points")
         if self.source is not None:
             check = getattr(getattr(self.source, "likelihood", None), "check", None)
             if check is not None:
                 check(x)
-            condition = getattr(
-                self.source, "condition", None
-            )  # a conditional VAE's c, checked once
-            if (
-                condition is not None
-                and args
-                and torch.is_tensor(args[0])
-                and is_validation_enabled()
-            ):
+            condition = getattr(self.source, "condition", None)  # a conditional VAE's c, checked once
+            if condition is not None and args and torch.is_tensor(args[0]) and is_validation_enabled():
                 with torch.no_grad():
                     condition(args[0], x)
             device = _model_device(self.source)
         else:
             device = x.device
-        return x.to(device), tuple(
-            a.to(device) if torch.is_tensor(a) else a for a in args
-        )
+        return x.to(device), tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
 
     @contextmanager
     def evaluating(self, grad=False, freeze=False):
@@ -123,22 +106,14 @@ class ModelAndGuide:
         plain callables in the current store, as :class:`pyro.infer.Importance` does, so a
         ``pyro.param`` that a user's model or guide reads has its trained value."""
         modes = [(m, m.training) for owner in self.modules for m in owner.modules()]
-        flags = (
-            [(p, p.requires_grad) for owner in self.modules for p in owner.parameters()]
-            if freeze
-            else []
-        )
+        flags = [(p, p.requires_grad) for owner in self.modules for p in owner.parameters()] if freeze else []
         try:
             for owner in self.modules:
                 owner.eval()
             for p, _ in flags:
                 p.requires_grad_(False)
             with ExitStack() as stack:
-                stack.enter_context(
-                    pyro.get_param_store().scope()
-                    if self.source is not None
-                    else nullcontext()
-                )
+                stack.enter_context(pyro.get_param_store().scope() if self.source is not None else nullcontext())
                 if not grad:
                     stack.enter_context(torch.no_grad())
                 yield self
@@ -184,9 +159,7 @@ def model_and_guide(fn, model, rest, need_guide=True):
                 f"guide; to evaluate with your guide pass the model callable: "
                 f"{fn}({type(model).__name__.lower()}.model, guide, x, ...)"
             )
-        return ModelAndGuide(
-            model.model, model.guide if need_guide else None, source=model
-        ), rest
+        return ModelAndGuide(model.model, model.guide if need_guide else None, source=model), rest
     if not callable(model) or torch.is_tensor(model):
         form = "(model, guide, x, ...)" if need_guide else "(model, x, ...)"
         raise TypeError(
@@ -219,10 +192,7 @@ def split_args(fn, rest, names=("x",)):
 def batch_args(args, n, start, stop):
     """The model arguments for data points ``start:stop`` of ``n``: tensors whose first
     dimension is n are sliced with x, the others passed whole."""
-    return tuple(
-        a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a
-        for a in args
-    )
+    return tuple(a[start:stop] if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == n else a for a in args)
 
 
 def fixed_model(model, guide=None):

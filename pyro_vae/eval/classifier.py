@@ -41,10 +41,16 @@ class DigitClassifier(nn.Module):
         self.image_shape, self.num_classes = (c, h, w), int(num_classes)
         self.net = nn.Sequential(
             nn.Unflatten(-1, self.image_shape),
-            nn.Conv2d(c, channels[0], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels[0], channels[1], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, channels[0], 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels[0], channels[1], 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(channels[1] * (h // 4) * (w // 4), hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(channels[1] * (h // 4) * (w // 4), hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden_dim, self.num_classes),
         )
 
@@ -55,14 +61,17 @@ class DigitClassifier(nn.Module):
 def _check_images(clf, images, what="images"):
     dim = math.prod(clf.image_shape)
     if images.dim() != 2 or images.shape[1] != dim:
-        raise ValueError(f"the classifier takes flat {what} of shape (N, {dim}) for image shape "
-                         f"{clf.image_shape}, got {tuple(images.shape)}")
+        raise ValueError(
+            f"the classifier takes flat {what} of shape (N, {dim}) for image shape "
+            f"{clf.image_shape}, got {tuple(images.shape)}"
+        )
     if images.shape[0] == 0:
         raise ValueError(f"no {what} given (N = 0)")
 
 
-def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_size=64, lr=2e-3,
-                     weight_decay=1e-4, progress=False):
+def train_classifier(
+    data, epochs=10, seed=0, device="cpu", valid=None, batch_size=64, lr=2e-3, weight_decay=1e-4, progress=False
+):
     r"""Train a :class:`DigitClassifier` on labelled real images by cross-entropy,
 
         min_f  −(1/N) Σ_n log softmax(f(x_n))_{y_n},
@@ -78,8 +87,10 @@ def train_classifier(data, epochs=10, seed=0, device="cpu", valid=None, batch_si
     :returns: the trained classifier, in eval mode; ``clf(x_flat)`` gives logits.
     """
     if data.y is None:
-        raise ValueError(f"{data.name or 'the data'} has no labels; the classifier needs labelled images "
-                         "(e.g. 'digits' or 'mnist10k')")
+        raise ValueError(
+            f"{data.name or 'the data'} has no labels; the classifier needs labelled images "
+            "(e.g. 'digits' or 'mnist10k')"
+        )
     check_int("epochs", epochs)
     if len(data.y) != len(data):
         raise ValueError(f"{len(data)} images but {len(data.y)} labels")
@@ -104,7 +115,7 @@ def _fit_classifier(clf, data, epochs, valid, batch_size, lr, weight_decay, prog
         clf.train()
         order = torch.randperm(len(x), generator=generator).to(device)
         for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             loss = nn.functional.cross_entropy(clf(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,8 +131,9 @@ def classifier_probs(clf, images, batch_size=2000):
     _check_images(clf, images)
     clf.eval()
     device = next(clf.parameters()).device
-    return torch.cat([clf(images[i:i + batch_size].to(device)).softmax(-1).cpu()
-                       for i in range(0, images.shape[0], batch_size)])
+    return torch.cat(
+        [clf(images[i : i + batch_size].to(device)).softmax(-1).cpu() for i in range(0, images.shape[0], batch_size)]
+    )
 
 
 def classifier_confidence(clf, images):
@@ -135,8 +147,10 @@ def classifier_confidence(clf, images):
 def classifier_accuracy(clf, images, labels):
     """Share of ``images`` whose most probable class is ``labels`` (``(N,)`` int)."""
     if labels is None or labels.shape != (images.shape[0],):
-        raise ValueError(f"need one label per image: {images.shape[0]} images, labels of shape "
-                         f"{None if labels is None else tuple(labels.shape)}")
+        raise ValueError(
+            f"need one label per image: {images.shape[0]} images, labels of shape "
+            f"{None if labels is None else tuple(labels.shape)}"
+        )
     pred = classifier_probs(clf, images).argmax(-1)
     return float((pred == labels.cpu()).float().mean())
 

@@ -51,7 +51,7 @@ class MeanStderr:
         mean = total / n
         if n < 2:
             return mean, torch.full_like(total, math.nan)
-        var = ((self.total_sq - n * mean ** 2) / (n - 1)).clamp(min=0)
+        var = ((self.total_sq - n * mean**2) / (n - 1)).clamp(min=0)
         return mean, (var / n).sqrt()
 
     def floats(self):

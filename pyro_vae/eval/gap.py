@@ -29,16 +29,12 @@ class FreeOutputs(nn.Module):
 
     def __init__(self, outputs):
         super().__init__()
-        self.values = nn.ParameterList(
-            nn.Parameter(o.detach().clone()) for o in outputs
-        )
+        self.values = nn.ParameterList(nn.Parameter(o.detach().clone()) for o in outputs)
 
     def forward(self, x):
         n = self.values[0].shape[0]
         if x.shape[0] != n:
-            raise ValueError(
-                f"these free outputs belong to {n} data points, got a batch of {x.shape[0]}"
-            )
+            raise ValueError(f"these free outputs belong to {n} data points, got a batch of {x.shape[0]}")
         return tuple(self.values)
 
 
@@ -80,19 +76,12 @@ def amortization_gap(
     """
     family = getattr(model, "q", None)
     if family is None or not isinstance(getattr(family, "encoder", None), nn.Module):
-        raise ValueError(
-            "the amortization gap needs a model whose guide family has an encoder "
-            "(model.q.encoder)"
-        )
+        raise ValueError("the amortization gap needs a model whose guide family has an encoder (model.q.encoder)")
     if x.dim() != 2:
         raise ValueError(f"x must be a batch (N, x_dim), got shape {tuple(x.shape)}")
-    amortized, amortized_se = likelihood.elbo(
-        model, x, *args, num_samples=num_eval_samples, return_stderr=True
-    )
+    amortized, amortized_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
     captured = []
-    handle = family.encoder.register_forward_hook(
-        lambda m, i, o: captured.append(tuple(t.detach() for t in o))
-    )
+    handle = family.encoder.register_forward_hook(lambda m, i, o: captured.append(tuple(t.detach() for t in o)))
     try:
         with fixed_model(model), torch.no_grad():
             model.guide(x.to(next(model.parameters()).device), *args)
@@ -107,19 +96,13 @@ def amortization_gap(
     optimizer = torch.optim.Adam(free.parameters(), lr=lr)
     with _encoder_replaced(family, free):
         with fixed_model(model):
-            free.requires_grad_(
-                True
-            )  # fixed_model froze every parameter of the model, these included
-            for _ in tqdm(
-                range(steps), desc="local fits", disable=not progress, leave=False
-            ):
+            free.requires_grad_(True)  # fixed_model froze every parameter of the model, these included
+            for _ in tqdm(range(steps), desc="local fits", disable=not progress, leave=False):
                 optimizer.zero_grad(set_to_none=True)
                 loss = objective.differentiable_loss(model.model, model.guide, x, *args)
                 loss.backward()
                 optimizer.step()
-        local, local_se = likelihood.elbo(
-            model, x, *args, num_samples=num_eval_samples, return_stderr=True
-        )
+        local, local_se = likelihood.elbo(model, x, *args, num_samples=num_eval_samples, return_stderr=True)
     return dict(
         elbo_amortized=amortized,
         elbo_local=local,

@@ -32,7 +32,7 @@ def latent_codes(model, x, batch_size=1000, sample=False, seed=0):
         torch.manual_seed(seed)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            q = model.encode(x[i:i + batch_size].to(device))
+            q = model.encode(x[i : i + batch_size].to(device))
             out.append((q.sample() if sample else q.mean).cpu())
     return torch.cat(out)
 
@@ -81,8 +81,10 @@ def latent_frame(model, codes, standardize="auto"):
     :param standardize: True (z-score with ``codes``), False (identity) or ``"auto"``:
         True for an :class:`~pyro_vae.models.Autoencoder`, False otherwise."""
     if getattr(model, "prior_kind", "fixed") == "vamp":
-        raise ValueError("the latent-space measures compare the codes with N(0, I), and this model's prior is the "
-                         "VampPrior, a mixture: they do not apply to it")
+        raise ValueError(
+            "the latent-space measures compare the codes with N(0, I), and this model's prior is the "
+            "VampPrior, a mixture: they do not apply to it"
+        )
     if standardize == "auto":
         standardize = isinstance(model, Autoencoder)
     return LatentFrame.fit(codes) if standardize else LatentFrame.identity(codes.shape[-1])
@@ -95,13 +97,15 @@ def nearest_distances(queries, reference, exclude_self=False, chunk_size=1024):
     :param bool exclude_self: ``queries`` *are* ``reference``: skip each point itself
         (its nearest *other* point)."""
     if queries.dim() != 2 or reference.dim() != 2 or queries.shape[1] != reference.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and reference {tuple(reference.shape)} must be "
-                         "(M, d) and (N, d) with the same d")
+        raise ValueError(
+            f"queries {tuple(queries.shape)} and reference {tuple(reference.shape)} must be "
+            "(M, d) and (N, d) with the same d"
+        )
     if reference.shape[0] < (2 if exclude_self else 1):
         raise ValueError(f"need {'two' if exclude_self else 'one'} or more reference points, got {reference.shape[0]}")
     out = []
     for start in range(0, queries.shape[0], chunk_size):
-        d = torch.cdist(queries[start:start + chunk_size].double(), reference.double())
+        d = torch.cdist(queries[start : start + chunk_size].double(), reference.double())
         if exclude_self:
             rows = torch.arange(d.shape[0])
             d[rows, rows + start] = float("inf")
@@ -135,8 +139,9 @@ def dead_zone_share(draws, codes, quantile=0.99):
 
 
 @torch.no_grad()
-def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, standardize="auto", seed=0,
-                     batch_size=1000, codes="sample"):
+def dead_zone_report(
+    model, x, classifier=None, n_draws=2000, quantile=0.99, standardize="auto", seed=0, batch_size=1000, codes="sample"
+):
     r"""Dead zones of a trained model's latent space, as numbers.
 
     Test codes c_n of the images ``x`` are put in the model's :class:`LatentFrame`
@@ -178,10 +183,18 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
     test_codes = latent_codes(model, x, batch_size, sample=True, seed=seed) if codes == "sample" else means
     share, threshold = dead_zone_share(u, frame.to_frame(test_codes), quantile)
     standardized = not (bool((frame.shift == 0).all()) and bool((frame.scale == 1).all()))
-    report = dict(model=getattr(model, "config", None) and model.config.get("model") or type(model).__name__,
-                  z_dim=int(means.shape[1]), n_codes=int(means.shape[0]), n_draws=int(n_draws),
-                  quantile=quantile, standardized=standardized, codes=codes, threshold=threshold, share=share,
-                  share_se=math.sqrt(share * (1 - share) / n_draws))
+    report = dict(
+        model=getattr(model, "config", None) and model.config.get("model") or type(model).__name__,
+        z_dim=int(means.shape[1]),
+        n_codes=int(means.shape[0]),
+        n_draws=int(n_draws),
+        quantile=quantile,
+        standardized=standardized,
+        codes=codes,
+        threshold=threshold,
+        share=share,
+        share_se=math.sqrt(share * (1 - share) / n_draws),
+    )
     if codes == "sample":
         report["share_means"], report["threshold_means"] = dead_zone_share(u, frame.to_frame(means), quantile)
     if standardized:  # the same draws taken as z ~ N(0, I) in the model's own coordinates (model.sample)
@@ -191,8 +204,16 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
         device = next(model.parameters()).device
 
         def judge(key, z=None):
-            images = x if z is None else torch.cat([model.decode(z[i:i + batch_size].to(device)).cpu().clamp(0, 1)
-                                                     for i in range(0, z.shape[0], batch_size)])
+            images = (
+                x
+                if z is None
+                else torch.cat(
+                    [
+                        model.decode(z[i : i + batch_size].to(device)).cpu().clamp(0, 1)
+                        for i in range(0, z.shape[0], batch_size)
+                    ]
+                )
+            )
             probs = classifier_probs(classifier, images)
             report[key], report[key + "_se"] = MeanStderr(probs.max(-1).values).floats()
             return probs
@@ -209,9 +230,11 @@ def dead_zone_report(model, x, classifier=None, n_draws=2000, quantile=0.99, sta
 def dead_zone_table(reports, names=None):
     """A Markdown table of :func:`dead_zone_report` results, one row per model."""
     names = names or [r["model"] for r in reports]
-    lines = ["| model | z_dim | frame | (a) dead-zone share, codes z ~ q(z|x) | (a) with encoder means | "
-             "(b) classifier confidence on decoded draws | on reconstructions | on real test images |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | z_dim | frame | (a) dead-zone share, codes z ~ q(z|x) | (a) with encoder means | "
+        "(b) classifier confidence on decoded draws | on reconstructions | on real test images |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in zip(names, reports):
         conf = f"{r['confidence']:.3f} ± {r['confidence_se']:.3f}" if "confidence" in r else "–"
         if "confidence_raw" in r:
@@ -221,8 +244,11 @@ def dead_zone_table(reports, names=None):
             if "class_entropy_raw" in r:
                 conf += f" (raw {r['class_entropy_raw']:.2f})"
         recon = f"{r['confidence_recon']:.3f}" if "confidence_recon" in r else "–"
-        data = (f"{r['confidence_data']:.3f}; class entropy {r['class_entropy_data']:.2f}"
-                if "confidence_data" in r else "–")
+        data = (
+            f"{r['confidence_data']:.3f}; class entropy {r['class_entropy_data']:.2f}"
+            if "confidence_data" in r
+            else "–"
+        )
         frame = "standardized codes" if r["standardized"] else "prior N(0, I)"
         share = f"{r['share']:.3f} ± {r['share_se']:.3f}"
         if "share_raw" in r:

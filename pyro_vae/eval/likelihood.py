@@ -28,8 +28,17 @@ from .calls import batch_args, model_and_guide, split_args
 from .common import MeanStderr, check_int
 
 
-def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, chunk_size=100,
-                        max_plate_nesting=1, progress=False, traced=False):
+def importance_sampling(
+    model,
+    *args,
+    num_samples=5000,
+    ks=(),
+    batch_size=100,
+    chunk_size=100,
+    max_plate_nesting=1,
+    progress=False,
+    traced=False,
+):
     r"""Importance-sampling estimates for every data point x_n, from S = ``num_samples``
     draws z_1..z_S ~ q(z | x_n) of the guide and their log weights
 
@@ -77,21 +86,23 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
     ks = tuple(check_int("K of an IWAE bound", k) for k in ks)
     for k in ks:
         if S % k:
-            raise ValueError(f"num_samples={S} is not a multiple of K={k}: L_K is estimated from the "
-                             f"S/K disjoint groups of K of the S samples")
+            raise ValueError(
+                f"num_samples={S} is not a multiple of K={k}: L_K is estimated from the "
+                f"S/K disjoint groups of K of the S samples"
+            )
     lcm = math.lcm(*ks) if ks else 1
     if chunk % lcm:  # every chunk must hold whole groups of every K
         chunk = max(lcm, chunk // lcm * lcm)
     x, args = pair.prepare(x, args)
     n = x.shape[0]
     objectives = {}
-    out = {key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "log_px_stderr", "ess", "elbo",
-                                                                "elbo_stderr")}
+    out = {
+        key: torch.empty(n, dtype=torch.float64) for key in ("log_px", "log_px_stderr", "ess", "elbo", "elbo_stderr")
+    }
     for k in ks:
         out[f"iwae_{k}"] = torch.empty(n, dtype=torch.float64)
         out[f"iwae_{k}_stderr"] = torch.empty(n, dtype=torch.float64)
-    with pair.evaluating(), tqdm(total=n, desc=f"log p(x), K={S}", unit="x", disable=not progress,
-                                 leave=False) as bar:
+    with pair.evaluating(), tqdm(total=n, desc=f"log p(x), K={S}", unit="x", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             xb, ab = x[start:stop], batch_args(args, n, start, stop)
@@ -108,8 +119,9 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
                 try:
                     log_w = objectives[c](xb, *ab)
                 except (RuntimeError, ValueError) as e:
-                    if isinstance(e, _compat.UnsupportedVersionError) or (isinstance(e, ValueError) and not any(
-                            k in str(e) for k in ("Shape mismatch", "broadcastable"))):
+                    if isinstance(e, _compat.UnsupportedVersionError) or (
+                        isinstance(e, ValueError) and not any(k in str(e) for k in ("Shape mismatch", "broadcastable"))
+                    ):
                         raise
                     first = " ".join(str(e).strip().splitlines()[:2])
                     raise ValueError(
@@ -117,7 +129,8 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
                         f"(batch_size={batch_size}) with the samples in a vectorized particle plate at dim "
                         f"{-(max_plate_nesting + 1)}: the model and guide must broadcast over that leading sample "
                         "dimension, and a guide made for a fixed number of points (an autoguide) needs batch_size "
-                        f"equal to it; the error was: {first}") from e
+                        f"equal to it; the error was: {first}"
+                    ) from e
                 lw = log_w.double()
                 lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
@@ -140,21 +153,25 @@ def importance_sampling(model, *args, num_samples=5000, ks=(), batch_size=100, c
 def _log_weights(pair, objective, traced):
     """``f(x, *args) -> log_w`` ``(K, B)`` of ``objective`` (an :class:`~pyro_vae.objectives.IWAE_ELBO`
     of K particles) for the pair, traced and compiled if ``traced``."""
+
     def log_weights(x, *args):
         return objective.log_weights(pair.model, pair.guide, x, *args)[0]
 
     if not traced:
         return log_weights
     if not pair.modules:
-        raise ValueError("traced=True traces the parameters of the modules behind model and guide, and these "
-                         "are plain functions; evaluate them without traced")
+        raise ValueError(
+            "traced=True traces the parameters of the modules behind model and guide, and these "
+            "are plain functions; evaluate them without traced"
+        )
     from ..ops.compile import TracedFunction
 
     return TracedFunction(pair.modules, log_weights)
 
 
-def log_likelihood(model, *args, num_samples=5000, batch_size=100, chunk_size=100, return_stderr=False,
-                   progress=False, traced=False):
+def log_likelihood(
+    model, *args, num_samples=5000, batch_size=100, chunk_size=100, return_stderr=False, progress=False, traced=False
+):
     r"""Importance-sampled log p(x_n | args) per data point (Burda et al. 2015):
 
         log p̂(x_n) = log (1/K) Σ_{k=1..K} p(x_n, z_k) / q(z_k | x_n),  z_k ~ q(z | x_n),
@@ -177,13 +194,19 @@ def log_likelihood(model, *args, num_samples=5000, batch_size=100, chunk_size=10
         Carlo standard errors (delta method), ``(log_px, stderr)``.
     """
     pair, rest = model_and_guide("log_likelihood", model, args)
-    stats = importance_sampling(pair, *rest, num_samples=num_samples, batch_size=batch_size,
-                                chunk_size=chunk_size, progress=progress, traced=traced)
+    stats = importance_sampling(
+        pair,
+        *rest,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        progress=progress,
+        traced=traced,
+    )
     return (stats["log_px"], stats["log_px_stderr"]) if return_stderr else stats["log_px"]
 
 
-def iwae_bound(model, *args, K, num_samples=None, batch_size=100, chunk_size=100, return_stderr=False,
-               progress=False):
+def iwae_bound(model, *args, K, num_samples=None, batch_size=100, chunk_size=100, return_stderr=False, progress=False):
     r"""The IWAE bound per data point,
 
         L_K(x_n) = E_{z_1..z_K ~ q(z|x_n)} [ log (1/K) Σ_k p(x_n, z_k) / q(z_k | x_n) ] ≤ log p(x_n),
@@ -199,8 +222,9 @@ def iwae_bound(model, *args, K, num_samples=None, batch_size=100, chunk_size=100
     pair, rest = model_and_guide("iwae_bound", model, args)
     K = check_int("K", K)
     num_samples = K if num_samples is None else num_samples
-    stats = importance_sampling(pair, *rest, num_samples=num_samples, ks=(K,), batch_size=batch_size,
-                                chunk_size=chunk_size, progress=progress)
+    stats = importance_sampling(
+        pair, *rest, num_samples=num_samples, ks=(K,), batch_size=batch_size, chunk_size=chunk_size, progress=progress
+    )
     est, se = stats[f"iwae_{K}"], stats[f"iwae_{K}_stderr"]
     return (est, se) if return_stderr else est
 
@@ -217,8 +241,7 @@ def elbo(model, *args, num_samples=100, batch_size=100, chunk_size=100, return_s
     :returns: ``(N,)`` float64 CPU tensor (and standard errors if ``return_stderr``).
     """
     pair, rest = model_and_guide("elbo", model, args)
-    stats = importance_sampling(pair, *rest, num_samples=num_samples, batch_size=batch_size,
-                                chunk_size=chunk_size)
+    stats = importance_sampling(pair, *rest, num_samples=num_samples, batch_size=batch_size, chunk_size=chunk_size)
     return (stats["elbo"], stats["elbo_stderr"]) if return_stderr else stats["elbo"]
 
 
@@ -249,8 +272,9 @@ def posterior_means(model, *args, batch_size=1000, num_samples=1000, max_plate_n
             xb, ab = x[start:stop], batch_args(args, n, start, stop)
             trace = prune_subsample_sites(poutine.trace(guide).get_trace(xb, *ab))
             means, sampled = [], None
-            auxiliary = any(site["type"] == "sample" and site["infer"].get("is_auxiliary")
-                            for site in trace.nodes.values())
+            auxiliary = any(
+                site["type"] == "sample" and site["infer"].get("is_auxiliary") for site in trace.nodes.values()
+            )
             for name, site in trace.nodes.items():
                 if site["type"] != "sample" or site["is_observed"] or site["infer"].get("is_auxiliary"):
                     continue
@@ -295,8 +319,9 @@ def active_units(model, *args, threshold=1e-2, batch_size=1000, return_variances
     return (count, variances) if return_variances else count
 
 
-def likelihood_report(model, *args, num_samples=5000, ks=(5, 50), batch_size=100, chunk_size=100,
-                      progress=False, traced=False):
+def likelihood_report(
+    model, *args, num_samples=5000, ks=(5, 50), batch_size=100, chunk_size=100, progress=False, traced=False
+):
     r"""Everything a paper reports about a VAE's density on a data set, in nats per data
     point, as a dict of plain numbers (JSON-ready):
 
@@ -316,19 +341,36 @@ def likelihood_report(model, *args, num_samples=5000, ks=(5, 50), batch_size=100
     x = split_args("likelihood_report", rest)[0]
     ks = tuple(k for k in ks if k != 1)
     t0 = time.perf_counter()
-    stats = importance_sampling(pair, *rest, num_samples=num_samples, ks=ks, batch_size=batch_size,
-                                chunk_size=chunk_size, progress=progress, traced=traced)
+    stats = importance_sampling(
+        pair,
+        *rest,
+        num_samples=num_samples,
+        ks=ks,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        progress=progress,
+        traced=traced,
+    )
     seconds = time.perf_counter() - t0
     au, variances = active_units(pair, *rest, return_variances=True)
     nll, nll_se = MeanStderr(-stats["log_px"]).floats()
     neg_elbo, neg_elbo_se = MeanStderr(-stats["elbo"]).floats()
-    report = dict(n=int(x.shape[0]), num_samples=int(num_samples),
-                  nll=nll, nll_stderr=nll_se,
-                  nll_mc_stderr=stats["log_px_stderr"].pow(2).sum().sqrt().item() / x.shape[0],
-                  neg_elbo=neg_elbo, neg_elbo_stderr=neg_elbo_se, neg_iwae={}, neg_iwae_stderr={},
-                  active_units=au, latent_units=int(variances.numel()),
-                  min_ess=stats["ess"].min().item(), median_ess=stats["ess"].median().item(),
-                  seconds=seconds)
+    report = dict(
+        n=int(x.shape[0]),
+        num_samples=int(num_samples),
+        nll=nll,
+        nll_stderr=nll_se,
+        nll_mc_stderr=stats["log_px_stderr"].pow(2).sum().sqrt().item() / x.shape[0],
+        neg_elbo=neg_elbo,
+        neg_elbo_stderr=neg_elbo_se,
+        neg_iwae={},
+        neg_iwae_stderr={},
+        active_units=au,
+        latent_units=int(variances.numel()),
+        min_ess=stats["ess"].min().item(),
+        median_ess=stats["ess"].median().item(),
+        seconds=seconds,
+    )
     for k in ks:
         report["neg_iwae"][str(k)], report["neg_iwae_stderr"][str(k)] = MeanStderr(-stats[f"iwae_{k}"]).floats()
     return report

@@ -64,29 +64,44 @@ def _one_point(pair, x, args):
     if x.dim() == 1:
         x = x.unsqueeze(0)
     if x.dim() != 2 or x.shape[0] != 1:
-        raise ValueError(f"the posterior is sampled for one data point at a time: x must have shape (x_dim,) "
-                         f"or (1, x_dim), got {tuple(x.shape)}")
+        raise ValueError(
+            f"the posterior is sampled for one data point at a time: x must have shape (x_dim,) "
+            f"or (1, x_dim), got {tuple(x.shape)}"
+        )
     args = tuple(a.reshape(1, *a.shape[1:]) if torch.is_tensor(a) and a.dim() > 0 else a for a in args)
     return pair.prepare(x, args)
 
 
 def _latent_sites(trace):
     """Names of the latent (unobserved, non-subsample) sample sites of a trace."""
-    return [name for name, site in prune_subsample_sites(trace).nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]]
+    return [
+        name
+        for name, site in prune_subsample_sites(trace).nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
 
 
 def _single_latent_site(trace, what):
     names = _latent_sites(trace)
     if len(names) != 1:
-        raise ValueError(f"comparing a guide with NUTS needs a {what} with one latent sample site (z); "
-                         f"found {names}")
+        raise ValueError(f"comparing a guide with NUTS needs a {what} with one latent sample site (z); found {names}")
     return names[0]
 
 
 # ---- NUTS --------------------------------------------------------------------------------
-def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chains=2, seed=0,
-                   target_accept_prob=0.8, max_tree_depth=8, jit_compile=False, progress=False):
+def nuts_posterior(
+    model,
+    x,
+    *args,
+    num_samples=500,
+    warmup_steps=500,
+    num_chains=2,
+    seed=0,
+    target_accept_prob=0.8,
+    max_tree_depth=8,
+    jit_compile=False,
+    progress=False,
+):
     r"""Sample the true posterior p(z|x) ∝ p(z) p(x|z) of a Pyro model for one data point
     with NUTS (:class:`pyro.infer.NUTS`), the model ``model(x, *args)`` conditioned on x,
     its parameters fixed (the decoder of a VAE). A VAE's data plate is at scale 1 (no
@@ -120,10 +135,16 @@ def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chain
     with pair.evaluating(grad=True, freeze=True), torch.random.fork_rng(devices=[]):
         for c in range(num_chains):
             pyro.set_rng_seed(seed + c)
-            kernel = NUTS(pair.model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                          jit_compile=jit_compile, ignore_jit_warnings=True)
-            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
-                        disable_progbar=not progress)
+            kernel = NUTS(
+                pair.model,
+                target_accept_prob=target_accept_prob,
+                max_tree_depth=max_tree_depth,
+                jit_compile=jit_compile,
+                ignore_jit_warnings=True,
+            )
+            mcmc = MCMC(
+                kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1, disable_progbar=not progress
+            )
             with warnings.catch_warnings():  # torch deprecates jit.trace, which Pyro's jit_compile uses
                 warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace.*")
                 mcmc.run(x, *args)
@@ -136,9 +157,12 @@ def nuts_posterior(model, x, *args, num_samples=500, warmup_steps=500, num_chain
             flags[list(mcmc.diagnostics()["divergences"]["chain 0"])] = True
             diverging.append(flags)
     posterior = {name: np.stack(z) for name, z in draws.items()}
-    return az.from_dict(posterior=posterior, sample_stats={"diverging": np.stack(diverging)},
-                        coords={f"{name}_dim": np.arange(z.shape[-1]) for name, z in posterior.items()},
-                        dims={name: [f"{name}_dim"] for name in posterior})
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats={"diverging": np.stack(diverging)},
+        coords={f"{name}_dim": np.arange(z.shape[-1]) for name, z in posterior.items()},
+        dims={name: [f"{name}_dim"] for name in posterior},
+    )
 
 
 def nuts_diagnostics(idata):
@@ -149,11 +173,13 @@ def nuts_diagnostics(idata):
     def over_sites(stat, reduce):
         return float(reduce([reduce(stat[name].values) for name in names]))
 
-    return dict(max_rhat=over_sites(az.rhat(idata, var_names=names), np.max),
-                min_ess_bulk=over_sites(az.ess(idata, var_names=names, method="bulk"), np.min),
-                min_ess_tail=over_sites(az.ess(idata, var_names=names, method="tail"), np.min),
-                divergences=int(idata.sample_stats["diverging"].values.sum()),
-                num_draws=int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]))
+    return dict(
+        max_rhat=over_sites(az.rhat(idata, var_names=names), np.max),
+        min_ess_bulk=over_sites(az.ess(idata, var_names=names, method="bulk"), np.min),
+        min_ess_tail=over_sites(az.ess(idata, var_names=names, method="tail"), np.min),
+        divergences=int(idata.sample_stats["diverging"].values.sum()),
+        num_draws=int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]),
+    )
 
 
 def _draws_array(idata):
@@ -285,7 +311,7 @@ def log_evidence(model, *args, num_samples=5000, widen=1.5):
     x1, args1 = _one_point(pair, x, args)
     zn = nuts_draws(idata)
     m = zn.mean(0)
-    cov = torch.cov(zn.T).reshape(zn.shape[-1], zn.shape[-1]) * widen ** 2
+    cov = torch.cov(zn.T).reshape(zn.shape[-1], zn.shape[-1]) * widen**2
     cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype)
     gauss = dist.MultivariateNormal(m.float(), covariance_matrix=cov.float())
     with pair.evaluating(grad=True, freeze=True), torch.no_grad():
@@ -336,12 +362,20 @@ def compare_to_nuts(model, *args, num_samples=5000):
         zq = q.sample((num_samples,)).reshape(num_samples, -1).double().cpu()
     elbo = float(log_w.mean())
     sd_p, sd_q = zn.std(0), zq.std(0)
-    out = dict(khat=float(pareto_khat(log_w)), log_px=log_px, log_px_stderr=log_px_se, log_px_khat=log_px_khat,
-               log_px_q=float(lse - math.log(num_samples)), elbo=elbo, kl_q_p=log_px - elbo,
-               kl_p_q=float((lj - lq).mean()) - log_px,
-               mean_error=float(((zq.mean(0) - zn.mean(0)).abs() / sd_p).max()),
-               sd_ratio_min=float((sd_q / sd_p).min()), sd_ratio_max=float((sd_q / sd_p).max()),
-               num_samples=int(num_samples))
+    out = dict(
+        khat=float(pareto_khat(log_w)),
+        log_px=log_px,
+        log_px_stderr=log_px_se,
+        log_px_khat=log_px_khat,
+        log_px_q=float(lse - math.log(num_samples)),
+        elbo=elbo,
+        kl_q_p=log_px - elbo,
+        kl_p_q=float((lj - lq).mean()) - log_px,
+        mean_error=float(((zq.mean(0) - zn.mean(0)).abs() / sd_p).max()),
+        sd_ratio_min=float((sd_q / sd_p).min()),
+        sd_ratio_max=float((sd_q / sd_p).max()),
+        num_samples=int(num_samples),
+    )
     out.update(nuts_diagnostics(idata))
     return out
 
@@ -363,4 +397,4 @@ def informative_dims(idata, k=4):
     """The ``k`` latent coordinates whose NUTS posterior is narrowest (smallest standard
     deviation): those the data point informs most; the others sit near the prior."""
     sd = nuts_draws(idata).std(0)
-    return sorted(int(j) for j in torch.argsort(sd)[:min(k, sd.numel())])
+    return sorted(int(j) for j in torch.argsort(sd)[: min(k, sd.numel())])

@@ -26,8 +26,10 @@ from .vae import VAE, Autoencoder
 
 def _check_kind(model, kind, builder):
     if model is not None and model != kind:
-        raise ValueError(f"{builder} builds model={kind!r}, but the settings are for model={model!r}; "
-                         "rebuild them with pyro_vae.build_model(config), or load the run with pyro_vae.load_run")
+        raise ValueError(
+            f"{builder} builds model={kind!r}, but the settings are for model={model!r}; "
+            "rebuild them with pyro_vae.build_model(config), or load the run with pyro_vae.load_run"
+        )
 
 
 def _observation(image_shape, likelihood, scale):
@@ -39,14 +41,33 @@ def _observation(image_shape, likelihood, scale):
 
 def _config(kind, image_shape, z_dim, network, hidden_dims, likelihood, guide, scale, **extra):
     """The settings ``run.json`` stores for a model of ``kind``."""
-    return dict(model=kind, image_shape=list(image_shape), z_dim=int(z_dim), network=network,
-                hidden_dims=[int(h) for h in hidden_dims], likelihood=likelihood,
-                guide=guide if isinstance(guide, str) else guide.__name__, scale=scale, **extra)
+    return dict(
+        model=kind,
+        image_shape=list(image_shape),
+        z_dim=int(z_dim),
+        network=network,
+        hidden_dims=[int(h) for h in hidden_dims],
+        likelihood=likelihood,
+        guide=guide if isinstance(guide, str) else guide.__name__,
+        scale=scale,
+        **extra,
+    )
 
 
-def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-              guide="diagonal", scale=None, guide_kwargs=None, prior=None, pseudo_inputs=None, model=None,
-              name=None):
+def build_vae(
+    image_shape,
+    z_dim=50,
+    network="mlp",
+    hidden_dims=(400,),
+    likelihood="bernoulli",
+    guide="diagonal",
+    scale=None,
+    guide_kwargs=None,
+    prior=None,
+    pseudo_inputs=None,
+    model=None,
+    name=None,
+):
     """A :class:`~pyro_vae.models.VAE` with the package's networks.
 
     :param image_shape: ``(C, H, W)``.
@@ -71,17 +92,48 @@ def build_vae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likeliho
     if pseudo_inputs is not None and prior != "vamp":
         raise ValueError(f"pseudo_inputs={pseudo_inputs!r} is the VampPrior's K; pass prior='vamp' to use it")
     vamp = dict(pseudo_inputs=PSEUDO_INPUTS if pseudo_inputs is None else pseudo_inputs) if prior == "vamp" else {}
-    encoder, decoder = make_networks(network, image_shape, z_dim, hidden_dims,
-                                     encoder_out_dims=family.encoder_out_dims(z_dim))
-    vae = VAE(encoder, decoder, z_dim, likelihood=lik, guide=family, guide_kwargs=guide_kwargs, x_dim=x_dim,
-              name=name, prior=prior or "fixed", **vamp)
-    vae.config = _config("vae", image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
-                         guide_kwargs=guide_kwargs or {}, **(dict(prior="vamp", **vamp) if vamp else {}))
+    encoder, decoder = make_networks(
+        network, image_shape, z_dim, hidden_dims, encoder_out_dims=family.encoder_out_dims(z_dim)
+    )
+    vae = VAE(
+        encoder,
+        decoder,
+        z_dim,
+        likelihood=lik,
+        guide=family,
+        guide_kwargs=guide_kwargs,
+        x_dim=x_dim,
+        name=name,
+        prior=prior or "fixed",
+        **vamp,
+    )
+    vae.config = _config(
+        "vae",
+        image_shape,
+        z_dim,
+        network,
+        hidden_dims,
+        likelihood,
+        guide,
+        scale,
+        guide_kwargs=guide_kwargs or {},
+        **(dict(prior="vamp", **vamp) if vamp else {}),
+    )
     return vae
 
 
-def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-                      guide=None, scale=None, guide_kwargs=None, model=None, name=None):
+def build_autoencoder(
+    image_shape,
+    z_dim=50,
+    network="mlp",
+    hidden_dims=(400,),
+    likelihood="bernoulli",
+    guide=None,
+    scale=None,
+    guide_kwargs=None,
+    model=None,
+    name=None,
+):
     """An :class:`~pyro_vae.models.Autoencoder` from the settings :func:`build_vae` takes,
     with the same encoder trunk and decoder; the encoder's head gives the code alone.
 
@@ -90,24 +142,42 @@ def build_autoencoder(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), 
     """
     _check_kind(model, "ae", "build_autoencoder")
     if guide not in (None, "delta", "diagonal"):
-        raise ValueError(f"the autoencoder's encoder is deterministic (a point mass); guide {guide!r} "
-                         "does not apply to --model ae")
+        raise ValueError(
+            f"the autoencoder's encoder is deterministic (a point mass); guide {guide!r} does not apply to --model ae"
+        )
     if guide_kwargs:
         raise ValueError(f"the autoencoder takes no guide options, got {sorted(guide_kwargs)}")
     image_shape, x_dim, lik = _observation(image_shape, likelihood, scale)
-    encoder, decoder = make_networks(network, image_shape, z_dim, hidden_dims,
-                                     encoder_out_dims=PointMass.encoder_out_dims(z_dim))
+    encoder, decoder = make_networks(
+        network, image_shape, z_dim, hidden_dims, encoder_out_dims=PointMass.encoder_out_dims(z_dim)
+    )
     ae = Autoencoder(encoder, decoder, z_dim, likelihood=lik, x_dim=x_dim, name=name)
     ae.config = _config("ae", image_shape, z_dim, network, hidden_dims, likelihood, "delta", scale)
     return ae
 
 
-def _build_conditional(condition, kind, image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
-                       guide_kwargs, prior, extra, model, name):
+def _build_conditional(
+    condition,
+    kind,
+    image_shape,
+    z_dim,
+    network,
+    hidden_dims,
+    likelihood,
+    guide,
+    scale,
+    guide_kwargs,
+    prior,
+    extra,
+    model,
+    name,
+):
     _check_kind(model, kind, "build_cvae" if kind == "cvae" else "build_cvae_quadrant")
     if network != "mlp":
-        raise ValueError(f"the conditional VAE's networks are MLPs over [x, h(c)] and [z, h(c)]; network "
-                         f"{network!r} is not supported (use network='mlp')")
+        raise ValueError(
+            f"the conditional VAE's networks are MLPs over [x, h(c)] and [z, h(c)]; network "
+            f"{network!r} is not supported (use network='mlp')"
+        )
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; choose 'fixed' (N(0, I)) or 'learned' (a prior network)")
     image_shape, x_dim, lik = _observation(image_shape, likelihood, scale)
@@ -116,36 +186,120 @@ def _build_conditional(condition, kind, image_shape, z_dim, network, hidden_dims
     encoder = MLPEncoder(x_dim + condition.dim, z_dim, hidden_dims, out_dims=family.encoder_out_dims(z_dim))
     decoder = MLPDecoder(z_dim + condition.dim, x_dim, hidden_dims[::-1])
     prior_net = MLPEncoder(condition.dim, z_dim, hidden_dims) if prior == "learned" else None
-    model = ConditionalVAE(encoder, decoder, z_dim, condition, prior=prior, prior_net=prior_net, likelihood=lik,
-                           guide=family, guide_kwargs=guide_kwargs, x_dim=x_dim, name=name)
-    model.config = _config(kind, image_shape, z_dim, network, hidden_dims, likelihood, guide, scale,
-                           guide_kwargs=guide_kwargs or {}, prior=prior, **extra)
+    model = ConditionalVAE(
+        encoder,
+        decoder,
+        z_dim,
+        condition,
+        prior=prior,
+        prior_net=prior_net,
+        likelihood=lik,
+        guide=family,
+        guide_kwargs=guide_kwargs,
+        x_dim=x_dim,
+        name=name,
+    )
+    model.config = _config(
+        kind,
+        image_shape,
+        z_dim,
+        network,
+        hidden_dims,
+        likelihood,
+        guide,
+        scale,
+        guide_kwargs=guide_kwargs or {},
+        prior=prior,
+        **extra,
+    )
     return model
 
 
-def build_cvae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-               guide="diagonal", scale=None, guide_kwargs=None, num_classes=10, prior="fixed", model=None, name=None):
+def build_cvae(
+    image_shape,
+    z_dim=50,
+    network="mlp",
+    hidden_dims=(400,),
+    likelihood="bernoulli",
+    guide="diagonal",
+    scale=None,
+    guide_kwargs=None,
+    num_classes=10,
+    prior="fixed",
+    model=None,
+    name=None,
+):
     """A class-conditional VAE (``model="cvae"``): c a label in 0..K−1, one-hot into
     MLP encoder [x, e_c] and decoder [z, e_c]; prior N(0, I) (``"fixed"``) or a prior
     network (``"learned"``). Other settings as :func:`build_vae`."""
-    return _build_conditional(LabelCondition(num_classes), "cvae", image_shape, z_dim, network, hidden_dims,
-                              likelihood, guide, scale, guide_kwargs, prior, dict(num_classes=int(num_classes)),
-                              model, name)
+    return _build_conditional(
+        LabelCondition(num_classes),
+        "cvae",
+        image_shape,
+        z_dim,
+        network,
+        hidden_dims,
+        likelihood,
+        guide,
+        scale,
+        guide_kwargs,
+        prior,
+        dict(num_classes=int(num_classes)),
+        model,
+        name,
+    )
 
 
-def build_cvae_quadrant(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-                        guide="diagonal", scale=None, guide_kwargs=None, prior="learned", model=None, name=None):
+def build_cvae_quadrant(
+    image_shape,
+    z_dim=50,
+    network="mlp",
+    hidden_dims=(400,),
+    likelihood="bernoulli",
+    guide="diagonal",
+    scale=None,
+    guide_kwargs=None,
+    prior="learned",
+    model=None,
+    name=None,
+):
     """The quadrant-completion CVAE (``model="cvae-quadrant"``): c the observed
     quadrants of an image, x the rest (:class:`~pyro_vae.models.QuadrantCondition`); prior
     a prior network p(z|c) by default, as in Sohn et al. 2015. Other settings as
     :func:`build_vae`."""
     x_dim = math.prod(int(s) for s in image_shape)
-    return _build_conditional(QuadrantCondition(x_dim), "cvae-quadrant", image_shape, z_dim, network,
-                              hidden_dims, likelihood, guide, scale, guide_kwargs, prior, {}, model, name)
+    return _build_conditional(
+        QuadrantCondition(x_dim),
+        "cvae-quadrant",
+        image_shape,
+        z_dim,
+        network,
+        hidden_dims,
+        likelihood,
+        guide,
+        scale,
+        guide_kwargs,
+        prior,
+        {},
+        model,
+        name,
+    )
 
 
-def build_ssvae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likelihood="bernoulli",
-                guide="diagonal", scale=None, guide_kwargs=None, num_classes=10, alpha=ALPHA, model=None, name=None):
+def build_ssvae(
+    image_shape,
+    z_dim=50,
+    network="mlp",
+    hidden_dims=(400,),
+    likelihood="bernoulli",
+    guide="diagonal",
+    scale=None,
+    guide_kwargs=None,
+    num_classes=10,
+    alpha=ALPHA,
+    model=None,
+    name=None,
+):
     """The semi-supervised VAE M2 (``model="ssvae"``, :class:`~pyro_vae.models.SemiSupervisedVAE`):
     the class-conditional VAE's networks (:func:`build_cvae`: encoder [x, e_y], decoder
     [z, e_y], prior N(0, I)) and a classifier q(y|x), an MLP of the same hidden widths.
@@ -154,12 +308,36 @@ def build_ssvae(image_shape, z_dim=50, network="mlp", hidden_dims=(400,), likeli
 
     Other settings as :func:`build_cvae`."""
     _check_kind(model, "ssvae", "build_ssvae")
-    cvae = _build_conditional(LabelCondition(num_classes), "cvae", image_shape, z_dim, network, hidden_dims,
-                              likelihood, guide, scale, guide_kwargs, "fixed", {}, None, name)
+    cvae = _build_conditional(
+        LabelCondition(num_classes),
+        "cvae",
+        image_shape,
+        z_dim,
+        network,
+        hidden_dims,
+        likelihood,
+        guide,
+        scale,
+        guide_kwargs,
+        "fixed",
+        {},
+        None,
+        name,
+    )
     classifier = Classifier(cvae.x_dim, num_classes, hidden_dims)
-    ssvae = SemiSupervisedVAE(cvae.q.encoder, cvae.decoder, z_dim, cvae.condition, classifier, alpha=alpha,
-                              likelihood=cvae.likelihood, guide=guide_family(guide), guide_kwargs=guide_kwargs,
-                              x_dim=cvae.x_dim, name=name)
+    ssvae = SemiSupervisedVAE(
+        cvae.q.encoder,
+        cvae.decoder,
+        z_dim,
+        cvae.condition,
+        classifier,
+        alpha=alpha,
+        likelihood=cvae.likelihood,
+        guide=guide_family(guide),
+        guide_kwargs=guide_kwargs,
+        x_dim=cvae.x_dim,
+        name=name,
+    )
     ssvae.config = dict(cvae.config, model="ssvae", num_classes=int(num_classes), alpha=float(alpha))
     ssvae.config.pop("prior")
     return ssvae
@@ -183,17 +361,31 @@ class _Decoder(torch.nn.Module):
         super().__init__()
         hidden_dims = tuple(int(h) for h in hidden_dims)
         activation = "gated" if network == "gated" else "softplus"
-        self.net = torch.nn.Sequential(hidden_stack((int(z_dim),) + hidden_dims, activation),
-                                       torch.nn.Linear(hidden_dims[-1], int(x_dim)))
+        self.net = torch.nn.Sequential(
+            hidden_stack((int(z_dim),) + hidden_dims, activation), torch.nn.Linear(hidden_dims[-1], int(x_dim))
+        )
         self.x_dim, self.z_dim = int(x_dim), int(z_dim)
 
     def forward(self, z):
         return self.net(z)
 
 
-def build_hvae(image_shape, z_dim=40, z1_dim=None, network="gated", hidden_dims=(300, 300),
-               likelihood="bernoulli", guide="diagonal", guide1=None, scale=None, guide_kwargs=None, prior=None,
-               pseudo_inputs=None, model=None, name=None):
+def build_hvae(
+    image_shape,
+    z_dim=40,
+    z1_dim=None,
+    network="gated",
+    hidden_dims=(300, 300),
+    likelihood="bernoulli",
+    guide="diagonal",
+    guide1=None,
+    scale=None,
+    guide_kwargs=None,
+    prior=None,
+    pseudo_inputs=None,
+    model=None,
+    name=None,
+):
     """A :class:`~pyro_vae.models.HierarchicalVAE` (``model="hvae"``), two stochastic layers.
 
     Each of its four networks, q(z2 | x), q(z1 | x, z2), p(z1 | z2) and p(x | z1, z2), is an
@@ -212,8 +404,10 @@ def build_hvae(image_shape, z_dim=40, z1_dim=None, network="gated", hidden_dims=
     """
     _check_kind(model, "hvae", "build_hvae")
     if network not in HVAE_NETWORKS:
-        raise ValueError(f"the hierarchical VAE's networks are MLPs: network {network!r} is not supported "
-                         f"(choose {' or '.join(map(repr, HVAE_NETWORKS))})")
+        raise ValueError(
+            f"the hierarchical VAE's networks are MLPs: network {network!r} is not supported "
+            f"(choose {' or '.join(map(repr, HVAE_NETWORKS))})"
+        )
     if not hidden_dims:
         raise ValueError("the hierarchical VAE's networks need at least one hidden layer (hidden_dims)")
     if pseudo_inputs is not None and prior != "vamp":
@@ -229,19 +423,48 @@ def build_hvae(image_shape, z_dim=40, z1_dim=None, network="gated", hidden_dims=
     prior1 = _trunk(z2_dim, hidden_dims, network, (z1_dim, z1_dim))
     decoder = _Decoder(z1_dim + z2_dim, x_dim, tuple(hidden_dims)[::-1], network)
     vamp = dict(pseudo_inputs=PSEUDO_INPUTS if pseudo_inputs is None else pseudo_inputs) if prior == "vamp" else {}
-    hvae = HierarchicalVAE(encoder2, encoder1, prior1, decoder, z1_dim, z2_dim, likelihood=lik, guide=family2,
-                           guide1=family1, x_dim=x_dim, guide_kwargs=guide_kwargs, name=name,
-                           prior=prior or "fixed", **vamp)
-    hvae.config = _config("hvae", image_shape, z2_dim, network, hidden_dims, likelihood, guide, scale,
-                          z1_dim=z1_dim, guide1=guide1 if guide1 is None or isinstance(guide1, str) else guide1.__name__,
-                          guide_kwargs=guide_kwargs or {},
-                          **(dict(prior="vamp", **vamp) if vamp else {}))
+    hvae = HierarchicalVAE(
+        encoder2,
+        encoder1,
+        prior1,
+        decoder,
+        z1_dim,
+        z2_dim,
+        likelihood=lik,
+        guide=family2,
+        guide1=family1,
+        x_dim=x_dim,
+        guide_kwargs=guide_kwargs,
+        name=name,
+        prior=prior or "fixed",
+        **vamp,
+    )
+    hvae.config = _config(
+        "hvae",
+        image_shape,
+        z2_dim,
+        network,
+        hidden_dims,
+        likelihood,
+        guide,
+        scale,
+        z1_dim=z1_dim,
+        guide1=guide1 if guide1 is None or isinstance(guide1, str) else guide1.__name__,
+        guide_kwargs=guide_kwargs or {},
+        **(dict(prior="vamp", **vamp) if vamp else {}),
+    )
     return hvae
 
 
 #: The builder of each model kind a run folder can hold, by ``config["model"]``.
-MODEL_BUILDERS = {"vae": build_vae, "ae": build_autoencoder, "cvae": build_cvae,
-                  "cvae-quadrant": build_cvae_quadrant, "hvae": build_hvae, "ssvae": build_ssvae}
+MODEL_BUILDERS = {
+    "vae": build_vae,
+    "ae": build_autoencoder,
+    "cvae": build_cvae,
+    "cvae-quadrant": build_cvae_quadrant,
+    "hvae": build_hvae,
+    "ssvae": build_ssvae,
+}
 
 
 def build_model(config):

@@ -5,7 +5,6 @@ A condition module maps c (and the image) to h(c), the vector both networks see:
 :class:`QuadrantCondition` (c the observed quadrants of an image, x the rest).
 """
 
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -52,8 +51,10 @@ class LabelCondition(nn.Module):
     def prepare(self, data):
         """Check that ``data`` carries labels in range; batches are ``(x, y)``."""
         if data.y is None:
-            raise DataError(f"{data.name or 'the data'} has no labels; the class-conditional VAE needs labelled "
-                             "data (digits, mnist10k, mnist, fashion-mnist)")
+            raise DataError(
+                f"{data.name or 'the data'} has no labels; the class-conditional VAE needs labelled "
+                "data (digits, mnist10k, mnist, fashion-mnist)"
+            )
         one_hot(data.y, self.num_classes)  # raises on labels out of range
         return data
 
@@ -145,10 +146,30 @@ class ConditionalVAE(VAE):
     :class:`~pyro_vae.train.trainer.Trainer` (``with_labels=True``) serve both.
     """
 
-    def __init__(self, encoder, decoder, z_dim, condition, prior="fixed", prior_net=None,
-                 likelihood="bernoulli", guide="diagonal", x_dim=None, guide_kwargs=None, name=None):
-        super().__init__(encoder, decoder, z_dim, likelihood=likelihood, guide=guide, x_dim=x_dim,
-                         guide_kwargs=guide_kwargs, name=name)
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        z_dim,
+        condition,
+        prior="fixed",
+        prior_net=None,
+        likelihood="bernoulli",
+        guide="diagonal",
+        x_dim=None,
+        guide_kwargs=None,
+        name=None,
+    ):
+        super().__init__(
+            encoder,
+            decoder,
+            z_dim,
+            likelihood=likelihood,
+            guide=guide,
+            x_dim=x_dim,
+            guide_kwargs=guide_kwargs,
+            name=name,
+        )
         if prior not in PRIORS:
             raise ValueError(f"unknown prior {prior!r}; choose 'fixed' (N(0, I)) or 'learned' (a prior network)")
         if prior == "learned" and prior_net is None:
@@ -219,8 +240,10 @@ class ConditionalVAE(VAE):
 
     def _labels(self, c, n):
         if not isinstance(self.condition, LabelCondition):
-            raise ValueError("sample() draws class-conditional images; for the quadrant CVAE use "
-                             "complete(x, mask) with the observed pixels")
+            raise ValueError(
+                "sample() draws class-conditional images; for the quadrant CVAE use "
+                "complete(x, mask) with the observed pixels"
+            )
         k = self.condition.num_classes
         if n is not None and (not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")

@@ -60,12 +60,38 @@ class HierarchicalVAE(VAE):
     :ivar q1: the bottom guide's module, ``[x, z2] -> q(z1 | x, z2)``.
     """
 
-    def __init__(self, encoder2, encoder1, prior1, decoder, z1_dim, z2_dim, likelihood="bernoulli",
-                 guide="diagonal", guide1=None, x_dim=None, guide_kwargs=None, name=None, prior="fixed",
-                 pseudo_inputs=None, min_log_var=-6.0, max_log_var=2.0):
+    def __init__(
+        self,
+        encoder2,
+        encoder1,
+        prior1,
+        decoder,
+        z1_dim,
+        z2_dim,
+        likelihood="bernoulli",
+        guide="diagonal",
+        guide1=None,
+        x_dim=None,
+        guide_kwargs=None,
+        name=None,
+        prior="fixed",
+        pseudo_inputs=None,
+        min_log_var=-6.0,
+        max_log_var=2.0,
+    ):
         vamp = {} if pseudo_inputs is None else {"pseudo_inputs": pseudo_inputs}
-        super().__init__(encoder2, decoder, z2_dim, likelihood=likelihood, guide=guide, x_dim=x_dim,
-                         guide_kwargs=guide_kwargs, name=name, prior=prior, **vamp)
+        super().__init__(
+            encoder2,
+            decoder,
+            z2_dim,
+            likelihood=likelihood,
+            guide=guide,
+            x_dim=x_dim,
+            guide_kwargs=guide_kwargs,
+            name=name,
+            prior=prior,
+            **vamp,
+        )
         self.z1_dim, self.z2_dim = int(z1_dim), int(z2_dim)
         family1 = guide if guide1 is None else guide1
         if isinstance(family1, torch.nn.Module):
@@ -141,8 +167,10 @@ class HierarchicalVAE(VAE):
         if z.shape[-1] == self.z2_dim:
             z = self.decoder_input(self.prior_z1(z).mean, z)
         elif z.shape[-1] != self.z1_dim + self.z2_dim:
-            raise ValueError(f"decode takes [z1, z2] of size {self.z1_dim + self.z2_dim} or z2 of size "
-                             f"{self.z2_dim}, got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"decode takes [z1, z2] of size {self.z1_dim + self.z2_dim} or z2 of size "
+                f"{self.z2_dim}, got shape {tuple(z.shape)}"
+            )
         theta = self.decoder(z)
         return self.likelihood.mean(theta) if mean else self.likelihood(theta).sample()
 

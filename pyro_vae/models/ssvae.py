@@ -93,8 +93,10 @@ def ssvae_objective(name="elbo", num_particles=1):
     :param int num_particles: L, draws of z per data point and class.
     """
     if name not in ("elbo", "Trace_ELBO", "trace", "TraceEnum_ELBO"):
-        raise ValueError(f"--objective {name} does not apply to the semi-supervised VAE: its unlabelled y is "
-                         "enumerated, which only TraceEnum_ELBO (--objective elbo) sums exactly")
+        raise ValueError(
+            f"--objective {name} does not apply to the semi-supervised VAE: its unlabelled y is "
+            "enumerated, which only TraceEnum_ELBO (--objective elbo) sums exactly"
+        )
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
     return SemiSupervisedELBO(num_particles)
@@ -138,10 +140,32 @@ class SemiSupervisedVAE(ConditionalVAE):
     :class:`~pyro_vae.models.ConditionalVAE`; the prior on z is N(0, I).
     """
 
-    def __init__(self, encoder, decoder, z_dim, condition, classifier, alpha=ALPHA, likelihood="bernoulli",
-                 guide="diagonal", x_dim=None, guide_kwargs=None, name=None):
-        super().__init__(encoder, decoder, z_dim, condition, prior="fixed", likelihood=likelihood, guide=guide,
-                         x_dim=x_dim, guide_kwargs=guide_kwargs, name=name)
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        z_dim,
+        condition,
+        classifier,
+        alpha=ALPHA,
+        likelihood="bernoulli",
+        guide="diagonal",
+        x_dim=None,
+        guide_kwargs=None,
+        name=None,
+    ):
+        super().__init__(
+            encoder,
+            decoder,
+            z_dim,
+            condition,
+            prior="fixed",
+            likelihood=likelihood,
+            guide=guide,
+            x_dim=x_dim,
+            guide_kwargs=guide_kwargs,
+            name=name,
+        )
         if not (float(alpha) >= 0):
             raise ValueError(f"alpha, the classification term's weight, must be ≥ 0, got {alpha!r}")
         self.classifier = classifier
@@ -158,22 +182,28 @@ class SemiSupervisedVAE(ConditionalVAE):
             return None
         y = torch.as_tensor(y, device=x.device if x is not None else None)
         if y.dim() != 1 or (x is not None and y.shape[0] != x.shape[0]):
-            raise ValueError(f"labels must have shape (batch,) = ({x.shape[0] if x is not None else 'batch'},), "
-                             f"got {tuple(y.shape)}")
+            raise ValueError(
+                f"labels must have shape (batch,) = ({x.shape[0] if x is not None else 'batch'},), got {tuple(y.shape)}"
+            )
         unlabelled = y == UNLABELLED
         if unlabelled.all():
             return None
         if unlabelled.any():
-            raise ValueError(f"a batch of the semi-supervised VAE is all labelled or all unlabelled (label "
-                             f"{UNLABELLED}); this one mixes {int((~unlabelled).sum())} labelled and "
-                             f"{int(unlabelled.sum())} unlabelled points")
+            raise ValueError(
+                f"a batch of the semi-supervised VAE is all labelled or all unlabelled (label "
+                f"{UNLABELLED}); this one mixes {int((~unlabelled).sum())} labelled and "
+                f"{int(unlabelled.sum())} unlabelled points"
+            )
         return y
 
     def _features(self, y):
         """e_y, ``y.shape + (K,)``, for labels of any shape (enumerated values ``(K, 1)`` too)."""
         check = pyro.poutine.util.is_validation_enabled()
-        return one_hot(y.reshape(-1), self.num_classes, check_values=check).reshape(y.shape + (self.num_classes,)) \
+        return (
+            one_hot(y.reshape(-1), self.num_classes, check_values=check)
+            .reshape(y.shape + (self.num_classes,))
             .to(self._zero.dtype)
+        )
 
     def label_prior(self, batch_size):
         """p(y) = Cat(1/K), batch shape ``(batch_size,)``."""

@@ -52,8 +52,9 @@ def check_batch(x, x_dim, what="x"):
         hint = "; a single data point is x[None] or x.reshape(1, -1)" if x.dim() < 2 else ""
         raise ValueError(f"{what} must have shape {expected}, got shape {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor of shape {expected} (e.g. x.float()), "
-                        f"got dtype {x.dtype}")
+        raise TypeError(
+            f"{what} must be a floating-point tensor of shape {expected} (e.g. x.float()), got dtype {x.dtype}"
+        )
 
 
 def _check_num_data(num_data, batch_size):
@@ -65,8 +66,10 @@ def _check_num_data(num_data, batch_size):
     except TypeError:
         n = None
     if n is None or n < batch_size:
-        raise ValueError(f"num_data must be an integer N at least the batch size {batch_size} (the size of the "
-                         f"data set the batch stands for), got {num_data!r}")
+        raise ValueError(
+            f"num_data must be an integer N at least the batch size {batch_size} (the size of the "
+            f"data set the batch stands for), got {num_data!r}"
+        )
     return n
 
 
@@ -78,18 +81,26 @@ def _check_vamp_encoder(encoder, x_dim, z_dim, family):
     """The VampPrior reads (μ, log σ²) from the first two outputs of the guide's encoder:
     refuse, when the model is built, an encoder that does not give two ``(B, z_dim)`` heads."""
     if encoder is None:
-        raise ValueError(f"the VampPrior's components come from the guide's encoder, and the guide {family} "
-                         "has none (no .encoder attribute)")
+        raise ValueError(
+            f"the VampPrior's components come from the guide's encoder, and the guide {family} "
+            "has none (no .encoder attribute)"
+        )
     param = next(iter(encoder.parameters()), None)
-    probe = torch.zeros(1, x_dim, dtype=param.dtype if param is not None else torch.get_default_dtype(),
-                        device=param.device if param is not None else None)
+    probe = torch.zeros(
+        1,
+        x_dim,
+        dtype=param.dtype if param is not None else torch.get_default_dtype(),
+        device=param.device if param is not None else None,
+    )
     with torch.no_grad():
         out = encoder(probe)
     heads = list(out[:2]) if isinstance(out, (tuple, list)) else []
     if len(heads) < 2 or any(not torch.is_tensor(h) or tuple(h.shape) != (1, z_dim) for h in heads):
-        raise ValueError(f"the VampPrior needs the guide's encoder to give (loc, log_var, ...), two heads of "
-                         f"shape (batch, {z_dim}) first; the {family} encoder gives "
-                         f"{[tuple(o.shape) for o in out] if isinstance(out, (tuple, list)) else type(out).__name__}")
+        raise ValueError(
+            f"the VampPrior needs the guide's encoder to give (loc, log_var, ...), two heads of "
+            f"shape (batch, {z_dim}) first; the {family} encoder gives "
+            f"{[tuple(o.shape) for o in out] if isinstance(out, (tuple, list)) else type(out).__name__}"
+        )
 
 
 class VAE(PyroModule):
@@ -132,8 +143,19 @@ class VAE(PyroModule):
     :ivar decoder: the decoder network.
     """
 
-    def __init__(self, encoder, decoder, z_dim, likelihood="bernoulli", guide="diagonal", x_dim=None,
-                 guide_kwargs=None, name=None, prior="fixed", pseudo_inputs=PSEUDO_INPUTS):
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        z_dim,
+        likelihood="bernoulli",
+        guide="diagonal",
+        x_dim=None,
+        guide_kwargs=None,
+        name=None,
+        prior="fixed",
+        pseudo_inputs=PSEUDO_INPUTS,
+    ):
         super().__init__(name=unique_name(type(self).__name__.lower()) if name is None else name)
         #: a copy (``copy.deepcopy``, unpickling) of a model named automatically gets a new name
         self._auto_name = name is None
@@ -207,8 +229,10 @@ class VAE(PyroModule):
         if x.shape[0] == 0:
             raise ValueError(f"x holds no data points: shape {tuple(x.shape)}")
         if x.dtype != self._zero.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {self._zero.dtype}: pass "
-                            f"x.to({self._zero.dtype}) (or convert the model, e.g. vae.double())")
+            raise TypeError(
+                f"x has dtype {x.dtype} but the model's parameters are {self._zero.dtype}: pass "
+                f"x.to({self._zero.dtype}) (or convert the model, e.g. vae.double())"
+            )
 
     def _batch_size(self, x, batch_size):
         if x is not None:

@@ -48,9 +48,11 @@ ALIASES = {
     "TraceGraph_ELBO": "tracegraph",
 }
 
+
 def _elbo_factory(cls):
     """``factory(num_particles=1, **kwargs)``: ``cls`` with L particles, vectorized when L > 1,
     and one plate (the data's)."""
+
     def factory(num_particles=1, **kw):
         return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1, **kw)
 
@@ -101,5 +103,15 @@ def objective_label(objective, model=None):
     return "-ELBO"
 
 
-__all__ = ["ALIASES", "OBJECTIVES", "CompiledTrace_ELBO", "FisherDivergence", "IWAE_ELBO", "TracedELBO",
-           "TracingError", "fisher_objective", "make_objective", "objective_label"]
+__all__ = [
+    "ALIASES",
+    "OBJECTIVES",
+    "CompiledTrace_ELBO",
+    "FisherDivergence",
+    "IWAE_ELBO",
+    "TracedELBO",
+    "TracingError",
+    "fisher_objective",
+    "make_objective",
+    "objective_label",
+]

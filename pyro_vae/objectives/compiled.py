@@ -93,10 +93,12 @@ class _Surrogate(torch.nn.Module):
                     continue
                 _, score_function, entropy = site["score_parts"]
                 if not _is_zero(score_function):
-                    raise TracingError(f"guide site {name!r} is not reparameterized (its distribution has no "
-                                       "rsample, or infer={'reparameterize': False}); its score-function term "
-                                       "needs the ELBO's value, which a traced graph cannot hold: train it "
-                                       "without traced")
+                    raise TracingError(
+                        f"guide site {name!r} is not reparameterized (its distribution has no "
+                        "rsample, or infer={'reparameterize': False}); its score-function term "
+                        "needs the ELBO's value, which a traced graph cannot hold: train it "
+                        "without traced"
+                    )
                 particle = particle - entropy.sum()
             surrogate = surrogate - particle / elbo.num_particles
         return surrogate
@@ -127,12 +129,13 @@ class TracedELBO:
     the loss does not depend on (as ``.grad`` stays None in eager Pyro).
     """
 
-    def __init__(self, modules, model, guide, elbo=None, loss_scale=1.0, compile=True, onednn=None,
-                 rewrite=None):
+    def __init__(self, modules, model, guide, elbo=None, loss_scale=1.0, compile=True, onednn=None, rewrite=None):
         elbo = Trace_ELBO() if elbo is None else elbo
         if type(elbo) not in (Trace_ELBO, CompiledTrace_ELBO):
-            raise TracingError(f"traced steps reproduce Trace_ELBO (objective 'elbo'), not "
-                               f"{type(elbo).__name__}; train it without traced")
+            raise TracingError(
+                f"traced steps reproduce Trace_ELBO (objective 'elbo'), not "
+                f"{type(elbo).__name__}; train it without traced"
+            )
         if not math.isfinite(loss_scale):
             raise ValueError(f"loss_scale must be a finite number, got {loss_scale}")
         modules = [modules] if isinstance(modules, torch.nn.Module) else list(modules)
@@ -163,8 +166,13 @@ class TracedELBO:
         module not passed in): the graph would hold it as a constant."""
         model, guide, elbo = self._surrogate._program
         setup_autoguides(self._surrogate, args, kwargs)
-        with forked_rng(args), torch.no_grad(), buffers_kept(self._surrogate), pyro.get_param_store().scope(), \
-                poutine.trace(param_only=True) as capture:
+        with (
+            forked_rng(args),
+            torch.no_grad(),
+            buffers_kept(self._surrogate),
+            pyro.get_param_store().scope(),
+            poutine.trace(param_only=True) as capture,
+        ):
             for _ in _compat.get_traces(elbo, model, guide, args, kwargs):
                 pass
         own = {id(t): k for k, t in (*self._surrogate.named_parameters(), *self._surrogate.named_buffers())}
@@ -177,10 +185,12 @@ class TracedELBO:
             elif key in self.params:
                 sites.append((name, key))
         if foreign:
-            raise TracingError(f"the program reads parameters that are not the traced modules' "
-                               f"({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}): a traced graph would "
-                               "hold them as constants, untrained; make them parameters of the module (a "
-                               "PyroModule, or nn.Parameter), or run without traced")
+            raise TracingError(
+                f"the program reads parameters that are not the traced modules' "
+                f"({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}): a traced graph would "
+                "hold them as constants, untrained; make them parameters of the module (a "
+                "PyroModule, or nn.Parameter), or run without traced"
+            )
         self.param_sites = sites
 
     def trace(self, *args, **kwargs):
@@ -217,8 +227,14 @@ class TracedELBO:
 
         params = {k: p.detach() for k, p in self.params.items()}
         with torch.enable_grad():  # the backward is traced, whatever the caller's grad mode
-            graph = trace_graph(loss_and_grads, (params, self._buffers(), args, kwargs), self.compile, onednn,
-                                self.rewrite, kept=lambda: side_effects_kept(self._surrogate, args))
+            graph = trace_graph(
+                loss_and_grads,
+                (params, self._buffers(), args, kwargs),
+                self.compile,
+                onednn,
+                self.rewrite,
+                kept=lambda: side_effects_kept(self._surrogate, args),
+            )
         self.graphs[key] = (graph, list(used))
         if pyro.poutine.util.is_validation_enabled():
             self._validated.add(key)
@@ -255,8 +271,10 @@ def _modules_of(model, guide):
     for what, fn in (("model", model), ("guide", guide)):
         m = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
         if not isinstance(m, torch.nn.Module):
-            raise TracingError(f"the {what} is neither a torch.nn.Module nor a method of one, so its parameters "
-                               "are not known before it runs: pass them as CompiledTrace_ELBO(modules=[...])")
+            raise TracingError(
+                f"the {what} is neither a torch.nn.Module nor a method of one, so its parameters "
+                "are not known before it runs: pass them as CompiledTrace_ELBO(modules=[...])"
+            )
         if all(m is not f for f in found):
             found.append(m)
     return found
@@ -286,8 +304,9 @@ class CompiledTrace_ELBO(Trace_ELBO):
 
     def __init__(self, *args, modules=None, compile=True, onednn=None, rewrite=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.modules = None if modules is None else (
-            [modules] if isinstance(modules, torch.nn.Module) else list(modules))
+        self.modules = (
+            None if modules is None else ([modules] if isinstance(modules, torch.nn.Module) else list(modules))
+        )
         self.compile, self.onednn, self.rewrite = bool(compile), onednn, rewrite
         self._engines = {}
 
@@ -296,8 +315,9 @@ class CompiledTrace_ELBO(Trace_ELBO):
         key = (model, guide)
         if key not in self._engines:
             modules = self.modules if self.modules is not None else _modules_of(model, guide)
-            self._engines[key] = TracedELBO(modules, model, guide, self, compile=self.compile, onednn=self.onednn,
-                                            rewrite=self.rewrite)
+            self._engines[key] = TracedELBO(
+                modules, model, guide, self, compile=self.compile, onednn=self.onednn, rewrite=self.rewrite
+            )
         return self._engines[key]
 
     def _run(self, model, guide, args, kwargs):

@@ -85,13 +85,20 @@ class FisherDivergence:
             ``"scale"``: the data plate's scale s (a float).
         """
         if not torch.is_tensor(x) or not x.is_floating_point():
-            raise ValueError("the Fisher objective differentiates with respect to the data, so x must be a "
-                             f"floating-point tensor, got {type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
+            raise ValueError(
+                "the Fisher objective differentiates with respect to the data, so x must be a "
+                f"floating-point tensor, got {type(x).__name__ if not torch.is_tensor(x) else x.dtype}"
+            )
         x_data = x.detach()
         guide_trace = poutine.trace(guide).get_trace(x_data, *args, **kwargs)
-        latents = [name for name, site in guide_trace.nodes.items()
-                   if site["type"] == "sample" and not site["is_observed"]
-                   and not site["infer"].get("_do_not_score", False) and not _is_subsample(site)]
+        latents = [
+            name
+            for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and not site["infer"].get("_do_not_score", False)
+            and not _is_subsample(site)
+        ]
         if not latents:
             raise ValueError("the guide has no latent sample sites; the Fisher objective needs a latent z")
         shifted = guide_trace.copy()
@@ -100,9 +107,11 @@ class FisherDivergence:
             site = guide_trace.nodes[name]
             fn, _ = _base(site["fn"])
             if not site["fn"].has_rsample or isinstance(fn, dist.Delta):
-                raise ValueError(f"the Fisher objective needs a reparameterized guide with a density at latent "
-                                 f"site {name!r} (got {type(fn).__name__}); scores of a point mass or of a "
-                                 "non-reparameterized site are not available")
+                raise ValueError(
+                    f"the Fisher objective needs a reparameterized guide with a density at latent "
+                    f"site {name!r} (got {type(fn).__name__}); scores of a point mass or of a "
+                    "non-reparameterized site are not available"
+                )
             delta = torch.zeros_like(site["value"], requires_grad=True)
             deltas.append(delta)
             shifted.nodes[name] = dict(site, value=site["value"] + delta)
@@ -127,9 +136,15 @@ class FisherDivergence:
         encoder = _sq_norm(grad_q[-1], batch) / 2
         laplacian = self._laplacian(observed, x_eval, grad_p[-1], batch, create_graph)
         total = latent + decoder + laplacian + encoder
-        return {"latent": latent, "decoder": decoder, "laplacian": laplacian, "encoder": encoder,
-                "total": total, "z": {n: guide_trace.nodes[n]["value"].detach() for n in latents},
-                "scale": scale}
+        return {
+            "latent": latent,
+            "decoder": decoder,
+            "laplacian": laplacian,
+            "encoder": encoder,
+            "total": total,
+            "z": {n: guide_trace.nodes[n]["value"].detach() for n in latents},
+            "scale": scale,
+        }
 
     @staticmethod
     def _check_observed(p_trace, x_eval):
@@ -144,12 +159,15 @@ class FisherDivergence:
                     f"{name!r} has a discrete distribution ({type(_base(site['fn'])[0]).__name__}), whose "
                     "x-gradients do not exist. Use the Gaussian likelihood (likelihood='gaussian', CLI "
                     "--likelihood gaussian) on grey-scale data, or fit this model with an ELBO "
-                    "(objective 'elbo', 'meanfield' or 'iwae')")
+                    "(objective 'elbo', 'meanfield' or 'iwae')"
+                )
             if site["value"] is x_eval:
                 observed.append(site)
         if not observed:
-            raise ValueError("no observed site of the model takes the data x (the first argument) as its value; "
-                             "the Fisher objective needs the model to observe x")
+            raise ValueError(
+                "no observed site of the model takes the data x (the first argument) as its value; "
+                "the Fisher objective needs the model to observe x"
+            )
         return observed
 
     @staticmethod
@@ -162,9 +180,11 @@ class FisherDivergence:
             # the site's own log-density (masked, not scaled by N/B: the scale multiplies the loss once)
             lp = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
             if lp.shape != (batch,):
-                raise ValueError(f"site {name!r} has log-density of shape {tuple(lp.shape)}; the Fisher objective "
-                                 f"needs one number per data point, shape ({batch},): put every site in the "
-                                 "data plate (dim -1) with its event dimensions declared (.to_event)")
+                raise ValueError(
+                    f"site {name!r} has log-density of shape {tuple(lp.shape)}; the Fisher objective "
+                    f"needs one number per data point, shape ({batch},): put every site in the "
+                    "data plate (dim -1) with its event dimensions declared (.to_event)"
+                )
             total = total + lp
         return total
 
@@ -179,8 +199,9 @@ class FisherDivergence:
                     scales[f"{kind} site {name!r}"] = float(s) if not torch.is_tensor(s) or s.numel() == 1 else None
         distinct = set(scales.values())
         if len(distinct) != 1 or None in distinct:
-            raise ValueError("the Fisher objective needs one scale for all sample sites (the data plate's N/B); "
-                             f"found {scales}")
+            raise ValueError(
+                f"the Fisher objective needs one scale for all sample sites (the data plate's N/B); found {scales}"
+            )
         return distinct.pop()
 
     def _laplacian(self, observed, x_eval, score_x, batch, create_graph):
@@ -189,8 +210,10 @@ class FisherDivergence:
         normals = [_base(site["fn"]) for site in observed]
         all_normal = all(isinstance(fn, dist.Normal) for fn, _ in normals) and len(observed) == 1
         if method == "exact" and not all_normal:
-            raise ValueError("laplacian='exact' is implemented for a factorised Normal likelihood "
-                             f"(got {[type(fn).__name__ for fn, _ in normals]}); use laplacian='hutchinson'")
+            raise ValueError(
+                "laplacian='exact' is implemented for a factorised Normal likelihood "
+                f"(got {[type(fn).__name__ for fn, _ in normals]}); use laplacian='hutchinson'"
+            )
         if method in ("auto", "exact") and all_normal:
             fn, _ = normals[0]
             # ∂²/∂x_i² log N(x_i; μ_i, s_i) = −1/s_i², constant in x: Δ = −Σ_i 1/s_i²

@@ -59,8 +59,12 @@ class IWAE_ELBO(pyro.infer.ELBO):
     def __init__(self, num_particles=5, max_plate_nesting=1, strict_enumeration_warning=True):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"the IWAE bound needs K = num_particles ≥ 1 (an integer), got {num_particles!r}")
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=True, strict_enumeration_warning=strict_enumeration_warning)
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=True,
+            strict_enumeration_warning=strict_enumeration_warning,
+        )
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
@@ -77,9 +81,12 @@ class IWAE_ELBO(pyro.infer.ELBO):
             data plate's scale s (a float, N/B or 1).
         """
         model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        sites = [(name, site, trace is guide_trace)
-                 for trace in (model_trace, guide_trace)
-                 for name, site in trace.nodes.items() if site["type"] == "sample"]
+        sites = [
+            (name, site, trace is guide_trace)
+            for trace in (model_trace, guide_trace)
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+        ]
         data_frame = self._data_frame(sites)
         sum_dims = get_dependent_plate_dims([site for _, site, _ in sites])
         K, B = self.num_particles, data_frame.size
@@ -99,9 +106,11 @@ class IWAE_ELBO(pyro.infer.ELBO):
             scales[where] = float(scale) if not torch.is_tensor(scale) or scale.numel() == 1 else None
         distinct = set(scales.values())
         if len(distinct) != 1 or None in distinct:
-            raise ValueError("the IWAE bound needs one scale for all sample sites (the data plate's N/B); "
-                             f"found {scales}. A site scaled on its own (poutine.scale, β-annealing) makes "
-                             "the importance weights no longer p(x, z)/q(z|x)")
+            raise ValueError(
+                "the IWAE bound needs one scale for all sample sites (the data plate's N/B); "
+                f"found {scales}. A site scaled on its own (poutine.scale, β-annealing) makes "
+                "the importance weights no longer p(x, z)/q(z|x)"
+            )
         log_w = log_w.expand(K, B) if log_w.dim() < 2 else log_w.reshape(K, B)
         if score is not None:
             score = score.expand(K, B) if score.dim() < 2 else score.reshape(K, B)
@@ -120,14 +129,20 @@ class IWAE_ELBO(pyro.infer.ELBO):
         common = set.intersection(*(plates(site) for _, site, _ in sites))
         if len(common) == 1:
             return common.pop()
-        where = {f"{'guide' if g else 'model'} site {name!r}": sorted(f.name for f in plates(site))
-                 for name, site, g in sites}
+        where = {
+            f"{'guide' if g else 'model'} site {name!r}": sorted(f.name for f in plates(site))
+            for name, site, g in sites
+        }
         if not common:
-            raise ValueError("the IWAE bound is per data point, so every sample site must sit inside the data "
-                             f"plate; no plate holds them all (plates of each site: {where}). A global latent "
-                             "outside the data plate has no per-data-point bound")
-        raise ValueError(f"every sample site sits in the plates {sorted(f.name for f in common)}; the IWAE "
-                         "bound needs exactly one shared (data) plate")
+            raise ValueError(
+                "the IWAE bound is per data point, so every sample site must sit inside the data "
+                f"plate; no plate holds them all (plates of each site: {where}). A global latent "
+                "outside the data plate has no per-data-point bound"
+            )
+        raise ValueError(
+            f"every sample site sits in the plates {sorted(f.name for f in common)}; the IWAE "
+            "bound needs exactly one shared (data) plate"
+        )
 
     def bound(self, model, guide, *args, **kwargs):
         """One draw of the estimator L̂_K(x_b) = log (1/K) Σ_k w_kb per data point, shape

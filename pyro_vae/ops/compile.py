@@ -63,8 +63,10 @@ def signature(value):
     try:
         hash(value)
     except TypeError:
-        raise TracingError(f"an argument of type {type(value).__name__} is neither a tensor nor hashable: a traced "
-                           "graph is specialized to the values of its other arguments; pass it as a tensor") from None
+        raise TracingError(
+            f"an argument of type {type(value).__name__} is neither a tensor nor hashable: a traced "
+            "graph is specialized to the values of its other arguments; pass it as a tensor"
+        ) from None
     return ("value", type(value).__name__, value)
 
 
@@ -95,9 +97,11 @@ def trace_graph(fn, inputs, compile=True, onednn=None, rewrite=None, kept=None):
         if type(e).__name__ not in _DATA_DEPENDENT and "not supported for tensor subclasses" not in str(e):
             raise  # a bug of the program itself: its own error, unchanged (.numpy() is a read of values)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TracingError(f"the model/guide pair cannot be traced into one graph ({type(e).__name__}: "
-                           f"{first[:200]}{_where(e)}); its Python may depend on the data's values; run it "
-                           "without traced") from None
+        raise TracingError(
+            f"the model/guide pair cannot be traced into one graph ({type(e).__name__}: "
+            f"{first[:200]}{_where(e)}); its Python may depend on the data's values; run it "
+            "without traced"
+        ) from None
     if onednn is None:
         onednn = kernels.choose_matmul(kernels.product_shapes(graph)) == "onednn"
     if onednn:
@@ -122,6 +126,7 @@ def trace_graph(fn, inputs, compile=True, onednn=None, rewrite=None, kept=None):
         def run():
             with kept():
                 built[id(g)](*inputs)
+
         return run
 
     chosen = rewritten if kernels.choose_rewrite(key, lambda: runner(graph), lambda: runner(rewritten)) else graph
@@ -149,8 +154,11 @@ def _where(error):
     """``" at file.py:line: code"``: the last frame of ``error``'s traceback outside torch
     (the line of the model, guide or package that read a value), or ``""``."""
     torch_dir = Path(torch.__file__).parent
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if torch_dir not in Path(f.filename).parents and not _ours(f.filename)]
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if torch_dir not in Path(f.filename).parents and not _ours(f.filename)
+    ]
     if not frames:
         return ""
     f = frames[-1]
@@ -223,8 +231,14 @@ class TracedFunction:
             with torch.no_grad(), pyro.validation_enabled(False):
                 return functional_call(self._call, state, (args, kwargs))
 
-        self.graphs[key] = trace_graph(run, (self._state(), args, kwargs), self.compile, onednn, self.rewrite,
-                                       kept=lambda: side_effects_kept(self._call, args))
+        self.graphs[key] = trace_graph(
+            run,
+            (self._state(), args, kwargs),
+            self.compile,
+            onednn,
+            self.rewrite,
+            kept=lambda: side_effects_kept(self._call, args),
+        )
         return value
 
 
@@ -282,8 +296,11 @@ def module_state(module):
     mode (dropout, batch norm), each parameter's ``requires_grad``, and the signature of
     every parameter and buffer (shapes, strides, dtypes, devices)."""
     params = tuple(module.parameters())
-    return (tuple(m.training for m in module.modules()), tuple(p.requires_grad for p in params),
-            tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*params, *module.buffers())))
+    return (
+        tuple(m.training for m in module.modules()),
+        tuple(p.requires_grad for p in params),
+        tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*params, *module.buffers())),
+    )
 
 
 def check_no_handlers():
@@ -295,5 +312,7 @@ def check_no_handlers():
     others = [h for h in stack if not (isinstance(h, TraceMessenger) and h.param_only)]
     if others:
         names = ", ".join(type(h).__name__ for h in others)
-        raise TracingError(f"a traced program is called inside Pyro handlers ({names}), which a replayed graph "
-                           "would not see; apply them inside the model and guide instead")
+        raise TracingError(
+            f"a traced program is called inside Pyro handlers ({names}), which a replayed graph "
+            "would not see; apply them inside the model and guide instead"
+        )

@@ -9,7 +9,6 @@ Whether a rewrite is applied to a graph is decided by timing it on the machine a
 (:mod:`pyro_vae.ops.kernels`), never by a guess about the hardware.
 """
 
-
 import torch
 
 from .. import _compat
@@ -51,15 +50,20 @@ def log1p_free(graph):
                 new = g.call_function(_aten.where.self, (g.call_function(_aten.gt.Scalar, (bx, threshold)), x, soft))
         elif node.target is _aten.binary_cross_entropy_with_logits.default:
             x, y = node.args[:2]
-            weight, pos_weight, reduction = (node.args[i] if len(node.args) > i else node.kwargs.get(k, d)
-                                             for i, k, d in ((2, "weight", None), (3, "pos_weight", None),
-                                                             (4, "reduction", 1)))
+            weight, pos_weight, reduction = (
+                node.args[i] if len(node.args) > i else node.kwargs.get(k, d)
+                for i, k, d in ((2, "weight", None), (3, "pos_weight", None), (4, "reduction", 1))
+            )
             if weight is not None or pos_weight is not None or reduction != 0:
                 continue
             with g.inserting_before(node):
-                linear = g.call_function(_aten.sub.Tensor, (
-                    g.call_function(_aten.mul.Tensor, (g.call_function(_aten.rsub.Scalar, (y, 1)), x)),
-                    g.call_function(_aten.clamp_max.default, (x, 0))))
+                linear = g.call_function(
+                    _aten.sub.Tensor,
+                    (
+                        g.call_function(_aten.mul.Tensor, (g.call_function(_aten.rsub.Scalar, (y, 1)), x)),
+                        g.call_function(_aten.clamp_max.default, (x, 0)),
+                    ),
+                )
                 minus_abs = g.call_function(_aten.neg.default, (g.call_function(_aten.abs.default, (x,)),))
                 new = g.call_function(_aten.add.Tensor, (linear, _log1p_exp(g, minus_abs)))
         else:
@@ -88,6 +92,7 @@ def _log1p_exp(g, t):
     w = 1 + u. Each use of u and w is a node of its own: inductor merges the copies
     within the kernel that reads them, where one node used thrice would be written to
     memory whole (on CPU it stores a reused exp rather than computing it again)."""
+
     def u():
         return g.call_function(_aten.exp.default, (t,))
 
@@ -118,8 +123,7 @@ def _(a, b, bias):
 def onednn_available():
     """Whether this torch build has oneDNN for CPU matrix products, and it is not turned off
     (``torch.backends.mkldnn.flags(enabled=False)``)."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and _compat.has_linear_pointwise())
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and _compat.has_linear_pointwise()
 
 
 def onednn_matmuls(graph):

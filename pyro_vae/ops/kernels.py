@@ -72,8 +72,10 @@ def time_products(shapes, kernel, repeats=15):
     from .graph_passes import onednn_matmul
 
     g = torch.Generator().manual_seed(0)
-    operands = [(torch.randn(m, k, generator=g), torch.randn(k, n, generator=g),
-                 torch.randn(n, generator=g) if bias else None) for m, k, n, bias in shapes]
+    operands = [
+        (torch.randn(m, k, generator=g), torch.randn(k, n, generator=g), torch.randn(n, generator=g) if bias else None)
+        for m, k, n, bias in shapes
+    ]
 
     def once():
         for a, b, bias in operands:
@@ -88,7 +90,7 @@ def time_products(shapes, kernel, repeats=15):
 
 
 def choose_matmul(shapes):
-    """"aten" or "onednn" for a graph of these product shapes: forced by ``PYRO_VAE_MATMUL``,
+    """ "aten" or "onednn" for a graph of these product shapes: forced by ``PYRO_VAE_MATMUL``,
     "aten" where oneDNN is not available or there is no product, else the faster by
     :func:`time_products` (oneDNN by :data:`MARGIN` at least), cached for the process."""
     from .graph_passes import onednn_available
@@ -125,13 +127,17 @@ def choose_rewrite(key, plain, rewritten, repeats=7):
         return forced == "1"
     if key not in _REWRITE:
         t_plain, t_rewritten = _median_seconds([plain(), rewritten()], repeats)
-        _REWRITE[key] = {"rewrite": t_rewritten < (1 - MARGIN) * t_plain,
-                         "seconds": {"plain": t_plain, "log1p_free": t_rewritten}}
+        _REWRITE[key] = {
+            "rewrite": t_rewritten < (1 - MARGIN) * t_plain,
+            "seconds": {"plain": t_plain, "log1p_free": t_rewritten},
+        }
     return _REWRITE[key]["rewrite"]
 
 
 def choices():
     """This process's measured choices: ``{"matmul": {shapes: {"kernel", "seconds"}},
     "log1p_free": {graph key: {"rewrite", "seconds"}}}``."""
-    return {"matmul": {k: {"kernel": v["kernel"], "seconds": dict(v["seconds"])} for k, v in _MATMUL.items()},
-            "log1p_free": {k: {"rewrite": v["rewrite"], "seconds": dict(v["seconds"])} for k, v in _REWRITE.items()}}
+    return {
+        "matmul": {k: {"kernel": v["kernel"], "seconds": dict(v["seconds"])} for k, v in _MATMUL.items()},
+        "log1p_free": {k: {"rewrite": v["rewrite"], "seconds": dict(v["seconds"])} for k, v in _REWRITE.items()},
+    }

@@ -15,6 +15,22 @@ from .lock import LOCK, RunLock, RunLockedError
 from .resume import resume
 from .schema import check_run, read_run, upgrade
 
-__all__ = ["CHECKPOINT", "RUN_JSON", "LOCK", "CheckpointError", "RunLock", "RunLockedError", "atomic_write",
-           "load_checkpoint", "save_checkpoint", "save_json", "check_run", "read_run", "upgrade", "WEIGHTS",
-           "load_run", "run_weights", "resume"]
+__all__ = [
+    "CHECKPOINT",
+    "RUN_JSON",
+    "LOCK",
+    "CheckpointError",
+    "RunLock",
+    "RunLockedError",
+    "atomic_write",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_json",
+    "check_run",
+    "read_run",
+    "upgrade",
+    "WEIGHTS",
+    "load_run",
+    "run_weights",
+    "resume",
+]

@@ -62,10 +62,11 @@ def remove_stale_tmp(folder, names=(CHECKPOINT, RUN_JSON)):
     folder = Path(folder)
     for name in names:
         for tmp in folder.glob(f".{name}.*.tmp"):
-            pid = tmp.name[len(name) + 2:].split(".", 1)[0]
+            pid = tmp.name[len(name) + 2 :].split(".", 1)[0]
             # a name without a PID is from a version before PIDs were written: removed
             if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
+
 
 def atomic_write(path, write):
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, and
@@ -163,8 +164,10 @@ def load_checkpoint(path, map_location="cpu", require=("model",)):
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
         msg = str(e).split("\n")[0]
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors "
-                                  f"(loading it would execute pickled code): {msg}") from None
+            raise CheckpointError(
+                f"refusing to load {path}: it holds objects other than tensors "
+                f"(loading it would execute pickled code): {msg}"
+            ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {msg})") from None
     return check_checkpoint(upgrade_keys(state), path, require)
 
@@ -184,7 +187,7 @@ def upgrade_keys(state):
     def rename(weights, old, new):
         if not isinstance(weights, dict):
             return weights
-        return {new + k[len(old):] if isinstance(k, str) and k.startswith(old) else k: v for k, v in weights.items()}
+        return {new + k[len(old) :] if isinstance(k, str) and k.startswith(old) else k: v for k, v in weights.items()}
 
     for entry, (old, new) in _RENAMED.items():
         if entry in state:
@@ -206,22 +209,29 @@ def check_checkpoint(state, path=CHECKPOINT, require=("model",)):
         raise CheckpointError(f"{path} is not a complete checkpoint: it lacks {', '.join(map(repr, missing))}")
     if "model" in state:
         weights = state["model"]
-        if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
-                                                     for k, v in weights.items()):
-            raise CheckpointError(f"{path}: its \"model\" entry is not a dict of named tensors")
+        if not isinstance(weights, dict) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()
+        ):
+            raise CheckpointError(f'{path}: its "model" entry is not a dict of named tensors')
         bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            raise CheckpointError(f"{path} holds NaN or inf weights ({len(bad)} of {len(weights)} tensors, "
-                                  f"e.g. {', '.join(bad[:3])}); it cannot be used")
+            raise CheckpointError(
+                f"{path} holds NaN or inf weights ({len(bad)} of {len(weights)} tensors, "
+                f"e.g. {', '.join(bad[:3])}); it cannot be used"
+            )
     return state
+
 
 def load_weights(module, state_dict, what="model"):
     """``module.load_state_dict(state_dict)``, with an error that says what differs."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if shapes:
@@ -230,8 +240,9 @@ def load_weights(module, state_dict, what="model"):
             parts.append("missing from the checkpoint: " + ", ".join(missing[:5]))
         if unexpected:
             parts.append("not in the model: " + ", ".join(unexpected[:5]))
-        raise CheckpointError(f"the checkpoint does not fit this {what} (another architecture or "
-                              f"configuration): " + " | ".join(parts))
+        raise CheckpointError(
+            f"the checkpoint does not fit this {what} (another architecture or configuration): " + " | ".join(parts)
+        )
     module.load_state_dict(state_dict)
 
 
@@ -245,11 +256,15 @@ def check_config(saved, current, what="model"):
     if saved is None or current is None:
         return
     saved, current = dict(saved), dict(current)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, {what} {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current)) if _plain(saved.get(k)) != _plain(current.get(k))]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, {what} {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if _plain(saved.get(k)) != _plain(current.get(k))
+    ]
     if diffs:
-        raise CheckpointError(f"the checkpoint was saved from another configuration than this {what}: "
-                              + "; ".join(diffs))
+        raise CheckpointError(
+            f"the checkpoint was saved from another configuration than this {what}: " + "; ".join(diffs)
+        )
 
 
 def _plain(value):

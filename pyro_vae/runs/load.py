@@ -30,7 +30,7 @@ def run_weights(state, weights="best"):
         return state["best"]["model"]
     if weights != "raw" and isinstance(state.get("ema"), dict):
         prefix = "module."
-        return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
     return state["model"]
 
 

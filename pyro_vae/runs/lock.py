@@ -66,9 +66,11 @@ class RunLock:
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise CheckpointError(f"cannot lock the {self.what} {folder}: {e.strerror}") from None
-                raise RunLockedError(f"{folder} is being written by another pyro-vae process "
-                                     f"({f'PID {holder}' if holder else 'PID unknown'}); wait for it to "
-                                     f"finish, or choose another folder") from None
+                raise RunLockedError(
+                    f"{folder} is being written by another pyro-vae process "
+                    f"({f'PID {holder}' if holder else 'PID unknown'}); wait for it to "
+                    f"finish, or choose another folder"
+                ) from None
             # the holder before us may have removed the file between our open and flock:
             # then we locked a file nobody else sees; open the path again
             try:

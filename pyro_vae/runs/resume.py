@@ -31,8 +31,10 @@ def load_splits(data, root=None, download=False):
     :param root: the data folder (default ``data.root``, else ``$PYRO_VAE_DATA``).
     :returns: ``(train, valid)``.
     """
-    return tuple(load_dataset(data.dataset, split, root or data.root, binarize=data.binarize, seed=data.seed,
-                              download=download) for split in ("train", "valid"))
+    return tuple(
+        load_dataset(data.dataset, split, root or data.root, binarize=data.binarize, seed=data.seed, download=download)
+        for split in ("train", "valid")
+    )
 
 
 def for_model(model, train, valid, data):
@@ -47,8 +49,9 @@ def for_model(model, train, valid, data):
         if data.labels is None:
             raise ValueError("the semi-supervised VAE needs data.labels, the number of training labels to keep")
         train = semisupervised(train, data.labels, seed=data.label_seed, labelled_every=data.labelled_every)
-        valid = ImageData(x=valid.x, image_shape=valid.image_shape, name=f"{valid.name} (unlabelled)",
-                          source=valid.source)
+        valid = ImageData(
+            x=valid.x, image_shape=valid.image_shape, name=f"{valid.name} (unlabelled)", source=valid.source
+        )
         return train, valid, True
     if contract(model).conditional:
         return model.prepare_data(train), model.prepare_data(valid), True
@@ -62,8 +65,15 @@ def make_trainer(model, train, valid, config, with_labels=False, device=None):
     :param device: overrides ``config.device`` (e.g. the rank's GPU under torchrun).
     """
     objective = ssvae_objective(config.objective, config.particles) if isinstance(model, SemiSupervisedVAE) else None
-    return Trainer(model, train, valid, config, objective=objective, with_labels=with_labels,
-                   **({"device": str(device)} if device is not None else {}))
+    return Trainer(
+        model,
+        train,
+        valid,
+        config,
+        objective=objective,
+        with_labels=with_labels,
+        **({"device": str(device)} if device is not None else {}),
+    )
 
 
 def restore(trainer, path):
@@ -78,11 +88,15 @@ def restore(trainer, path):
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise CheckpointError(f"{path}: its trainer state cannot be restored "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
-    trainer.last_checkpoint = (f"{path} (loaded to resume, step {trainer.step_count}"
-                               + (f", epoch {trainer.epoch + 1} batch {trainer.epoch_step})" if trainer.epoch_step
-                                  else f", end of epoch {trainer.epoch})"))
+        raise CheckpointError(
+            f"{path}: its trainer state cannot be restored "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})"
+        ) from None
+    trainer.last_checkpoint = f"{path} (loaded to resume, step {trainer.step_count}" + (
+        f", epoch {trainer.epoch + 1} batch {trainer.epoch_step})"
+        if trainer.epoch_step
+        else f", end of epoch {trainer.epoch})"
+    )
 
 
 def resume(run_dir, epochs=None, root=None, device=None, progress=False, download=False):
@@ -105,13 +119,16 @@ def resume(run_dir, epochs=None, root=None, device=None, progress=False, downloa
     run_dir = Path(run_dir)
     for name in (RUN_JSON, CHECKPOINT):
         if not (run_dir / name).is_file():
-            raise CheckpointError(f"{run_dir}: there is no {name} there; is it a run folder written by "
-                                  "pyro-vae train or fit(..., out=...)?")
+            raise CheckpointError(
+                f"{run_dir}: there is no {name} there; is it a run folder written by "
+                "pyro-vae train or fit(..., out=...)?"
+            )
     with RunLock(run_dir, what="run folder"):
         run = read_run(run_dir / RUN_JSON)
         if "train" not in run or "data" not in run:
-            raise CheckpointError(f"{run_dir / RUN_JSON} stores no training or data settings, so the run "
-                                  "cannot be resumed")
+            raise CheckpointError(
+                f"{run_dir / RUN_JSON} stores no training or data settings, so the run cannot be resumed"
+            )
         config = TrainConfig.from_dict(run["train"])
         config = config.replace(**{k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
         data = DataConfig.from_dict(run["data"])
@@ -120,11 +137,15 @@ def resume(run_dir, epochs=None, root=None, device=None, progress=False, downloa
         trainer = make_trainer(model, train, valid, config, with_labels)
         restore(trainer, run_dir / CHECKPOINT)
         if config.epochs <= trainer.epoch:
-            raise ValueError(f"{run_dir}: the run has already trained {trainer.epoch} epochs; pass epochs=N "
-                             f"with N > {trainer.epoch} to train further")
-        save = trainer_files.Checkpointer(run_dir, every=run.get("checkpoint_every"),
-                                          run=record(model, data, trainer, run.get("checkpoint_every")))
-        history = trainer.run(config.epochs - trainer.epoch, progress=progress, callback=save.on_epoch,
-                              step_callback=save.on_step)
+            raise ValueError(
+                f"{run_dir}: the run has already trained {trainer.epoch} epochs; pass epochs=N "
+                f"with N > {trainer.epoch} to train further"
+            )
+        save = trainer_files.Checkpointer(
+            run_dir, every=run.get("checkpoint_every"), run=record(model, data, trainer, run.get("checkpoint_every"))
+        )
+        history = trainer.run(
+            config.epochs - trainer.epoch, progress=progress, callback=save.on_epoch, step_callback=save.on_step
+        )
     final_weights(trainer)
     return model, history

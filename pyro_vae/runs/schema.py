@@ -59,7 +59,7 @@ def check_run(run, path=RUN_JSON):
         RunRecord.check(run, where)
         check_format(run, where)
         if "model" not in run:
-            raise CheckpointError(f"{where} holds no model settings (no \"model\" entry)")
+            raise CheckpointError(f'{where} holds no model settings (no "model" entry)')
         model = ModelConfig.check(run["model"], where, "model.")
         for key, config in (("data", DataConfig), ("train", TrainConfig)):
             if key in run:
@@ -67,8 +67,10 @@ def check_run(run, path=RUN_JSON):
         if run.get("format", 0) >= FORMAT and isinstance(run.get("train"), dict):
             unknown = sorted(set(run["train"]) - set(TrainConfig.__dataclass_fields__))
             if unknown:
-                raise CheckpointError(f"{where}: train.{unknown[0]} is not a setting of the trainer (the settings "
-                                      f"are TrainConfig's: {', '.join(TrainConfig.__dataclass_fields__)})")
+                raise CheckpointError(
+                    f"{where}: train.{unknown[0]} is not a setting of the trainer (the settings "
+                    f"are TrainConfig's: {', '.join(TrainConfig.__dataclass_fields__)})"
+                )
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     kind = model.get("model", "vae")
@@ -77,13 +79,17 @@ def check_run(run, path=RUN_JSON):
     except KeyError:
         from ..models import MODEL_BUILDERS
 
-        raise CheckpointError(f"{where}: model.model {kind!r} is not a known model kind; choose from "
-                              f"{', '.join(sorted(map(str, MODEL_BUILDERS)))}") from None
+        raise CheckpointError(
+            f"{where}: model.model {kind!r} is not a known model kind; choose from "
+            f"{', '.join(sorted(map(str, MODEL_BUILDERS)))}"
+        ) from None
     if known is not None:
         unknown = sorted(set(model) - known - {"model"})
         if unknown:
-            raise CheckpointError(f"{where}: unknown model setting{'s' * (len(unknown) > 1)} "
-                                  f"{', '.join(unknown)} (a {kind} takes {', '.join(sorted(known))})")
+            raise CheckpointError(
+                f"{where}: unknown model setting{'s' * (len(unknown) > 1)} "
+                f"{', '.join(unknown)} (a {kind} takes {', '.join(sorted(known))})"
+            )
     for key, value in run.get("history", {}).items():
         if key == "objective" and isinstance(value, str):
             continue
@@ -151,5 +157,11 @@ def record(model, data, trainer, checkpoint_every=None):
     :param trainer: the :class:`~pyro_vae.train.Trainer` (its ``config``, ``num_data``,
         ``world_size``).
     """
-    return dict(model=dict(model.config), data=data.to_dict(), train=trainer.config.to_dict(),
-                num_data=trainer.num_data, world_size=trainer.world_size, checkpoint_every=checkpoint_every)
+    return dict(
+        model=dict(model.config),
+        data=data.to_dict(),
+        train=trainer.config.to_dict(),
+        num_data=trainer.num_data,
+        world_size=trainer.world_size,
+        checkpoint_every=checkpoint_every,
+    )

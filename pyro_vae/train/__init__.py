@@ -7,18 +7,32 @@ compiled ``Trace_ELBO`` that ``Trainer(traced=True)`` steps with is
 
 from . import checkpoints, distributed, rng
 from .trainer import (
-                      LR_SCHEDULES,
-                      OPTIMIZERS,
-                      History,
-                      NonFiniteLossError,
-                      ScaleLatent,
-                      Trainer,
-                      evaluate_loss,
-                      final_weights,
-                      fit,
-                      loss_function,
-                      scheduled_lr,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    History,
+    NonFiniteLossError,
+    ScaleLatent,
+    Trainer,
+    evaluate_loss,
+    final_weights,
+    fit,
+    loss_function,
+    scheduled_lr,
 )
 
-__all__ = ["Trainer", "fit", "final_weights", "evaluate_loss", "loss_function", "History", "NonFiniteLossError",
-           "ScaleLatent", "scheduled_lr", "LR_SCHEDULES", "OPTIMIZERS", "checkpoints", "distributed", "rng"]
+__all__ = [
+    "Trainer",
+    "fit",
+    "final_weights",
+    "evaluate_loss",
+    "loss_function",
+    "History",
+    "NonFiniteLossError",
+    "ScaleLatent",
+    "scheduled_lr",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "checkpoints",
+    "distributed",
+    "rng",
+]

@@ -28,8 +28,18 @@ from ..runs.files import (
 from . import distributed as dp
 
 #: The entries of a trainer's state (:meth:`~pyro_vae.train.trainer.Trainer.state_dict`).
-TRAINER_STATE = ("model", "optimizer", "epoch", "step", "epoch_step", "epoch_loss", "epoch_seconds", "generator",
-                 "rng", "history")
+TRAINER_STATE = (
+    "model",
+    "optimizer",
+    "epoch",
+    "step",
+    "epoch_step",
+    "epoch_loss",
+    "epoch_seconds",
+    "generator",
+    "rng",
+    "history",
+)
 
 
 def check_trainer_state(state, path=CHECKPOINT):
@@ -50,11 +60,14 @@ def check_trainer_state(state, path=CHECKPOINT):
         if not isinstance(state[key], (int, float)) or isinstance(state[key], bool):
             raise bad(f"{key} must be a number, got {kind_of(state[key])}")
     opt = state["optimizer"]
-    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(
-            opt.get("param_groups"), list):
+    if (
+        not isinstance(opt, dict)
+        or not isinstance(opt.get("state"), dict)
+        or not isinstance(opt.get("param_groups"), list)
+    ):
         raise bad("its optimizer state is not an optimizer's state dict")
     for slot in opt["state"].values():
-        for name, v in (slot.items() if isinstance(slot, dict) else ()):
+        for name, v in slot.items() if isinstance(slot, dict) else ():
             if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
                 raise bad(f"its optimizer state holds NaN or inf ({name})")
     ref = torch.Generator().get_state()
@@ -75,16 +88,27 @@ def check_trainer_state(state, path=CHECKPOINT):
         if not torch.is_tensor(t) or t.dtype != torch_ref.dtype or t.shape != torch_ref.shape:
             raise bad(f"{where}.torch is not a torch RNG state")
         py = r["python"]
-        if (not isinstance(py, dict) or not torch.is_tensor(py.get("internal")) or py["internal"].numel() != 625
-                or not is_int(py.get("version"))):
+        if (
+            not isinstance(py, dict)
+            or not torch.is_tensor(py.get("internal"))
+            or py["internal"].numel() != 625
+            or not is_int(py.get("version"))
+        ):
             raise bad(f"{where}.python is not a Python RNG state")
         npy = r["numpy"]
-        if (not isinstance(npy, dict) or npy.get("name") != "MT19937" or not torch.is_tensor(npy.get("keys"))
-                or npy["keys"].numel() != 624 or not is_int(npy.get("pos")) or not 0 <= npy["pos"] <= 624):
+        if (
+            not isinstance(npy, dict)
+            or npy.get("name") != "MT19937"
+            or not torch.is_tensor(npy.get("keys"))
+            or npy["keys"].numel() != 624
+            or not is_int(npy.get("pos"))
+            or not 0 <= npy["pos"] <= 624
+        ):
             raise bad(f"{where}.numpy is not a NumPy RNG state")
         if "cuda" in r and not (torch.is_tensor(r["cuda"]) and r["cuda"].dtype == torch.uint8):
             raise bad(f"{where}.cuda is not a CUDA RNG state")
     return state
+
 
 class Checkpointer:
     """Saves a trainer's state into a run folder, every ``every`` steps and at each
@@ -141,15 +165,17 @@ class Checkpointer:
         if self.main:
             with signals_deferred():  # the pair is written whole; a signal meanwhile is raised after
                 self._write(state, trainer)
-        where = (f"epoch {trainer.epoch + 1}, batch {trainer.epoch_step}" if trainer.epoch_step
-                 else f"end of epoch {trainer.epoch}")
+        where = (
+            f"epoch {trainer.epoch + 1}, batch {trainer.epoch_step}"
+            if trainer.epoch_step
+            else f"end of epoch {trainer.epoch}"
+        )
         trainer.last_checkpoint = f"{self.path} (saved after step {trainer.step_count}, {where})"
 
     def _write(self, state, trainer):
         """Write ``checkpoint.pt``, then ``run.json`` (rank 0)."""
         save_checkpoint(self.path, state)
-        run = dict(self.run, format=FORMAT, history=state["history"], epoch=trainer.epoch,
-                   step=trainer.step_count)
+        run = dict(self.run, format=FORMAT, history=state["history"], epoch=trainer.epoch, step=trainer.step_count)
         if "best" in state:  # the epoch whose weights load_run(..., weights="best") loads
             run["best"] = dict(epoch=state["best"]["epoch"], valid_loss=state["best"]["valid_loss"])
         try:

@@ -72,13 +72,12 @@ class DistributedError(RuntimeError):
         text = str(error)
         first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
         if "timed out" in text.lower() or "timeout" in text.lower():
-            why = (f"no answer from the other ranks within --ddp-timeout {timeout:g} s (a rank stalled or is "
-                   f"stuck)")
+            why = f"no answer from the other ranks within --ddp-timeout {timeout:g} s (a rank stalled or is stuck)"
         elif "closed" in text.lower() or "reset" in text.lower() or "broken pipe" in text.lower():
             why = "another rank stopped (its connection closed)"
         else:
             why = "a collective operation failed"
-        last = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved")
+        last = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         return cls(f"rank {rank()}: {why}; training stopped, {last} [{first[:200]}]")
 
 
@@ -174,8 +173,10 @@ def all_reduce_gradients(params, loss, share):
     :returns: the global batch's mean loss Σ_r share_r ℓ̄_r.
     """
     ref = params[0]
-    flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else ref.new_zeros(p.numel()) for p in params]
-                     + [ref.new_tensor([loss])])
+    flat = torch.cat(
+        [p.grad.reshape(-1) if p.grad is not None else ref.new_zeros(p.numel()) for p in params]
+        + [ref.new_tensor([loss])]
+    )
     flat.mul_(share)
     flags = ref.new_tensor([float(p.grad is not None) for p in params])
     flat = torch.cat([flat, flags])
@@ -184,7 +185,7 @@ def all_reduce_gradients(params, loss, share):
     for i, p in enumerate(params):
         n = p.numel()
         if flat[-len(params) + i] > 0:
-            p.grad = flat[offset:offset + n].view_as(p)
+            p.grad = flat[offset : offset + n].view_as(p)
         offset += n
     return flat[offset].item()
 

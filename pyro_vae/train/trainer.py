@@ -206,8 +206,9 @@ class Trainer:
         into the model at the end).
     """
 
-    def __init__(self, vae, train, valid=None, config=None, *, objective=None, with_labels=False, distributed=None,
-                 **options):
+    def __init__(
+        self, vae, train, valid=None, config=None, *, objective=None, with_labels=False, distributed=None, **options
+    ):
         if isinstance(objective, str):  # the objective's name is a setting; an ELBO object is not
             options["objective"], objective = objective, None
         config = TrainConfig() if config is None else config
@@ -215,14 +216,27 @@ class Trainer:
             raise TypeError(f"config must be a pyro_vae.config.TrainConfig, got {type(config).__name__}")
         unknown = sorted(set(options) - set(TrainConfig.__dataclass_fields__))
         if unknown:
-            raise TypeError(f"Trainer got unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; its options "
-                            f"are the fields of TrainConfig: {', '.join(TrainConfig.__dataclass_fields__)}")
+            raise TypeError(
+                f"Trainer got unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; its options "
+                f"are the fields of TrainConfig: {', '.join(TrainConfig.__dataclass_fields__)}"
+            )
         #: the trainer's settings (:class:`~pyro_vae.config.TrainConfig`), all of them
         self.config = config = config.replace(**options)
         _check_config(config)
-        lr, batch_size, seed, device, clip_norm = config.lr, config.batch_size, config.seed, config.device, config.clip_norm
-        kl_warmup, ema_decay, fused, compile, traced = (config.kl_warmup, config.ema_decay, config.fused, config.compile,
-                                                        config.traced)
+        lr, batch_size, seed, device, clip_norm = (
+            config.lr,
+            config.batch_size,
+            config.seed,
+            config.device,
+            config.clip_norm,
+        )
+        kl_warmup, ema_decay, fused, compile, traced = (
+            config.kl_warmup,
+            config.ema_decay,
+            config.fused,
+            config.compile,
+            config.traced,
+        )
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for, but no CUDA GPU is available")
@@ -233,8 +247,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         for what, data in (("train", train), ("valid", valid)):
             if data is not None and not (hasattr(data, "batches") and hasattr(data, "x")):
-                raise TypeError(f"{what} must be an ImageData (e.g. pyro_vae.ImageData(x, image_shape=(1, H, W)) "
-                                f"for a tensor x of shape (N, H*W)), got {type(data).__name__}")
+                raise TypeError(
+                    f"{what} must be an ImageData (e.g. pyro_vae.ImageData(x, image_shape=(1, H, W)) "
+                    f"for a tensor x of shape (N, H*W)), got {type(data).__name__}"
+                )
         #: what the model offers beyond its model and guide (:class:`~pyro_vae.contract.Contract`)
         self.contract = contract(vae)
         self.vae = vae.to(self.device)
@@ -252,8 +268,10 @@ class Trainer:
         #: the name of the loss (``"-ELBO"``, ``"-L_K"``, ``"Fisher loss"``, ``"reconstruction"``)
         self.label = objective_label(self.objective, vae)
         if kl_warmup and self.label != "-ELBO":
-            raise ValueError(f"kl_warmup scales the KL term of an ELBO, and the objective is {self.label}; "
-                             f"use it with elbo, meanfield or tracegraph")
+            raise ValueError(
+                f"kl_warmup scales the KL term of an ELBO, and the objective is {self.label}; "
+                f"use it with elbo, meanfield or tracegraph"
+            )
         # a lazily built guide makes its parameters first, so that rank 0's are the ones broadcast
         _setup_guide(self.contract, self.train_data, batch_size, with_labels, self.num_data)
         if self.world_size > 1:
@@ -274,8 +292,9 @@ class Trainer:
         self._grads = self._gradient_strategy()
         if isinstance(self.objective, CompiledTrace_ELBO):
             self._trace_first_batch(batch_size, with_labels, kl_warmup)
-        self.optimizer = OPTIMIZERS[config.optimizer](self.vae.parameters(), lr=lr,
-                                                      **({"fused": True} if self.fused else {}))
+        self.optimizer = OPTIMIZERS[config.optimizer](
+            self.vae.parameters(), lr=lr, **({"fused": True} if self.fused else {})
+        )
         self.lr, self.lr_schedule, self.lr_final = lr, config.lr_schedule, config.lr_final
         self.schedule_epochs = config.scheduled_epochs
         self.warmup_steps = kl_warmup * math.ceil(len(train) / batch_size)
@@ -309,17 +328,29 @@ class Trainer:
         if isinstance(objective, CompiledTrace_ELBO):
             return objective
         if type(objective) is not pyro.infer.Trace_ELBO:
-            raise TracingError(f"traced steps reproduce Trace_ELBO (objective 'elbo'), not "
-                               f"{type(objective).__name__}; train it without traced")
-        return CompiledTrace_ELBO(num_particles=objective.num_particles,
-                                  max_plate_nesting=objective.max_plate_nesting,
-                                  vectorize_particles=objective.vectorize_particles, modules=[self.vae])
+            raise TracingError(
+                f"traced steps reproduce Trace_ELBO (objective 'elbo'), not "
+                f"{type(objective).__name__}; train it without traced"
+            )
+        return CompiledTrace_ELBO(
+            num_particles=objective.num_particles,
+            max_plate_nesting=objective.max_plate_nesting,
+            vectorize_particles=objective.vectorize_particles,
+            modules=[self.vae],
+        )
 
     def _trace_first_batch(self, batch_size, with_labels, kl_warmup):
         """Trace the compiled objective's graph on the first batch's shape, so that a
         program it cannot take is refused before any step."""
-        why = ("kl_warmup (β changes every step)" if kl_warmup else "compile (the traced step is compiled whole)"
-               if self.compiled else "data-parallel training" if self.world_size > 1 else None)
+        why = (
+            "kl_warmup (β changes every step)"
+            if kl_warmup
+            else "compile (the traced step is compiled whole)"
+            if self.compiled
+            else "data-parallel training"
+            if self.world_size > 1
+            else None
+        )
         if why:
             raise ValueError(f"traced=True does not combine with {why}")
         first = next(_batches(self.train_data, batch_size, False, torch.Generator().manual_seed(0), with_labels))
@@ -482,8 +513,9 @@ class Trainer:
         """The objective's loss on the validation data, of :attr:`eval_model`."""
         model = self.eval_model
         model.eval()
-        loss = evaluate_loss(model, self.valid_data, self.objective, self.valid_batch_size,
-                             with_labels=self.with_labels)
+        loss = evaluate_loss(
+            model, self.valid_data, self.objective, self.valid_batch_size, with_labels=self.with_labels
+        )
         model.train()
         return loss
 
@@ -506,8 +538,11 @@ class Trainer:
             try:
                 train_loss = self.train_epoch(step_callback)
             except NonFiniteLossError as e:
-                last = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                        else "no checkpoint was saved")
+                last = (
+                    f"the last good checkpoint is {self.last_checkpoint}"
+                    if self.last_checkpoint
+                    else "no checkpoint was saved"
+                )
                 raise NonFiniteLossError(f"{e}; training stopped there, {last}") from None
             self.epoch += 1
             self.history.train_loss.append(train_loss)
@@ -516,8 +551,10 @@ class Trainer:
                 self.history.valid_loss.append(self.validate())
                 if self.keep_best:
                     self._update_best()
-            bar.set_postfix(train=f"{train_loss:.2f}",
-                            valid=f"{self.history.valid_loss[-1]:.2f}" if self.history.valid_loss else "-")
+            bar.set_postfix(
+                train=f"{train_loss:.2f}",
+                valid=f"{self.history.valid_loss[-1]:.2f}" if self.history.valid_loss else "-",
+            )
             if callback is not None:
                 callback(self)
         return self.history
@@ -536,8 +573,7 @@ class Trainer:
 
         In data-parallel training every rank must call it: the RNG states are gathered.
         """
-        rngs = dp.all_gather_object(rng.get_state(self.device)) if self.world_size > 1 \
-            else [rng.get_state(self.device)]
+        rngs = dp.all_gather_object(rng.get_state(self.device)) if self.world_size > 1 else [rng.get_state(self.device)]
         return {
             "model": self.vae.state_dict(),
             "config": self.contract.config,
@@ -569,22 +605,27 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             _set_fused(self.optimizer, self.fused)
         except (ValueError, KeyError) as e:
-            raise CheckpointError(f"the checkpoint's optimizer state does not fit this optimizer "
-                                  f"({type(self.optimizer).__name__}): {e}") from None
+            raise CheckpointError(
+                f"the checkpoint's optimizer state does not fit this optimizer ({type(self.optimizer).__name__}): {e}"
+            ) from None
         if len(state["rng"]) != self.world_size:
-            raise CheckpointError(f"the checkpoint holds the state of a run on {len(state['rng'])} processes, "
-                                  f"this run has {self.world_size}; resume it with torchrun "
-                                  f"--nproc_per_node {len(state['rng'])}" if len(state["rng"]) > 1 else
-                                  f"the checkpoint holds the state of a single-process run, this run has "
-                                  f"{self.world_size} processes; resume it without torchrun")
+            raise CheckpointError(
+                f"the checkpoint holds the state of a run on {len(state['rng'])} processes, "
+                f"this run has {self.world_size}; resume it with torchrun "
+                f"--nproc_per_node {len(state['rng'])}"
+                if len(state["rng"]) > 1
+                else f"the checkpoint holds the state of a single-process run, this run has "
+                f"{self.world_size} processes; resume it without torchrun"
+            )
         self.epoch, self.step_count, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
         self._epoch_loss, self._epoch_seconds = state["epoch_loss"], state["epoch_seconds"]
         self.generator.set_state(state["generator"])
         self.history = History(**{"objective": self.label, **state["history"]})
         if self.averaged is not None:
             if "ema" not in state:
-                raise CheckpointError("the checkpoint holds no moving average of the weights; resume it "
-                                      "without ema_decay")
+                raise CheckpointError(
+                    "the checkpoint holds no moving average of the weights; resume it without ema_decay"
+                )
             load_weights(self.averaged, state["ema"], what="moving average of the weights")
         self.best = state.get("best") if self.keep_best else None
         rng.set_state(state["rng"][self.rank], self.device)
@@ -594,11 +635,16 @@ class Trainer:
         before a checkpoint is written, so that none holds them)."""
         bad = [name for name, p in self.vae.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            last = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                    else "no checkpoint was saved")
-            raise NonFiniteLossError(f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
-                                     f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
-                                     f"stopped there, {last}")
+            last = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no checkpoint was saved"
+            )
+            raise NonFiniteLossError(
+                f"parameters {', '.join(bad[:3])} hold NaN or inf after step "
+                f"{self.step_count} (epoch {self.epoch + 1}); not saved, training "
+                f"stopped there, {last}"
+            )
 
 
 def _check_config(config):
@@ -613,8 +659,10 @@ def _check_config(config):
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
     T = config.scheduled_epochs
     if config.lr_schedule != "constant" and not (isinstance(T, int) and T >= 1):
-        raise ValueError(f"lr_schedule={config.lr_schedule!r} needs schedule_epochs (or epochs), a positive number "
-                         f"of epochs over which lr goes to lr_final, got {T!r}")
+        raise ValueError(
+            f"lr_schedule={config.lr_schedule!r} needs schedule_epochs (or epochs), a positive number "
+            f"of epochs over which lr goes to lr_final, got {T!r}"
+        )
     if config.lr_final is not None and not (0 < config.lr_final and math.isfinite(config.lr_final)):
         raise ValueError(f"lr_final must be a positive number, got {config.lr_final}")
     if not (config.kl_warmup >= 0 and math.isfinite(config.kl_warmup)):
@@ -629,6 +677,7 @@ def _check_config(config):
 
 def _scaled_by_batch(fn, num_data):
     """``fn`` with every site scaled by N/B, B the size of its first argument."""
+
     def scaled(*args, **kwargs):
         return poutine.scale(fn, num_data / args[0].shape[0])(*args, **kwargs)
 
@@ -640,8 +689,9 @@ def _compile_networks(vae):
     (the networks only: what Pyro runs around them stays eager)."""
     nets = [m for name, m in vae.named_modules() if name.rsplit(".", 1)[-1] in ("encoder", "decoder")]
     if not nets:
-        raise ValueError(f"compile=True compiles the networks named 'encoder' or 'decoder', "
-                         f"and {type(vae).__name__} has none")
+        raise ValueError(
+            f"compile=True compiles the networks named 'encoder' or 'decoder', and {type(vae).__name__} has none"
+        )
     for m in nets:
         m.compile()
 
@@ -681,10 +731,12 @@ def _check_batch_size(n, batch_size):
     """A decaying-average baseline keeps one average per position in the batch (Pyro's
     ``use_decaying_avg_baseline``), so every batch must have the same size."""
     if n % batch_size:
-        raise ValueError(f"the decaying-average baseline (also part of baseline='neural') keeps one average per "
-                         f"position in the batch, so every "
-                         f"batch must have the same size, but {n} training points make a last batch of "
-                         f"{n % batch_size} with batch_size={batch_size}; choose a batch size that divides {n}")
+        raise ValueError(
+            f"the decaying-average baseline (also part of baseline='neural') keeps one average per "
+            f"position in the batch, so every "
+            f"batch must have the same size, but {n} training points make a last batch of "
+            f"{n % batch_size} with batch_size={batch_size}; choose a batch size that divides {n}"
+        )
 
 
 def _check(contract, data):
@@ -693,16 +745,20 @@ def _check(contract, data):
     outside [0, 1] for dynamic binarization, and values the likelihood does not support."""
     shape, x_dim = contract.image_shape, contract.x_dim
     if x_dim is not None and data.x.shape[-1] != x_dim:
-        raise ValueError(f"{data.name}: the images have {data.x.shape[-1]} values "
-                         f"(image shape {tuple(data.image_shape)}), but the model was built for "
-                         f"{x_dim}{f' (image shape {tuple(shape)})' if shape else ''}")
+        raise ValueError(
+            f"{data.name}: the images have {data.x.shape[-1]} values "
+            f"(image shape {tuple(data.image_shape)}), but the model was built for "
+            f"{x_dim}{f' (image shape {tuple(shape)})' if shape else ''}"
+        )
     finite = torch.isfinite(data.x)
     if not finite.all():
         raise ValueError(f"{data.name}: the data hold {int((~finite).sum())} NaN or inf values")
     if data.binarize == "dynamic":
         if data.x.min() < 0 or data.x.max() > 1:
-            raise ValueError(f"{data.name}: dynamic binarization draws Bernoulli(x) and needs grey levels "
-                             f"in [0, 1], got values in [{data.x.min():.4g}, {data.x.max():.4g}]")
+            raise ValueError(
+                f"{data.name}: dynamic binarization draws Bernoulli(x) and needs grey levels "
+                f"in [0, 1], got values in [{data.x.min():.4g}, {data.x.max():.4g}]"
+            )
         return
     if contract.check_support is None:
         return
@@ -721,8 +777,19 @@ def final_weights(trainer):
         trainer.vae.load_state_dict(trainer.averaged.module.state_dict())
 
 
-def fit(vae, train, valid=None, epochs=None, progress=True, callback=None, config=None, out=None,
-        checkpoint_every=None, overwrite=False, **options):
+def fit(
+    vae,
+    train,
+    valid=None,
+    epochs=None,
+    progress=True,
+    callback=None,
+    config=None,
+    out=None,
+    checkpoint_every=None,
+    overwrite=False,
+    **options,
+):
     """Train ``vae`` with SVI and return its :class:`History`.
 
     :param int epochs: E (default: ``config.epochs``).
@@ -763,16 +830,22 @@ def fit(vae, train, valid=None, epochs=None, progress=True, callback=None, confi
     from .checkpoints import Checkpointer, CheckpointError
 
     if trainer.contract.config is None:
-        raise ValueError(f"fit(out=...) stores the model's settings to rebuild it on resume, and "
-                         f"{type(vae).__name__} has no config; build it with pyro_vae.build_model")
+        raise ValueError(
+            f"fit(out=...) stores the model's settings to rebuild it on resume, and "
+            f"{type(vae).__name__} has no config; build it with pyro_vae.build_model"
+        )
     if not isinstance(getattr(train, "source", None), dict):
-        raise ValueError("fit(out=...) stores where the training data came from, and train has no source; "
-                         "load it with pyro_vae.load_dataset")
+        raise ValueError(
+            "fit(out=...) stores where the training data came from, and train has no source; "
+            "load it with pyro_vae.load_dataset"
+        )
     data = DataConfig.from_dict(train.source, where="train.source")
     with RunLock(out, what="run folder") as lock:
         if not overwrite and any((lock.folder / name).exists() for name in ("run.json", "checkpoint.pt")):
-            raise CheckpointError(f"{out} already holds a run; continue it with pyro_vae.resume({str(out)!r}), "
-                                  "or pass overwrite=True to replace it")
+            raise CheckpointError(
+                f"{out} already holds a run; continue it with pyro_vae.resume({str(out)!r}), "
+                "or pass overwrite=True to replace it"
+            )
         save = Checkpointer(out, every=checkpoint_every, run=record(vae, data, trainer, checkpoint_every))
 
         def on_epoch(t):

@@ -41,8 +41,12 @@ def test_errors_are_clear_and_nothing_is_overwritten(tmp_path, capsys):
     assert exit_code(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == before
-    assert exit_code(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "none"),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        exit_code(
+            ["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
     assert "binarized_mnist_train.amat" in capsys.readouterr().err
     assert exit_code(["train", "--likelihood", "bernoulli", "--out", str(tmp_path / "y")]) == 2
     assert "binarize" in capsys.readouterr().err
@@ -57,8 +61,20 @@ def test_console_entry_point_runs():
 
 def test_train_traced_writes_a_run_that_resumes(tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--traced", "--fused", "--binarize", "static", "--batch-size", "499", "--hidden", "16",
-            "--z-dim", "2", "--no-progress"]
+    argv = [
+        "train",
+        "--traced",
+        "--fused",
+        "--binarize",
+        "static",
+        "--batch-size",
+        "499",
+        "--hidden",
+        "16",
+        "--z-dim",
+        "2",
+        "--no-progress",
+    ]
     assert main([*argv, "--epochs", "1", "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["train"]["traced"] is True and run["train"]["fused"] is True
@@ -68,8 +84,27 @@ def test_train_traced_writes_a_run_that_resumes(tmp_path):
     reports = []
     for extra in ([], ["--traced"]):
         path = tmp_path / f"eval{len(extra)}.json"
-        assert main(["evaluate", str(out), "-K", "10", "--limit", "20", "--batch-size", "10", "--chunk-size", "10",
-                     "--no-progress", "--out", str(path), *extra]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(out),
+                    "-K",
+                    "10",
+                    "--limit",
+                    "20",
+                    "--batch-size",
+                    "10",
+                    "--chunk-size",
+                    "10",
+                    "--no-progress",
+                    "--out",
+                    str(path),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         reports.append(json.loads(path.read_text()))
     for key in ("nll", "neg_elbo", "active_units"):
         assert reports[1][key] == pytest.approx(reports[0][key], rel=1e-5), key
@@ -77,8 +112,22 @@ def test_train_traced_writes_a_run_that_resumes(tmp_path):
 
 def test_train_with_the_vamp_prior_then_evaluate_and_resume(tmp_path, capsys):
     out = tmp_path / "vamp"
-    argv = ["train", "--prior", "vamp", "--pseudo-inputs", "20", "--binarize", "static", "--hidden", "16",
-            "--epochs", "1", "--out", str(out), "--no-progress"]
+    argv = [
+        "train",
+        "--prior",
+        "vamp",
+        "--pseudo-inputs",
+        "20",
+        "--binarize",
+        "static",
+        "--hidden",
+        "16",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "VampPrior of 20 pseudo-inputs" in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
@@ -91,13 +140,19 @@ def test_train_with_the_vamp_prior_then_evaluate_and_resume(tmp_path, capsys):
     assert report["nll"] <= report["neg_elbo"] + 0.5  # the K = 20 estimate, below the ELBO up to its noise
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "cvae", "--prior", "vamp"], "--prior vamp does not apply to --model cvae (choose fixed or learned)"),
-    (["--prior", "learned"], "--prior learned does not apply to --model vae (choose fixed or vamp)"),
-    (["--model", "ae", "--prior", "fixed"], "--model ae takes no --prior: p(z) = N(0, I)"),
-    (["--pseudo-inputs", "10"], "--pseudo-inputs is the VampPrior's K: it needs --prior vamp"),
-    (["--prior", "vamp", "--pseudo-inputs", "0"], "--pseudo-inputs"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--model", "cvae", "--prior", "vamp"],
+            "--prior vamp does not apply to --model cvae (choose fixed or learned)",
+        ),
+        (["--prior", "learned"], "--prior learned does not apply to --model vae (choose fixed or vamp)"),
+        (["--model", "ae", "--prior", "fixed"], "--model ae takes no --prior: p(z) = N(0, I)"),
+        (["--pseudo-inputs", "10"], "--pseudo-inputs is the VampPrior's K: it needs --prior vamp"),
+        (["--prior", "vamp", "--pseudo-inputs", "0"], "--pseudo-inputs"),
+    ],
+)
 def test_prior_options_that_do_not_apply_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "run"
     assert exit_code(["train", *argv, "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
@@ -107,8 +162,27 @@ def test_prior_options_that_do_not_apply_are_refused_before_anything_is_written(
 
 def test_plot_refuses_a_vamp_prior_run_before_writing(tmp_path, capsys):
     out = tmp_path / "vamp"
-    assert main(["train", "--prior", "vamp", "--pseudo-inputs", "5", "--binarize", "static", "--hidden", "16",
-                 "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--prior",
+                "vamp",
+                "--pseudo-inputs",
+                "5",
+                "--binarize",
+                "static",
+                "--hidden",
+                "16",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert exit_code(["plot", str(out), "--out", str(tmp_path / "plots"), "--no-classifier"]) == 2
     assert "VampPrior; pyro-vae plot measures the latent space against p(z) = N(0, I)" in capsys.readouterr().err

@@ -34,10 +34,19 @@ def finished_run(tmp_path_factory):
 
 
 # ---- invalid options ---------------------------------------------------------------------
-@pytest.mark.parametrize("option, value", [
-    ("--particles", "-1"), ("--batch-size", "0"), ("--epochs", "0"), ("--lr", "-1"), ("--lr", "nan"),
-    ("--z-dim", "0"), ("--checkpoint-every", "0"), ("--clip-norm", "-1"),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--particles", "-1"),
+        ("--batch-size", "0"),
+        ("--epochs", "0"),
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--z-dim", "0"),
+        ("--checkpoint-every", "0"),
+        ("--clip-norm", "-1"),
+    ],
+)
 def test_invalid_options_are_named_and_nothing_is_written(tmp_path, capsys, option, value):
     out = tmp_path / "run"
     err = fails(["train", *TINY, option, value, "--out", str(out)], capsys, option)
@@ -67,18 +76,29 @@ def test_a_non_empty_folder_without_a_run_is_refused(tmp_path, capsys):
 
 def test_a_failed_start_with_overwrite_leaves_the_old_run(finished_run, tmp_path, capsys):
     out, files = finished_run
-    fails(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path), "--out", str(out), "--overwrite",
-           *TINY], capsys, "binarized_mnist_train.amat")
+    fails(
+        ["train", "--dataset", "binarized-mnist", "--data", str(tmp_path), "--out", str(out), "--overwrite", *TINY],
+        capsys,
+        "binarized_mnist_train.amat",
+    )
     assert snapshot(out) == files
 
 
 # ---- resume --------------------------------------------------------------------------------
 def test_resume_with_options_that_differ_from_the_run(finished_run, capsys):
     out, files = finished_run
-    fails(["train", "--resume", str(out), "--epochs", "2", "--lr", "0.01", "--z-dim", "8", "--no-progress"], capsys,
-          "differ from the run's", "--lr 0.01 (the run has 0.001)", "--z-dim 8 (the run has 4)")
-    fails(["train", "--resume", str(out), "--epochs", "2", "--objective", "meanfield"], capsys,
-          "--objective 'meanfield' (the run has 'elbo')")
+    fails(
+        ["train", "--resume", str(out), "--epochs", "2", "--lr", "0.01", "--z-dim", "8", "--no-progress"],
+        capsys,
+        "differ from the run's",
+        "--lr 0.01 (the run has 0.001)",
+        "--z-dim 8 (the run has 4)",
+    )
+    fails(
+        ["train", "--resume", str(out), "--epochs", "2", "--objective", "meanfield"],
+        capsys,
+        "--objective 'meanfield' (the run has 'elbo')",
+    )
     fails(["train", "--resume", str(out), "--out", str(out.parent / "elsewhere")], capsys, "drop --out")
     fails(["train", "--resume", str(out), "--no-progress"], capsys, "already trained 1 epochs", "--epochs N")
     assert snapshot(out) == files
@@ -94,8 +114,9 @@ def test_resume_continues_with_more_epochs_and_the_same_options_given_again(fini
     copy.mkdir()
     for name, data in files.items():
         (copy / name).write_bytes(data)
-    assert main(["train", "--resume", str(copy), "--epochs", "2", "--lr", "0.001", "--hidden", "16",
-                 "--no-progress"]) == 0
+    assert (
+        main(["train", "--resume", str(copy), "--epochs", "2", "--lr", "0.001", "--hidden", "16", "--no-progress"]) == 0
+    )
     assert "resuming after step 12 (epoch 2, batch 0)" in capsys.readouterr().out
     from pyro_vae.runs import load_checkpoint
 
@@ -114,15 +135,23 @@ def amat_folder(tmp_path, train_text, valid_text=GOOD_LINE * 4):
 def test_missing_data_file(tmp_path, capsys):
     root = amat_folder(tmp_path, GOOD_LINE * 4)
     (root / "binarized_mnist" / "binarized_mnist_valid.amat").unlink()
-    fails(["train", "--dataset", "binarized-mnist", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
-          capsys, "binarized_mnist_valid.amat", "not found")
+    fails(
+        ["train", "--dataset", "binarized-mnist", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
+        capsys,
+        "binarized_mnist_valid.amat",
+        "not found",
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_truncated_amat_line(tmp_path, capsys):
     root = amat_folder(tmp_path, GOOD_LINE * 3 + "0 1 0 1\n" + GOOD_LINE)
-    fails(["train", "--dataset", "binarized-mnist", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
-          capsys, "binarized_mnist_train.amat: line 4 has 4 values, expected 784", "truncated")
+    fails(
+        ["train", "--dataset", "binarized-mnist", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
+        capsys,
+        "binarized_mnist_train.amat: line 4 has 4 values, expected 784",
+        "truncated",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -150,8 +179,11 @@ def test_corrupt_gz(tmp_path, capsys):
     labels = gzip.compress(idx_bytes(torch.zeros(10, dtype=torch.uint8)))
     images = gzip.compress(idx_bytes(torch.zeros(10, 28, 28, dtype=torch.uint8)))
     root = mnist_raw(tmp_path, images[: len(images) // 2], labels)  # a download cut short
-    fails(["train", "--dataset", "mnist10k", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
-          capsys, "t10k-images-idx3-ubyte.gz is not a valid gzipped IDX file")
+    fails(
+        ["train", "--dataset", "mnist10k", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
+        capsys,
+        "t10k-images-idx3-ubyte.gz is not a valid gzipped IDX file",
+    )
     assert not (tmp_path / "run").exists()
     (root / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="not a valid gzipped IDX"):
@@ -162,8 +194,12 @@ def test_wrong_image_size(tmp_path, capsys):
     labels = gzip.compress(idx_bytes(torch.zeros(10, dtype=torch.uint8)))
     images = gzip.compress(idx_bytes(torch.zeros(10, 27, 27, dtype=torch.uint8)))
     root = mnist_raw(tmp_path, images, labels)
-    fails(["train", "--dataset", "mnist10k", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
-          capsys, "expected (N, 28, 28) images", "(10, 27, 27)")
+    fails(
+        ["train", "--dataset", "mnist10k", "--data", str(root), "--out", str(tmp_path / "run"), *TINY],
+        capsys,
+        "expected (N, 28, 28) images",
+        "(10, 27, 27)",
+    )
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataError, match=r"expected images of shape \(N, 784\)"):
         ImageData(x=torch.zeros(5, 64), image_shape=(1, 28, 28))
@@ -175,8 +211,13 @@ def test_wrong_image_size(tmp_path, capsys):
 
 # ---- data values ---------------------------------------------------------------------------
 def test_non_binary_data_for_a_bernoulli_likelihood(tmp_path, capsys):
-    fails(["train", "--likelihood", "bernoulli", "--out", str(tmp_path / "run"), *TINY], capsys,
-          "digits/train", "Bernoulli likelihood needs binary data", "--binarize")
+    fails(
+        ["train", "--likelihood", "bernoulli", "--out", str(tmp_path / "run"), *TINY],
+        capsys,
+        "digits/train",
+        "Bernoulli likelihood needs binary data",
+        "--binarize",
+    )
     assert not (tmp_path / "run").exists()
     grey = ImageData(x=torch.full((4, 4), 0.5), image_shape=(1, 2, 2), name="grey")
     with pytest.raises(ValueError, match="grey: the Bernoulli likelihood needs binary data"):
@@ -206,8 +247,11 @@ def test_nan_or_inf_in_the_data(bad):
 
 def test_labels_out_of_range_for_a_conditional_model():
     assert torch.equal(check_labels(torch.tensor([0, 9, 3]), 10), torch.tensor([0, 9, 3]))
-    with pytest.raises(DataError, match=r"train: 2 labels are out of range for 10 classes .*0\.\.9; "
-                                        r"the first is 10 at index 1"):
+    with pytest.raises(
+        DataError,
+        match=r"train: 2 labels are out of range for 10 classes .*0\.\.9; "
+        r"the first is 10 at index 1",
+    ):
         check_labels(torch.tensor([0, 10, 3, -1]), 10, name="train")
     with pytest.raises(DataError, match="labels must be integers, got dtype torch.float32"):
         check_labels(torch.tensor([0.0, 1.0]), 10)
@@ -219,12 +263,15 @@ def test_labels_out_of_range_for_a_conditional_model():
         ImageData(x=torch.rand(3, 4), y=torch.tensor([1, 2]), image_shape=(1, 2, 2), num_classes=10)
 
 
-@pytest.mark.parametrize("argv, said", [
-    (["--traced", "--objective", "iwae"], "--traced replays Trace_ELBO's step"),
-    (["--traced", "--kl-warmup", "2"], "--traced does not combine with --kl-warmup"),
-    (["--traced", "--compile"], "--traced does not combine with --compile"),
-    (["--traced", "--binarize", "static", "--guide", "flow", "--objective", "tracegraph"], "--traced replays"),
-])
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--traced", "--objective", "iwae"], "--traced replays Trace_ELBO's step"),
+        (["--traced", "--kl-warmup", "2"], "--traced does not combine with --kl-warmup"),
+        (["--traced", "--compile"], "--traced does not combine with --compile"),
+        (["--traced", "--binarize", "static", "--guide", "flow", "--objective", "tracegraph"], "--traced replays"),
+    ],
+)
 def test_traced_refuses_what_it_cannot_replay(tmp_path, capsys, argv, said):
     out = tmp_path / "run"
     fails(["train", *TINY, *argv, "--out", str(out)], capsys, said)

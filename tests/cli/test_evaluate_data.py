@@ -22,8 +22,29 @@ def run_on_own_data(tmp_path, monkeypatch):
     write_amat(data, "train", 200, 0)
     write_amat(data, "valid", 40, 1)
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "binarized-mnist", "--data", str(data), "--epochs", "1", "--hidden", "16",
-                 "--z-dim", "2", "--batch-size", "50", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "binarized-mnist",
+                "--data",
+                str(data),
+                "--epochs",
+                "1",
+                "--hidden",
+                "16",
+                "--z-dim",
+                "2",
+                "--batch-size",
+                "50",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no ./data here

@@ -24,23 +24,25 @@ FIGURES = ["loss_curves.png", "reconstructions.png", "samples.png", "overview.pn
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 # ---- options -------------------------------------------------------------------------------
-@pytest.mark.parametrize("option, says", [
-    (["--hidden", "0"], "argument --hidden: must be a positive integer, got 0"),
-    (["--hidden", "-4"], "argument --hidden: must be a positive integer, got -4"),
-    (["--hidden", "16", "0"], "argument --hidden: must be a positive integer, got 0"),
-    (["--scale", "nan"], "argument --scale: must be a positive number or learned, got nan"),
-    (["--scale", "inf"], "argument --scale: must be a positive number or learned, got inf"),
-    (["--scale", "-1"], "argument --scale: must be a positive number or learned, got -1"),
-    (["--scale", "0"], "argument --scale: must be a positive number or learned, got 0"),
-    (["--device", "foo"], "--device 'foo' is not a device"),
-    (["--device", "mps"], "--device mps: pyro-vae runs on cpu or cuda (cuda:N), not on mps"),
-    (["--device", "meta"], "--device meta: pyro-vae runs on cpu or cuda (cuda:N), not on meta"),
-    (["--ddp-timeout", "0"], "argument --ddp-timeout: must be a positive number, got 0"),
-    (["--ddp-timeout", "nan"], "argument --ddp-timeout: must be a positive number, got nan"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        (["--hidden", "0"], "argument --hidden: must be a positive integer, got 0"),
+        (["--hidden", "-4"], "argument --hidden: must be a positive integer, got -4"),
+        (["--hidden", "16", "0"], "argument --hidden: must be a positive integer, got 0"),
+        (["--scale", "nan"], "argument --scale: must be a positive number or learned, got nan"),
+        (["--scale", "inf"], "argument --scale: must be a positive number or learned, got inf"),
+        (["--scale", "-1"], "argument --scale: must be a positive number or learned, got -1"),
+        (["--scale", "0"], "argument --scale: must be a positive number or learned, got 0"),
+        (["--device", "foo"], "--device 'foo' is not a device"),
+        (["--device", "mps"], "--device mps: pyro-vae runs on cpu or cuda (cuda:N), not on mps"),
+        (["--device", "meta"], "--device meta: pyro-vae runs on cpu or cuda (cuda:N), not on meta"),
+        (["--ddp-timeout", "0"], "argument --ddp-timeout: must be a positive number, got 0"),
+        (["--ddp-timeout", "nan"], "argument --ddp-timeout: must be a positive number, got nan"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_a_bad_option_is_refused_before_anything_is_created(tmp_path, capsys, option, says):
     out = tmp_path / "run"
     fails(["train", "--epochs", "1", "--out", str(out), *TINY, *option], capsys, says)
@@ -50,10 +52,12 @@ def test_a_bad_option_is_refused_before_anything_is_created(tmp_path, capsys, op
 def test_cuda_on_a_machine_without_one_is_refused_by_every_command(finished_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
     before = snapshot(finished_run)
-    for argv in (["sample", str(finished_run), "--out", str(tmp_path / "s.png")],
-                 ["train", "--out", str(tmp_path / "run"), *TINY],
-                 ["evaluate", str(finished_run), "-K", "10", "--no-progress"],
-                 ["plot", str(finished_run), "--out", str(tmp_path / "plots")]):
+    for argv in (
+        ["sample", str(finished_run), "--out", str(tmp_path / "s.png")],
+        ["train", "--out", str(tmp_path / "run"), *TINY],
+        ["evaluate", str(finished_run), "-K", "10", "--no-progress"],
+        ["plot", str(finished_run), "--out", str(tmp_path / "plots")],
+    ):
         fails(argv + ["--device", "cuda"], capsys, "--device cuda was asked for, but no CUDA GPU is available")
     assert not list(tmp_path.iterdir()) and snapshot(finished_run) == before
 
@@ -68,8 +72,11 @@ def test_a_gpu_that_does_not_exist_is_refused(finished_run, tmp_path, capsys, mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with n GPUs, checked before any use
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     n = 2
-    fails(["sample", str(finished_run), "--out", str(tmp_path / "s.png"), "--device", f"cuda:{n}"], capsys,
-          f"there is no GPU {n}")
+    fails(
+        ["sample", str(finished_run), "--out", str(tmp_path / "s.png"), "--device", f"cuda:{n}"],
+        capsys,
+        f"there is no GPU {n}",
+    )
 
 
 def test_an_out_that_names_a_file_is_refused(tmp_path, capsys):
@@ -79,8 +86,11 @@ def test_an_out_that_names_a_file_is_refused(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "precious"
     # the folder is made (to lock it) before the data are read: a failed start removes it
     out = tmp_path / "deep" / "run"
-    fails(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "nothing"), "--out", str(out), *TINY],
-          capsys, "binarized_mnist_train.amat")
+    fails(
+        ["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "nothing"), "--out", str(out), *TINY],
+        capsys,
+        "binarized_mnist_train.amat",
+    )
     assert not out.exists()
 
 
@@ -132,9 +142,30 @@ def test_a_stalled_rank_stops_the_other_with_a_clear_error_within_the_timeout(tm
     out = tmp_path / "run"
     log = open(tmp_path / "log", "w")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MPLBACKEND="Agg")
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "pyro_vae.cli", "train", "--epochs", "1000", "--out", str(out), *TINY,
-                             "--ddp-timeout", "5"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pyro_vae.cli",
+            "train",
+            "--epochs",
+            "1000",
+            "--out",
+            str(out),
+            *TINY,
+            "--ddp-timeout",
+            "5",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     stalled = None
     try:
         stop = time.monotonic() + 120
@@ -187,8 +218,10 @@ def test_resume_of_a_finished_run_writes_its_missing_figures(run_copy, capsys):
 def test_plot_writes_the_missing_figures_of_a_finished_run(run_copy, capsys):
     for name in FIGURES:
         (run_copy / name).unlink()
-    assert main(["plot", str(run_copy), "--no-classifier", "--draws", "50", "--grid", "3", "-n", "4",
-                 "--limit", "40"]) == 0
+    assert (
+        main(["plot", str(run_copy), "--no-classifier", "--draws", "50", "--grid", "3", "-n", "4", "--limit", "40"])
+        == 0
+    )
     assert f"wrote the missing figures of {run_copy}" in capsys.readouterr().out
     assert all((run_copy / name).is_file() for name in FIGURES)
     assert (run_copy / "plots" / "samples.png").is_file()

@@ -16,8 +16,10 @@ from run_helpers import TINY, exit_code
 pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN = ["train", "--dataset", "digits", "--epochs", "12", "--seed", "0", *TINY]
 # a shell's foreground job: SIGINT raises KeyboardInterrupt even where the test runner's shell ignores it
-CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-         "from pyro_vae.cli import main; sys.exit(main(sys.argv[1:]))")
+CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from pyro_vae.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def checkpointed_weights(folder):
@@ -37,8 +39,13 @@ def uninterrupted(tmp_path_factory):
 def test_a_signal_stops_training_with_one_line_and_the_resume_command(tmp_path, uninterrupted, sig, code):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *TRAIN, "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *TRAIN, "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists():  # the first epoch's checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -50,9 +57,11 @@ def test_a_signal_stops_training_with_one_line_and_the_resume_command(tmp_path, 
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     epoch = json.loads((out / "run.json").read_text())["epoch"]
     assert 1 <= epoch < 12
-    assert lines[0] == (f"pyro-vae train: stopped by {signal.Signals(sig).name}; its last checkpoint holds "
-                        f"{epoch} complete epochs (step {json.loads((out / 'run.json').read_text())['step']}); "
-                        f"continue with: pyro-vae train --resume {out}")
+    assert lines[0] == (
+        f"pyro-vae train: stopped by {signal.Signals(sig).name}; its last checkpoint holds "
+        f"{epoch} complete epochs (step {json.loads((out / 'run.json').read_text())['step']}); "
+        f"continue with: pyro-vae train --resume {out}"
+    )
     assert not list(out.glob(".*.tmp")) and not (out / ".pyro-vae.lock").exists()  # nothing half-written
 
     assert exit_code(["train", "--resume", str(out), "--no-progress"]) == 0
@@ -72,6 +81,7 @@ def test_a_signal_before_the_first_checkpoint_leaves_no_folder(tmp_path, monkeyp
     monkeypatch.setattr(Trainer, "run", interrupted)
     out = tmp_path / "run"
     assert exit_code([*TRAIN, "--out", str(out)]) == 130
-    assert capsys.readouterr().err == ("pyro-vae train: stopped by SIGINT; no checkpoint was saved yet: "
-                                       "nothing to resume\n")
+    assert capsys.readouterr().err == (
+        "pyro-vae train: stopped by SIGINT; no checkpoint was saved yet: nothing to resume\n"
+    )
     assert not out.exists()

@@ -20,14 +20,17 @@ def test_digits_defaults_to_a_fixed_scale_and_300_epochs():
     assert (args.epochs, args.scale) == (DIGITS_EPOCHS, DIGITS_SCALE) == (300, 0.25)
 
 
-@pytest.mark.parametrize("argv, epochs, scale", [
-    (["--scale", "learned"], 300, None),                     # a learned per-pixel scale, asked for
-    (["--scale", "0.1", "--epochs", "7"], 7, 0.1),           # given values are kept
-    (["--binarize", "static"], 300, None),                   # Bernoulli: no scale
-    (["--likelihood", "bernoulli"], 300, None),
-    (["--dataset", "mnist"], EPOCHS, None),                  # other data sets: learned, 30 epochs
-    (["--dataset", "mnist", "--likelihood", "gaussian", "--scale", "learned"], EPOCHS, None),
-])
+@pytest.mark.parametrize(
+    "argv, epochs, scale",
+    [
+        (["--scale", "learned"], 300, None),  # a learned per-pixel scale, asked for
+        (["--scale", "0.1", "--epochs", "7"], 7, 0.1),  # given values are kept
+        (["--binarize", "static"], 300, None),  # Bernoulli: no scale
+        (["--likelihood", "bernoulli"], 300, None),
+        (["--dataset", "mnist"], EPOCHS, None),  # other data sets: learned, 30 epochs
+        (["--dataset", "mnist", "--likelihood", "gaussian", "--scale", "learned"], EPOCHS, None),
+    ],
+)
 def test_given_options_and_other_data_sets(argv, epochs, scale):
     args = resolved(*argv)
     assert (args.epochs, args.scale) == (epochs, scale)

@@ -46,7 +46,9 @@ def test_share_of_ones_matches_every_grey_level_within_binomial_error(grey, stat
         p = k / 16
         share = static.x[sel].mean().item()
         se = math.sqrt(p * (1 - p) / n)
-        assert abs(share - p) < K * se, f"grey level {k}/16: share of ones {share:.4f}, expected {p:.4f} ± {K * se:.4f} (n={n})"
+        assert abs(share - p) < K * se, (
+            f"grey level {k}/16: share of ones {share:.4f}, expected {p:.4f} ± {K * se:.4f} (n={n})"
+        )
         # not deterministic: pixels of the same grey level come out both ways
         ones = int(static.x[sel].sum())
         assert 0 < ones < n, f"grey level {k}/16: all {n} pixels gave {static.x[sel][0].item():g}"

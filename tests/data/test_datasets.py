@@ -15,6 +15,7 @@ def test_digits_offline_split_and_range():
     assert set(train.y.unique().tolist()) == set(range(10))
     # the two splits partition scikit-learn's 1,797 images
     from sklearn.datasets import load_digits
+
     every = torch.tensor(load_digits().data, dtype=torch.float32) / 16
     both = torch.cat([train.x, valid.x])
     assert torch.equal(both.sum(0), every.sum(0)) or torch.allclose(both.sum(0), every.sum(0))

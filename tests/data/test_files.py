@@ -87,8 +87,22 @@ def test_the_cli_names_the_line_of_a_bad_amat_and_writes_nothing(tmp_path, capsy
     (root / "binarized_mnist_train.amat").write_text(line(rows[0]) + line(list(rows[1]) + [0]) + line(rows[2][1:]))
     (root / "binarized_mnist_valid.amat").write_text(text)
     out = tmp_path / "run"
-    code = exit_code(["train", "--dataset", "binarized-mnist", "--data", str(tmp_path / "data"), "--out", str(out),
-                 "--hidden", "16", "--z-dim", "4", "--no-progress"])
+    code = exit_code(
+        [
+            "train",
+            "--dataset",
+            "binarized-mnist",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--hidden",
+            "16",
+            "--z-dim",
+            "4",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "binarized_mnist_train.amat: line 2 has 785 values" in err, err
     assert len(err.strip().splitlines()) == 1
@@ -139,8 +153,11 @@ def test_idx_data_shorter_or_longer_than_its_header_says_is_named(tmp_path):
     full = idx_bytes(np.zeros((2500, 28, 28)))
     for blob in (full[:-1], full + b"\x00"):
         root = mnist10k_root(tmp_path, images=blob)
-        with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: the IDX header gives shape "
-                                            r"\(2500, 28, 28\) \(1960000 bytes of data\)"):
+        with pytest.raises(
+            DataError,
+            match=r"t10k-images-idx3-ubyte\.gz: the IDX header gives shape "
+            r"\(2500, 28, 28\) \(1960000 bytes of data\)",
+        ):
             load_dataset("mnist10k", "train", root)
 
 
@@ -188,8 +205,25 @@ def test_a_test_split_that_does_not_exist_is_refused(tmp_path, name):
 
 def test_evaluate_split_test_on_digits_is_refused_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "4", "--binarize", "dynamic",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--hidden",
+                "16",
+                "--z-dim",
+                "4",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     code = exit_code(["evaluate", str(out), "--split", "test", "-K", "10", "--no-progress"])
     err = capsys.readouterr().err

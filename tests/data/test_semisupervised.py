@@ -37,8 +37,9 @@ def test_choice_refuses_bad_counts():
 
 def test_batches_are_pure_and_mix_as_configured():
     y = labels(n=200)
-    data = semisupervised(ImageData(x=torch.rand(200, 4), y=y, image_shape=(1, 2, 2), name="t"), 20, seed=0,
-                          labelled_every=2)
+    data = semisupervised(
+        ImageData(x=torch.rand(200, 4), y=y, image_shape=(1, 2, 2), name="t"), 20, seed=0, labelled_every=2
+    )
     assert isinstance(data, SemiSupervisedData)
     assert (data.y != UNLABELLED).sum() == 20
     kinds, seen_unl = [], 0

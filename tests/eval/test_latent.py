@@ -43,8 +43,7 @@ def test_nearest_distances_match_brute_force():
     a, b = torch.randn(30, 3, generator=g), torch.randn(20, 3, generator=g)
     brute = torch.tensor([min(float((p - r).norm()) for r in b) for p in a])
     assert torch.allclose(nearest_distances(a, b, chunk_size=7), brute, atol=1e-5)
-    self_brute = torch.tensor([min(float((p - r).norm()) for j, r in enumerate(a) if j != i)
-                               for i, p in enumerate(a)])
+    self_brute = torch.tensor([min(float((p - r).norm()) for j, r in enumerate(a) if j != i) for i, p in enumerate(a)])
     assert torch.allclose(nearest_distances(a, a, exclude_self=True, chunk_size=7), self_brute, atol=1e-5)
     with pytest.raises(ValueError, match="same d"):
         nearest_distances(a, torch.randn(4, 2))
@@ -76,8 +75,9 @@ def test_gaussian_codes_have_one_percent_dead_zones():
 def test_two_far_clusters_leave_the_prior_in_dead_zones():
     g = torch.Generator().manual_seed(3)
     centre = torch.tensor([5.0, 0.0])
-    codes = torch.cat([centre + 0.1 * torch.randn(1000, 2, generator=g),
-                       -centre + 0.1 * torch.randn(1000, 2, generator=g)])
+    codes = torch.cat(
+        [centre + 0.1 * torch.randn(1000, 2, generator=g), -centre + 0.1 * torch.randn(1000, 2, generator=g)]
+    )
     draws = torch.randn(4000, 2, generator=g)
     share, t = dead_zone_share(draws, codes, Q)
     # a draw within t of a code lies within ~0.5 of (±5, 0): N(0, I) puts < 1e-4 there

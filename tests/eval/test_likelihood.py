@@ -167,13 +167,13 @@ def ppca(D=5, d=2, sigma=0.5, seed=0):
     with torch.no_grad():
         decoder.weight.copy_(W)
         decoder.bias.copy_(mu)
-    prec = torch.eye(d) + W.T @ W / sigma ** 2  # posterior precision
+    prec = torch.eye(d) + W.T @ W / sigma**2  # posterior precision
     post_cov = torch.linalg.inv(prec)
-    M = post_cov @ W.T / sigma ** 2  # posterior mean = M (x − μ)
+    M = post_cov @ W.T / sigma**2  # posterior mean = M (x − μ)
     var = 1.5 * torch.linalg.eigvalsh(post_cov).max()
     encoder = GaussianEncoder(M, -M @ mu + 0.3, torch.full((d,), float(var.log())))
     vae = VAE(encoder, decoder, z_dim=d, likelihood=Gaussian(D, scale=sigma))
-    marginal = dist.MultivariateNormal(mu, W @ W.T + sigma ** 2 * torch.eye(D))  # p(x), closed form
+    marginal = dist.MultivariateNormal(mu, W @ W.T + sigma**2 * torch.eye(D))  # p(x), closed form
     truth = dict(W=W, mu=mu, sigma=sigma, marginal=marginal)
     return vae, truth
 
@@ -188,7 +188,7 @@ def closed_form_elbo(vae, truth, x):
     D, d = W.shape
     resid = x - m @ W.T - mu
     trace = (W.pow(2) * s2[:, None, :]).sum((-2, -1))  # tr(W diag s² Wᵀ)
-    rec = -0.5 * D * math.log(2 * math.pi * sigma ** 2) - (resid.pow(2).sum(-1) + trace) / (2 * sigma ** 2)
+    rec = -0.5 * D * math.log(2 * math.pi * sigma**2) - (resid.pow(2).sum(-1) + trace) / (2 * sigma**2)
     prior = -0.5 * d * LOG_2PI - 0.5 * (m.pow(2).sum(-1) + s2.sum(-1))
     entropy = 0.5 * d * (LOG_2PI + 1) + 0.5 * log_var.sum(-1)
     return (rec + prior + entropy).double()
@@ -208,7 +208,7 @@ def test_ppca_log_likelihood_and_elbo_match_the_closed_forms(ppca_data):
     stats = importance_sampling(vae, x, num_samples=20000, chunk_size=5000)
     err = stats["log_px"] - exact
     se = stats["log_px_stderr"]
-    assert (err.abs() <= 4 * se + se ** 2).all(), (err, se)
+    assert (err.abs() <= 4 * se + se**2).all(), (err, se)
     assert (se < 0.02).all()  # and the standard error is small: the check is tight
     elbo_exact = closed_form_elbo(vae, truth, x)
     assert ((stats["elbo"] - elbo_exact).abs() <= 4 * stats["elbo_stderr"]).all()
@@ -247,8 +247,8 @@ def ppca_pyro_program(truth):
     log p(x) for every K, up to float rounding."""
     W, mu, sigma = truth["W"], truth["mu"], truth["sigma"]
     d = W.shape[1]
-    post_cov = torch.linalg.inv(torch.eye(d) + W.T @ W / sigma ** 2)
-    M = post_cov @ W.T / sigma ** 2
+    post_cov = torch.linalg.inv(torch.eye(d) + W.T @ W / sigma**2)
+    M = post_cov @ W.T / sigma**2
     tril = torch.linalg.cholesky(post_cov)
 
     def model(x):
@@ -330,7 +330,7 @@ def test_plain_functions_work_for_log_likelihood_iwae_bound_and_elbo(ppca_data):
         assert ((L5 - L1) > 3 * (se1 + se5)).all() and ((exact - L5) > -3 * se5).all()
         pyro.set_rng_seed(2)
         est, se = log_likelihood(model, guide, x, num_samples=20000, chunk_size=5000, return_stderr=True)
-        assert ((est - exact).abs() <= 4 * se + se ** 2).all() and (se < 0.02).all()
+        assert ((est - exact).abs() <= 4 * se + se**2).all() and (se < 0.02).all()
         # the guide's parameters came from the param store: at their initial values the ELBO differs
         pyro.clear_param_store()
         assert ((L1 - elbo(model, guide, x, num_samples=2000)) > 1.0).all()
@@ -431,15 +431,46 @@ def test_likelihood_report_orders_the_bounds():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rc = main(["train", "--dataset", "digits", "--binarize", "static", "--epochs", "1", "--hidden", "16",
-               "--z-dim", "3", "--out", str(out), "--no-progress", "--overwrite"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--binarize",
+            "static",
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--z-dim",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--overwrite",
+        ]
+    )
     assert rc == 0
     return out
 
 
 def test_cli_evaluate_prints_and_writes_json(tiny_run, capsys):
-    rc = main(["evaluate", str(tiny_run), "--split", "valid", "-K", "100", "--iwae-k", "5", "10",
-               "--limit", "12", "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            str(tiny_run),
+            "--split",
+            "valid",
+            "-K",
+            "100",
+            "--iwae-k",
+            "5",
+            "10",
+            "--limit",
+            "12",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "NLL (K=100)" in printed and "-L_10" in printed and "active units" in printed
@@ -449,13 +480,16 @@ def test_cli_evaluate_prints_and_writes_json(tiny_run, capsys):
     assert all(math.isfinite(result[k]) for k in ("nll", "nll_stderr", "nll_mc_stderr", "neg_elbo"))
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["-K", "0"], "argument -K/--num-samples: must be a positive integer, got 0"),
-    (["-K", "-5"], "argument -K/--num-samples: must be a positive integer, got -5"),
-    (["-K", "100", "--iwae-k", "3"], "--iwae-k 3"),
-    (["--limit", "0"], "argument --limit: must be a positive integer, got 0"),
-    (["--chunk-size", "0"], "argument --chunk-size: must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["-K", "0"], "argument -K/--num-samples: must be a positive integer, got 0"),
+        (["-K", "-5"], "argument -K/--num-samples: must be a positive integer, got -5"),
+        (["-K", "100", "--iwae-k", "3"], "--iwae-k 3"),
+        (["--limit", "0"], "argument --limit: must be a positive integer, got 0"),
+        (["--chunk-size", "0"], "argument --chunk-size: must be a positive integer, got 0"),
+    ],
+)
 def test_cli_evaluate_rejects_bad_options(tiny_run, capsys, argv, message):
     assert exit_code(["evaluate", str(tiny_run), "--no-progress"] + argv) == 2
     assert message in capsys.readouterr().err
@@ -478,8 +512,9 @@ def test_traced_importance_sampling_gives_the_eager_estimates():
         stats = []
         for traced in (False, True):
             pyro.set_rng_seed(5)
-            stats.append(importance_sampling(model, x, num_samples=50, ks=(5,), batch_size=10, chunk_size=25,
-                                             traced=traced))
+            stats.append(
+                importance_sampling(model, x, num_samples=50, ks=(5,), batch_size=10, chunk_size=25, traced=traced)
+            )
         for key, eager in stats[0].items():
             torch.testing.assert_close(stats[1][key], eager, rtol=1e-5, atol=1e-5, msg=key)
 
@@ -525,10 +560,13 @@ def test_log_likelihood_of_a_vamp_prior_vae_matches_quadrature():
         v64 = build_vae((1, 2, 3), z_dim=1, hidden_dims=(8,), prior="vamp", pseudo_inputs=4).double()
         v64.load_state_dict(vae.state_dict())
         loc, log_var = v64.q.encoder(v64.vamp.pseudo_inputs.clamp(0, 1))[:2]  # the VampPrior, from its definition
-        prior = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(4, dtype=torch.float64)),
-                                       dist.Normal(loc, (0.5 * log_var).exp()).to_event(1))
-        log_joint = prior.log_prob(grid[:, None])[:, None] + \
-            v64.likelihood(v64.decoder(grid[:, None])[:, None, :]).log_prob(x.double()[None])
+        prior = dist.MixtureSameFamily(
+            dist.Categorical(logits=torch.zeros(4, dtype=torch.float64)),
+            dist.Normal(loc, (0.5 * log_var).exp()).to_event(1),
+        )
+        log_joint = prior.log_prob(grid[:, None])[:, None] + v64.likelihood(
+            v64.decoder(grid[:, None])[:, None, :]
+        ).log_prob(x.double()[None])
         exact = torch.logsumexp(log_joint, 0) + math.log(grid[1] - grid[0])
     for traced in (False, True):
         pyro.set_rng_seed(2)

@@ -19,8 +19,7 @@ from pyro_vae.eval.calls import fixed_model
 @pytest.fixture(scope="module")
 def nuts():
     pyro.set_rng_seed(0)
-    return P.nuts_posterior(linear_gaussian_vae(), X, num_samples=400, warmup_steps=200, num_chains=2,
-                            jit_compile=True)
+    return P.nuts_posterior(linear_gaussian_vae(), X, num_samples=400, warmup_steps=200, num_chains=2, jit_compile=True)
 
 
 def test_nuts_matches_the_closed_form_posterior(nuts):
@@ -81,10 +80,45 @@ def test_divergences_vanish_for_the_exact_guide_and_not_for_a_narrow_one(nuts):
 
 def test_cli_posterior_writes_figure_and_khat(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--guide", "full", "--epochs", "1", "--z-dim", "2", "--hidden", "32", "--binarize",
-                 "dynamic", "--out", str(run), "--no-progress"]) == 0
-    assert main(["posterior", str(run), "--index", "17", "--num-samples", "60", "--warmup", "60",
-                 "--is-samples", "300", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--guide",
+                "full",
+                "--epochs",
+                "1",
+                "--z-dim",
+                "2",
+                "--hidden",
+                "32",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "posterior",
+                str(run),
+                "--index",
+                "17",
+                "--num-samples",
+                "60",
+                "--warmup",
+                "60",
+                "--is-samples",
+                "300",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "Pareto k̂" in capsys.readouterr().out
     result = json.loads((run / "posterior_17.json").read_text())
     assert math.isfinite(result["khat"]) and result["guide"] == "full" and result["num_draws"] == 120
@@ -105,7 +139,7 @@ def exact_guide(x):
     """A user's own guide: the exact posterior q(z|x) = N(Σ Wᵀ x/σ², Σ)."""
     _, cov, _ = exact()
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.MultivariateNormal(x @ (cov @ W.T / SIGMA ** 2).T, covariance_matrix=cov))
+        pyro.sample("z", dist.MultivariateNormal(x @ (cov @ W.T / SIGMA**2).T, covariance_matrix=cov))
 
 
 def assert_matches_the_closed_form(z, ess):
@@ -143,8 +177,9 @@ def test_nuts_takes_a_plain_model_callable_and_compare_takes_a_users_guide():
 
 def test_nuts_takes_a_model_function_of_ones_own():
     pyro.set_rng_seed(5)
-    idata = P.nuts_posterior(linear_gaussian_model, X[0], num_samples=300, warmup_steps=200, num_chains=2,
-                              jit_compile=True)
+    idata = P.nuts_posterior(
+        linear_gaussian_model, X[0], num_samples=300, warmup_steps=200, num_chains=2, jit_compile=True
+    )
     assert list(idata.posterior.data_vars) == ["w"] and idata.posterior["w"].shape == (2, 300, 2)
     diag = P.nuts_diagnostics(idata)
     assert diag["max_rhat"] < 1.05 and diag["min_ess_bulk"] > 100

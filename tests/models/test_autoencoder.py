@@ -108,8 +108,18 @@ def test_trainer_trains_the_autoencoder_on_digits():
 
 def test_registered_and_rebuilt_from_its_config():
     assert MODEL_BUILDERS["ae"] is build_autoencoder
-    ae = build_model(dict(model="ae", image_shape=[1, 8, 8], z_dim=3, network="mlp", hidden_dims=[16],
-                          likelihood="bernoulli", guide="diagonal", scale=None))
+    ae = build_model(
+        dict(
+            model="ae",
+            image_shape=[1, 8, 8],
+            z_dim=3,
+            network="mlp",
+            hidden_dims=[16],
+            likelihood="bernoulli",
+            guide="diagonal",
+            scale=None,
+        )
+    )
     assert isinstance(ae, Autoencoder)
     again = build_model(ae.config)
     assert isinstance(again, Autoencoder) and again.config == ae.config
@@ -119,14 +129,17 @@ def test_conv_networks_work_too():
     ae = build_autoencoder(SHAPE, z_dim=2, network="conv")
     x = _binary(4)
     assert make_objective("elbo").loss(ae.model, ae.guide, x) == pytest.approx(
-        F.binary_cross_entropy_with_logits(ae.decoder(ae.q.encoder(x)[0]), x, reduction="sum").item(),
-        rel=1e-5)
+        F.binary_cross_entropy_with_logits(ae.decoder(ae.q.encoder(x)[0]), x, reduction="sum").item(), rel=1e-5
+    )
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(guide="full"), "point mass"),
-    (dict(guide_kwargs={"rank": 2}), "no guide options"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(guide="full"), "point mass"),
+        (dict(guide_kwargs={"rank": 2}), "no guide options"),
+    ],
+)
 def test_bad_settings_are_named(kwargs, words):
     with pytest.raises(ValueError, match=words):
         build_autoencoder(SHAPE, z_dim=2, **kwargs)
@@ -134,8 +147,26 @@ def test_bad_settings_are_named(kwargs, words):
 
 def test_cli_trains_and_samples_an_autoencoder(tmp_path, capsys):
     out = tmp_path / "ae"
-    rc = main(["train", "--model", "ae", "--dataset", "digits", "--binarize", "dynamic", "--z-dim", "2",
-               "--hidden", "32", "--epochs", "1", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            "ae",
+            "--dataset",
+            "digits",
+            "--binarize",
+            "dynamic",
+            "--z-dim",
+            "2",
+            "--hidden",
+            "32",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     model, run = load_run(out)
     assert isinstance(model, Autoencoder) and run["model"]["model"] == "ae"

@@ -54,8 +54,7 @@ def _cvae_ignoring_c(vae, constant=None):
             own[name] = value.clone()
     cvae.load_state_dict(own)
     with torch.no_grad():
-        for net, vnet, n_in in ((cvae.q.encoder, vae.q.encoder, D),
-                                (cvae.decoder, vae.decoder, Z)):
+        for net, vnet, n_in in ((cvae.q.encoder, vae.q.encoder, D), (cvae.decoder, vae.decoder, Z)):
             lin, vlin = _first_linear(net), _first_linear(vnet)
             lin.weight[:, :n_in] = vlin.weight
             lin.bias.copy_(vlin.bias)
@@ -109,7 +108,7 @@ def test_learned_prior_meanfield_elbo_matches_closed_form():
         z = mq + sq * torch.randn_like(mq)  # the guide's reparameterized draw, same RNG stream
         logits = cvae.decoder(torch.cat([z, h], -1))
         log_px = (x * logits - F.softplus(logits)).sum()
-        kl = (torch.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2) - 0.5).sum()
+        kl = (torch.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5).sum()
     assert loss == pytest.approx(float(kl - log_px), rel=1e-5)
 
 
@@ -119,8 +118,8 @@ class _ExactPosterior(torch.nn.Module):
 
     def __init__(self, w, w_c, b, sigma):
         super().__init__()
-        var = 1.0 / (1.0 + w.pow(2).sum() / sigma ** 2)  # Σ = (1 + wᵀw/σ²)⁻¹
-        gain = var / sigma ** 2
+        var = 1.0 / (1.0 + w.pow(2).sum() / sigma**2)  # Σ = (1 + wᵀw/σ²)⁻¹
+        gain = var / sigma**2
         self.register_buffer("A", gain * torch.cat([w, -(w @ w_c)]).unsqueeze(0))  # (1, D + K)
         self.register_buffer("a", -gain * (w @ b).reshape(1))
         self.register_buffer("log_var", var.log().reshape(1))
@@ -142,12 +141,14 @@ def test_importance_sampled_log_p_x_given_c_matches_the_closed_form():
     d_x, k, sigma = 3, 3, 0.5
     decoder = torch.nn.Linear(1 + k, d_x).double()
     w, w_c, b = decoder.weight[:, 0].detach(), decoder.weight[:, 1:].detach(), decoder.bias.detach()
-    model = ConditionalVAE(_ExactPosterior(w, w_c, b, sigma), decoder, 1, LabelCondition(k),
-                           likelihood=Gaussian(d_x, scale=sigma)).double()
+    model = ConditionalVAE(
+        _ExactPosterior(w, w_c, b, sigma), decoder, 1, LabelCondition(k), likelihood=Gaussian(d_x, scale=sigma)
+    ).double()
     x = torch.randn(6, d_x, dtype=torch.float64)
     c = torch.tensor([0, 1, 2, 0, 1, 2])
     exact = torch.distributions.MultivariateNormal(
-        w_c[:, c].T + b, torch.outer(w, w) + sigma ** 2 * torch.eye(d_x, dtype=torch.float64)).log_prob(x)
+        w_c[:, c].T + b, torch.outer(w, w) + sigma**2 * torch.eye(d_x, dtype=torch.float64)
+    ).log_prob(x)
     estimate = log_likelihood(model, x, c, num_samples=50)
     assert torch.allclose(estimate, exact, atol=1e-6)
     assert not torch.allclose(log_likelihood(model, x, (c + 1) % k, num_samples=50), exact, atol=1e-2)
@@ -245,12 +246,15 @@ def test_trainer_and_evaluate_loss_on_quadrant_data():
     assert losses[0] > losses[1] > losses[2] > 0
 
 
-@pytest.mark.parametrize("labels,match", [
-    (torch.tensor([0, 10]), "out of range"),
-    (torch.tensor([-1, 2]), "out of range"),
-    (torch.tensor([0.0, 1.0]), "integers"),
-    (torch.zeros(2, 2, dtype=torch.long), "shape"),
-])
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (torch.tensor([0, 10]), "out of range"),
+        (torch.tensor([-1, 2]), "out of range"),
+        (torch.tensor([0.0, 1.0]), "integers"),
+        (torch.zeros(2, 2, dtype=torch.long), "shape"),
+    ],
+)
 def test_bad_labels_are_refused(labels, match):
     cvae = build_cvae(SHAPE, z_dim=Z, hidden_dims=(H,))
     x = torch.zeros(2, D)
@@ -295,8 +299,25 @@ def test_bad_input_gets_clear_errors():
 
 def test_cli_trains_and_reloads_conditional_runs(tmp_path, capsys):
     out = tmp_path / "cvae"
-    assert cli.main(["train", "--model", "cvae", "--prior", "learned", "--epochs", "1", "--no-progress",
-                     "--binarize", "dynamic", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--model",
+                "cvae",
+                "--prior",
+                "learned",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["model"] == "cvae" and run["model"]["prior"] == "learned"
     model, _ = load_run(out)
@@ -306,11 +327,27 @@ def test_cli_trains_and_reloads_conditional_runs(tmp_path, capsys):
     assert (tmp_path / "s.png").is_file() and (out / "samples.png").is_file()
 
     out = tmp_path / "quad"
-    assert cli.main(["train", "--model", "cvae-quadrant", "--epochs", "1", "--no-progress", "--binarize", "dynamic",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--model",
+                "cvae-quadrant",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model, run = load_run(out)
     assert model.prior_kind == "learned" and (out / "completions.png").is_file()  # the quadrant task's default
     assert build_model(run["model"]).condition.dim == 64
-    assert cli.main(["train", "--model", "vae", "--prior", "learned", "--epochs", "1",
-                     "--out", str(tmp_path / "v")]) == 2
+    assert (
+        cli.main(["train", "--model", "vae", "--prior", "learned", "--epochs", "1", "--out", str(tmp_path / "v")]) == 2
+    )
     assert "--prior learned does not apply to --model vae (choose fixed or vamp)" in capsys.readouterr().err

@@ -24,8 +24,16 @@ D, D1, D2, B = 12, 3, 2, 5
 
 def tiny(prior=None, guide="diagonal", network="gated"):
     torch.manual_seed(0)
-    return build_hvae((1, 3, 4), z_dim=D2, z1_dim=D1, hidden_dims=(8,), network=network, guide=guide,
-                      prior=prior, pseudo_inputs=4 if prior == "vamp" else None)
+    return build_hvae(
+        (1, 3, 4),
+        z_dim=D2,
+        z1_dim=D1,
+        hidden_dims=(8,),
+        network=network,
+        guide=guide,
+        prior=prior,
+        pseudo_inputs=4 if prior == "vamp" else None,
+    )
 
 
 def data(n=B, seed=1):
@@ -90,10 +98,14 @@ def test_the_closed_form_kl_path_equals_monte_carlo_within_its_error():
     m, x = tiny(), data()
     pyro.set_rng_seed(0)
     reps, n = 20, 2000
-    mc = [Trace_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1).loss(m.model, m.guide, x)
-          for _ in range(reps)]
-    cf = [TraceMeanField_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1).loss(
-          m.model, m.guide, x) for _ in range(reps)]
+    mc = [
+        Trace_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1).loss(m.model, m.guide, x)
+        for _ in range(reps)
+    ]
+    cf = [
+        TraceMeanField_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1).loss(m.model, m.guide, x)
+        for _ in range(reps)
+    ]
     mc, cf = torch.tensor(mc, dtype=torch.float64), torch.tensor(cf, dtype=torch.float64)
     se = math.sqrt(mc.var().item() / reps + cf.var().item() / reps)
     assert abs(mc.mean().item() - cf.mean().item()) < 4 * se
@@ -117,7 +129,8 @@ def test_iwae_at_k1_equals_the_elbo(prior):
     iwae = IWAE_ELBO(num_particles=1).loss(m.model, m.guide, x, num_data=20)
     pyro.set_rng_seed(5)
     elbo = Trace_ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1).loss(
-        m.model, m.guide, x, num_data=20)
+        m.model, m.guide, x, num_data=20
+    )
     assert iwae == pytest.approx(elbo, rel=1e-6)
     bound = IWAE_ELBO(num_particles=50).loss(m.model, m.guide, x, num_data=20)
     assert bound < elbo + 1.0  # the K = 50 bound is tighter (a loss no larger, up to noise)
@@ -128,8 +141,14 @@ def test_amortized_guide_is_one_joint_guide_over_both_layers():
     guide = AmortizedGuide(m.model, hidden_dims=(8,))
     pyro.set_rng_seed(0)
     tr = poutine.trace(guide).get_trace(x)
-    latent = [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-              and not s["infer"].get("is_auxiliary") and not site_is_subsample(s)]
+    latent = [
+        n
+        for n, s in tr.nodes.items()
+        if s["type"] == "sample"
+        and not s["is_observed"]
+        and not s["infer"].get("is_auxiliary")
+        and not site_is_subsample(s)
+    ]
     assert sorted(latent) == ["z1", "z2"]
     loss = Trace_ELBO().loss(m.model, guide, x)
     assert math.isfinite(loss)
@@ -150,6 +169,7 @@ def test_builder_round_trips_its_config_and_refuses_what_does_not_apply():
 
 def test_kl_warmup_scales_both_layers_latent_sites():
     from pyro_vae.train.trainer import ScaleLatent
+
     m, x = tiny(), data()
     pyro.set_rng_seed(0)
     tr = poutine.trace(ScaleLatent(0.25)(m.guide)).get_trace(x)
@@ -157,8 +177,23 @@ def test_kl_warmup_scales_both_layers_latent_sites():
     assert [p_tr.nodes[n]["scale"] for n in ("z2", "z1", "x")] == [0.25, 0.25, 1.0]
 
 
-TINY_HVAE = ["--model", "hvae", "--hidden", "16", "--z-dim", "3", "--no-progress", "--prior", "vamp",
-             "--pseudo-inputs", "5", "--network", "gated", "--kl-warmup", "1"]
+TINY_HVAE = [
+    "--model",
+    "hvae",
+    "--hidden",
+    "16",
+    "--z-dim",
+    "3",
+    "--no-progress",
+    "--prior",
+    "vamp",
+    "--pseudo-inputs",
+    "5",
+    "--network",
+    "gated",
+    "--kl-warmup",
+    "1",
+]
 
 
 def test_cli_train_then_resume_is_bit_identical(tmp_path):

@@ -37,8 +37,12 @@ def test_unlabelled_loss_is_the_exact_sum_over_y():
             tr_g = pyro.poutine.trace(m.guide).get_trace(x, y)
             tr_m = pyro.poutine.trace(pyro.poutine.replay(m.model, trace=tr_g)).get_trace(x, y)
             tr_m.compute_log_prob(), tr_g.compute_log_prob()
-            lp = tr_m.nodes["x"]["log_prob"] + tr_m.nodes["y"]["log_prob"] + tr_m.nodes["z"]["log_prob"] \
+            lp = (
+                tr_m.nodes["x"]["log_prob"]
+                + tr_m.nodes["y"]["log_prob"]
+                + tr_m.nodes["z"]["log_prob"]
                 - tr_g.nodes["z"]["log_prob"]
+            )
             vals.append(lp)
         per_class.append(torch.stack(vals).mean(0))  # (B,)
     Lxy = torch.stack(per_class, -1)  # (B, K)
@@ -81,8 +85,7 @@ def test_labelled_batch_equals_the_conditional_elbo_plus_prior_and_alpha_term():
     p(y) = 1/K) − α Σ log q(y_n|x_n)."""
     alpha = 2.5
     m = tiny(alpha=alpha)
-    cvae = ConditionalVAE(m.q.encoder, m.decoder, Z, m.condition, prior="fixed", likelihood=m.likelihood,
-                          x_dim=m.x_dim)
+    cvae = ConditionalVAE(m.q.encoder, m.decoder, Z, m.condition, prior="fixed", likelihood=m.likelihood, x_dim=m.x_dim)
     x = (torch.rand(6, 4, generator=torch.Generator().manual_seed(4)) < 0.5).float()
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     pyro.set_rng_seed(5)
@@ -130,9 +133,29 @@ def _train(out, epochs, resume=False):
 
     if resume:
         return main(["train", "--resume", str(out), "--epochs", str(epochs), "--no-progress"])
-    return main(["train", "--model", "ssvae", "--labels", "50", "--hidden", "16", "--z-dim", "2",
-                 "--batch-size", "200", "--epochs", str(epochs), "--seed", "0", "--no-keep-best",
-                 "--no-progress", "--out", str(out)])
+    return main(
+        [
+            "train",
+            "--model",
+            "ssvae",
+            "--labels",
+            "50",
+            "--hidden",
+            "16",
+            "--z-dim",
+            "2",
+            "--batch-size",
+            "200",
+            "--epochs",
+            str(epochs),
+            "--seed",
+            "0",
+            "--no-keep-best",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
 
 
 def test_cli_resume_is_bit_identical(tmp_path):
@@ -151,8 +174,21 @@ def test_cli_resume_is_bit_identical(tmp_path):
 def test_cli_refuses_what_does_not_apply(tmp_path, extra, capsys):
     from pyro_vae.cli import main
 
-    code = main(["train", "--model", "ssvae", "--labels", "50", "--epochs", "1", "--no-progress",
-                 "--out", str(tmp_path / "r"), *extra])
+    code = main(
+        [
+            "train",
+            "--model",
+            "ssvae",
+            "--labels",
+            "50",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "r"),
+            *extra,
+        ]
+    )
     assert code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("ssvae" in err[0] or "semi-supervised" in err[0]), err

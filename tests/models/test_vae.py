@@ -47,9 +47,10 @@ def test_minibatch_elbo_is_an_unbiased_estimate_of_the_full_data_elbo():
     fulls = torch.tensor([mf.loss(vae.model, vae.guide, x) for _ in range(30)])
     full, se_full = fulls.mean(), fulls.std() / math.sqrt(len(fulls))
     g = torch.Generator().manual_seed(1)
-    estimates = torch.tensor([mf.loss(vae.model, vae.guide, x[torch.randperm(N, generator=g)[:B]], num_data=N)
-                              for _ in range(300)])
-    se = torch.sqrt(estimates.var() / len(estimates) + se_full ** 2)
+    estimates = torch.tensor(
+        [mf.loss(vae.model, vae.guide, x[torch.randperm(N, generator=g)[:B]], num_data=N) for _ in range(300)]
+    )
+    se = torch.sqrt(estimates.var() / len(estimates) + se_full**2)
     assert abs(estimates.mean() - full) < Z * se, (estimates.mean(), full, se)
     # an unscaled minibatch loss (the bug the plate prevents) would be off by a factor B/N
     assert abs(estimates.mean() * B / N - full) > Z * se

@@ -41,11 +41,18 @@ def eager(vae, elbo, x, seed, **kwargs):
     return loss.item(), [p.grad for p in vae.parameters()]
 
 
-@pytest.mark.parametrize("elbo", [Trace_ELBO(), Trace_ELBO(num_particles=3),
-                                  Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)],
-                         ids=["one particle", "3 particles", "4 vectorized"])
-@pytest.mark.parametrize("guide, prior", [("diagonal", None), ("full", None), ("flow", None),
-                                          ("diagonal", "vamp"), ("flow", "vamp")])
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        Trace_ELBO(),
+        Trace_ELBO(num_particles=3),
+        Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
+    ],
+    ids=["one particle", "3 particles", "4 vectorized"],
+)
+@pytest.mark.parametrize(
+    "guide, prior", [("diagonal", None), ("full", None), ("flow", None), ("diagonal", "vamp"), ("flow", "vamp")]
+)
 def test_same_loss_and_gradients_as_trace_elbo(x, elbo, guide, prior):
     vae = build(guide=guide, prior=prior, **({"pseudo_inputs": 7} if prior else {}))
     ref_loss, ref_grads = eager(vae, elbo, x, seed=7, num_data=1000)
@@ -78,10 +85,10 @@ def test_one_graph_per_signature(x):
     vae = build()
     traced = TracedELBO(vae, vae.model, vae.guide, compile=False)
     traced(x, num_data=1000)
-    traced(x + 0, num_data=1000)          # new values, same signature: replayed
+    traced(x + 0, num_data=1000)  # new values, same signature: replayed
     assert len(traced.graphs) == 1
-    traced(x[:10], num_data=1000)         # new batch size
-    traced(x, num_data=2000)              # new scale N/B
+    traced(x[:10], num_data=1000)  # new batch size
+    traced(x, num_data=2000)  # new scale N/B
     assert len(traced.graphs) == 3
     pyro.set_rng_seed(3)
     loss = traced(x, num_data=2000)[0].item()
@@ -114,9 +121,14 @@ def test_other_elbos_are_refused():
         TracedELBO(vae, vae.model, vae.guide, TraceMeanField_ELBO())
 
 
-@pytest.mark.parametrize("kw, match", [({"objective": "meanfield"}, "not TraceMeanField_ELBO"),
-                                       ({"kl_warmup": 2}, "kl_warmup"),
-                                       ({"compile": True}, "compile")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"objective": "meanfield"}, "not TraceMeanField_ELBO"),
+        ({"kl_warmup": 2}, "kl_warmup"),
+        ({"compile": True}, "compile"),
+    ],
+)
 def test_the_trainer_refuses_what_it_cannot_trace(kw, match):
     train = load_dataset("digits", "train", binarize="static")
     with pytest.raises(ValueError, match=match):
@@ -162,13 +174,13 @@ def test_pyro_validation_still_fires_on_the_first_batch():
     """With validation on, the eager run before the first trace of each shape runs Pyro's
     checks; data outside the likelihood's support is then refused as in eager Pyro, when
     the trainer is built, or at the first step of a shape traced with validation off."""
-    train = load_dataset("digits", "train")          # grey levels, not binary
+    train = load_dataset("digits", "train")  # grey levels, not binary
     x = train.x[:499]
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
         Trainer(user_pair(), train, batch_size=499, seed=0, traced=True)
     with pyro.validation_enabled(False):
         trainer = Trainer(user_pair(), train, batch_size=499, seed=0, traced=True)
-        assert torch.isfinite(torch.tensor(trainer.step(x)))   # unchecked, as eager Pyro without validation
+        assert torch.isfinite(torch.tensor(trainer.step(x)))  # unchecked, as eager Pyro without validation
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
         trainer.step(x)  # traced without validation: checked on its first call with it
 
@@ -258,7 +270,7 @@ def test_train_and_eval_modes_are_graphs_of_their_own(x):
     pyro.set_rng_seed(4)
     loss = traced(x)[0]
     assert len(traced.graphs) == 2
-    assert loss.item() == pytest.approx(eager_loss(m, x, 4).item(), rel=1e-6)   # with dropout, as eager
+    assert loss.item() == pytest.approx(eager_loss(m, x, 4).item(), rel=1e-6)  # with dropout, as eager
     m.eval()
     pyro.set_rng_seed(4)
     assert traced(x)[0].item() == pytest.approx(eager_loss(m, x, 4).item(), rel=1e-6)
@@ -317,8 +329,9 @@ class _Regression(torch.nn.Module):
         self.lin, self.param_sigma = torch.nn.Linear(3, 1), param_sigma
 
     def model(self, x, y):
-        sigma = pyro.param("sigma", torch.tensor(1.0), constraint=dist.constraints.positive) \
-            if self.param_sigma else 1.0
+        sigma = (
+            pyro.param("sigma", torch.tensor(1.0), constraint=dist.constraints.positive) if self.param_sigma else 1.0
+        )
         w = pyro.sample("w", dist.Normal(0.0, 1.0))
         with pyro.plate("d", x.shape[0]):
             pyro.sample("y", dist.Normal(self.lin(x).squeeze(-1) * w, sigma), obs=y)
@@ -505,11 +518,13 @@ def test_the_loss_alone_is_trace_elbos_and_a_plain_function_needs_its_modules(x)
         pyro.set_rng_seed(2)
         assert CompiledTrace_ELBO().loss(vae.model, vae.guide, x, num_data=1000) == expected
         with pytest.raises(TracingError, match=r"the model is neither a torch.nn.Module nor a method of one"):
-            CompiledTrace_ELBO(compile=False).loss_and_grads(lambda x, num_data: vae.model(x, num_data), vae.guide,
-                                                             x, num_data=1000)
+            CompiledTrace_ELBO(compile=False).loss_and_grads(
+                lambda x, num_data: vae.model(x, num_data), vae.guide, x, num_data=1000
+            )
         elbo = CompiledTrace_ELBO(compile=False, modules=vae)  # named, a plain function traces
-        assert math.isfinite(elbo.loss_and_grads(lambda x, num_data: vae.model(x, num_data), vae.guide, x,
-                                                 num_data=1000))
+        assert math.isfinite(
+            elbo.loss_and_grads(lambda x, num_data: vae.model(x, num_data), vae.guide, x, num_data=1000)
+        )
 
 
 def test_the_trainer_steps_a_compiled_elbo_through_its_plain_path(x):

@@ -109,8 +109,7 @@ def test_vectorized_particles_average_the_single_particle_losses():
     expectation, variance divided by L."""
     vae, x = tiny_vae()
     single = torch.tensor([make_objective("elbo").loss(vae.model, vae.guide, x) for _ in range(300)])
-    multi = torch.tensor([make_objective("elbo", num_particles=16).loss(vae.model, vae.guide, x)
-                          for _ in range(300)])
+    multi = torch.tensor([make_objective("elbo", num_particles=16).loss(vae.model, vae.guide, x) for _ in range(300)])
     se = torch.sqrt(single.var() / 300 + multi.var() / 300)
     assert abs(single.mean() - multi.mean()) < Z * se
     ratio = single.var() / multi.var()

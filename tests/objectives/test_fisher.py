@@ -68,21 +68,25 @@ def analytic_terms(vae, x, z):
     """The terms of J at given (x, z), from the pPCA formulas."""
     W, b, A, c, tau, s = params(vae)
     r = x - z @ W.T - b
-    a = -(z - x @ A.T - c) / tau**2                      # ∂_z log q(z|x)
-    bz = -z + (r / s**2) @ W                              # ∂_z log p(x, z)
-    v = -r / s**2                                         # ∂_x log p(x, z)
-    u = ((z - x @ A.T - c) / tau**2) @ A                  # ∂_x log q(z|x)
-    return {"latent": 0.5 * (a - bz).pow(2).sum(-1), "decoder": 0.5 * v.pow(2).sum(-1),
-            "laplacian": -(1 / s**2).sum().expand(x.shape[0]), "encoder": 0.5 * u.pow(2).sum(-1)}
+    a = -(z - x @ A.T - c) / tau**2  # ∂_z log q(z|x)
+    bz = -z + (r / s**2) @ W  # ∂_z log p(x, z)
+    v = -r / s**2  # ∂_x log p(x, z)
+    u = ((z - x @ A.T - c) / tau**2) @ A  # ∂_x log q(z|x)
+    return {
+        "latent": 0.5 * (a - bz).pow(2).sum(-1),
+        "decoder": 0.5 * v.pow(2).sum(-1),
+        "laplacian": -(1 / s**2).sum().expand(x.shape[0]),
+        "encoder": 0.5 * u.pow(2).sum(-1),
+    }
 
 
 def affine_maps(vae):
     """Each score as M ξ + y₀, ξ = (x, ε): returns {name: (M, y0)} for a − b, v, u, and r."""
     W, b, A, c, tau, s = params(vae)
     eye_x, zeros = torch.eye(D, dtype=W.dtype), torch.zeros(d, D, dtype=W.dtype)
-    Zm, z0 = torch.cat([A, torch.diag(tau)], 1), c                       # z = Zm ξ + z0
+    Zm, z0 = torch.cat([A, torch.diag(tau)], 1), c  # z = Zm ξ + z0
     Rm, r0 = torch.cat([eye_x, torch.zeros(D, d, dtype=W.dtype)], 1) - W @ Zm, -W @ c - b
-    Em = torch.cat([zeros, -torch.diag(1 / tau)], 1)                     # ∂_z log q = −ε/τ
+    Em = torch.cat([zeros, -torch.diag(1 / tau)], 1)  # ∂_z log q = −ε/τ
     T = torch.diag(1 / s**2)
     a_minus_b = (Em + Zm - W.T @ T @ Rm, z0 - W.T @ T @ r0)
     v = (-T @ Rm, -T @ r0)
@@ -106,8 +110,12 @@ def closed_form_objective(vae, m, Sigma):
     maps = affine_maps(vae)
     mean, cov = xi_moments(m, Sigma)
     s = params(vae)[-1]
-    return (0.5 * expected_sq(*maps["a_minus_b"], mean, cov) + 0.5 * expected_sq(*maps["v"], mean, cov)
-            - (1 / s**2).sum() + 0.5 * expected_sq(*maps["u"], mean, cov))
+    return (
+        0.5 * expected_sq(*maps["a_minus_b"], mean, cov)
+        + 0.5 * expected_sq(*maps["v"], mean, cov)
+        - (1 / s**2).sum()
+        + 0.5 * expected_sq(*maps["u"], mean, cov)
+    )
 
 
 def data_distribution():
@@ -162,8 +170,11 @@ def test_at_the_true_model_and_posterior_the_loss_is_minus_the_data_fisher_const
     exact = -0.5 * torch.trace(torch.linalg.inv(Sigma_x))
     assert torch.allclose(closed_form_objective(vae, b, Sigma_x), exact, rtol=1e-10)
     n = 20000
-    x = b + torch.randn(n, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64) \
+    x = (
+        b
+        + torch.randn(n, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
         @ torch.linalg.cholesky(Sigma_x).T
+    )
     total = FisherDivergence().terms(vae.model, vae.guide, x)["total"].detach()
     mc, se = total.mean(), total.std() / math.sqrt(n)
     assert abs(mc - exact) < Z * se, (mc.item(), exact.item(), se.item())
@@ -203,8 +214,14 @@ def test_minimizer_over_the_decoder_scale_is_where_the_closed_form_says():
     n = 8000
     x = sample_data(n, seed=5)
     objective = FisherDivergence()
-    opt = torch.optim.LBFGS([vae.likelihood.log_scale], lr=1.0, max_iter=200, tolerance_grad=1e-12,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [vae.likelihood.log_scale],
+        lr=1.0,
+        max_iter=200,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -278,8 +295,9 @@ def test_loss_is_the_batch_sum_scaled_by_the_plate_and_averaged_over_particles()
 
 def test_gradient_reaches_encoder_decoder_and_likelihood():
     vae = tiny_gaussian_vae()
-    loss = make_objective("fisher", num_particles=2).differentiable_loss(vae.model, vae.guide, torch.rand(5, 12),
-                                                                         num_data=100)
+    loss = make_objective("fisher", num_particles=2).differentiable_loss(
+        vae.model, vae.guide, torch.rand(5, 12), num_data=100
+    )
     loss.backward()
     for name, p in vae.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -304,8 +322,9 @@ def test_bad_settings_and_guides_are_refused():
     ae = build_autoencoder((1, 3, 4), z_dim=3, hidden_dims=(16,), likelihood="gaussian")
     with pytest.raises(ValueError, match="point mass"):
         FisherDivergence().loss(ae.model, ae.guide, x)
-    sf = build_vae((1, 3, 4), z_dim=3, hidden_dims=(16,), likelihood="gaussian",
-                   guide_kwargs={"reparameterized": False})
+    sf = build_vae(
+        (1, 3, 4), z_dim=3, hidden_dims=(16,), likelihood="gaussian", guide_kwargs={"reparameterized": False}
+    )
     with pytest.raises(ValueError, match="reparameterized"):
         FisherDivergence().loss(sf.model, sf.guide, x)
     vae = tiny_gaussian_vae()
@@ -316,13 +335,49 @@ def test_bad_settings_and_guides_are_refused():
 # ---- item 3: training from Python and the command line --------------------------------------
 def test_cli_trains_with_the_fisher_objective_and_refuses_bernoulli(tmp_path, capsys):
     out = tmp_path / "run"
-    code = exit_code(["train", "--dataset", "digits", "--objective", "fisher", "--epochs", "1", "--hidden", "32",
-                 "--z-dim", "4", "--batch-size", "256", "--no-progress", "--out", str(out)])
+    code = exit_code(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--objective",
+            "fisher",
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--z-dim",
+            "4",
+            "--batch-size",
+            "256",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "checkpoint.pt").is_file() and (out / "samples.png").is_file()
     history = __import__("json").loads((out / "run.json").read_text())
     assert history["train"]["objective"] == "fisher"
-    code = exit_code(["train", "--dataset", "digits", "--objective", "fisher", "--binarize", "static", "--epochs", "1",
-                 "--hidden", "32", "--z-dim", "4", "--no-progress", "--out", str(tmp_path / "bern")])
+    code = exit_code(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--objective",
+            "fisher",
+            "--binarize",
+            "static",
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--z-dim",
+            "4",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "bern"),
+        ]
+    )
     assert code == 2
     assert "discrete" in capsys.readouterr().err

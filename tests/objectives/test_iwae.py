@@ -59,9 +59,9 @@ def test_equals_renyi_elbo_alpha0_per_data_point():
     iwae = IWAE_ELBO(K)
     for i in range(x.shape[0]):  # one data point at a time: the same draws in both
         pyro.set_rng_seed(100 + i)
-        ours = iwae.loss(vae.model, vae.guide, x[i:i + 1])
+        ours = iwae.loss(vae.model, vae.guide, x[i : i + 1])
         pyro.set_rng_seed(100 + i)
-        theirs = renyi(K).loss(vae.model, vae.guide, x[i:i + 1])
+        theirs = renyi(K).loss(vae.model, vae.guide, x[i : i + 1])
         assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-4)
     # and on the whole batch, the per-point bounds sum to Renyi's loss
     pyro.set_rng_seed(7)
@@ -86,8 +86,8 @@ def test_equals_a_direct_computation_per_data_point():
         z = loc + sigma * eps
         logits = vae.decoder(z)
         log_px_z = (x * logits - F.softplus(logits)).sum(-1)
-        log_pz = -0.5 * (z ** 2 + LOG_2PI).sum(-1)
-        log_qz = (-0.5 * (eps ** 2 + LOG_2PI) - torch.log(sigma)).sum(-1)
+        log_pz = -0.5 * (z**2 + LOG_2PI).sum(-1)
+        log_qz = (-0.5 * (eps**2 + LOG_2PI) - torch.log(sigma)).sum(-1)
         log_w = log_px_z + log_pz - log_qz  # (K, B)
         direct = torch.logsumexp(log_w, 0) - math.log(K)
     assert torch.allclose(bound.detach(), direct, atol=1e-4, rtol=1e-6)
@@ -163,8 +163,9 @@ def test_score_function_gradient_agrees_with_the_pathwise_gradient():
     # without the score term (IWAE_ELBO.bound: the direct gradient only) the estimate is wrong
     module = OneDimensional(reparameterized=False)
     x = torch.full((4000,), 2.0)
-    biased = [torch.autograd.grad(-IWAE_ELBO(K).bound(module.model, module.guide, x).mean(), module.mu)[0]
-              for _ in range(5)]
+    biased = [
+        torch.autograd.grad(-IWAE_ELBO(K).bound(module.model, module.guide, x).mean(), module.mu)[0] for _ in range(5)
+    ]
     assert abs(torch.stack(biased).mean().item() - g_path) > 10 * tol
 
 
@@ -244,8 +245,7 @@ def test_trains_with_every_guide_family(guide, digits):
     train, valid = digits
     vae = tiny_vae(z_dim=4, guide=guide)
     before = evaluate_loss(vae, valid, IWAE_ELBO(5))  # −L_5 of the untrained model, about 45-50 nats
-    history = fit(vae, train, valid, epochs=3, objective="iwae", particles=5, batch_size=30, lr=1e-2,
-                  progress=False)
+    history = fit(vae, train, valid, epochs=3, objective="iwae", particles=5, batch_size=30, lr=1e-2, progress=False)
     assert all(math.isfinite(v) for v in history.valid_loss)
     # −L_5 on the validation digits falls by more than 10 nats, and keeps falling after epoch 1
     assert history.valid_loss[-1] < before - 10.0, (before, history.valid_loss)
@@ -258,8 +258,9 @@ class TinyConditional(PyroModule):
     def __init__(self, x_dim=64, z_dim=4, classes=10):
         super().__init__()
         self.enc = torch.nn.Linear(x_dim + classes, 2 * z_dim)
-        self.dec = torch.nn.Sequential(torch.nn.Linear(z_dim + classes, 32), torch.nn.Softplus(),
-                                       torch.nn.Linear(32, x_dim))
+        self.dec = torch.nn.Sequential(
+            torch.nn.Linear(z_dim + classes, 32), torch.nn.Softplus(), torch.nn.Linear(32, x_dim)
+        )
         self.likelihood = Bernoulli()
         self.z_dim, self.classes, self.num_data = z_dim, classes, None
 
@@ -285,8 +286,7 @@ def test_trains_a_conditional_model_with_extra_arguments(digits):
     torch.manual_seed(0)
     model = TinyConditional()
     before = evaluate_loss(model, valid, IWAE_ELBO(5), with_labels=True)
-    trainer = Trainer(model, train, valid, objective="iwae", particles=5, batch_size=30, lr=1e-2,
-                      with_labels=True)
+    trainer = Trainer(model, train, valid, objective="iwae", particles=5, batch_size=30, lr=1e-2, with_labels=True)
     history = trainer.run(3, progress=False)
     assert history.valid_loss[-1] < before - 10.0, (before, history.valid_loss)
     assert history.valid_loss[-1] < history.valid_loss[0], history.valid_loss

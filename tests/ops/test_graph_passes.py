@@ -17,15 +17,20 @@ def test_log1p_free_keeps_softplus_and_the_bernoulli_log_density_to_float32_roun
     from pyro_vae.ops.graph_passes import log1p_free
 
     def f(x, y):
-        return (torch.nn.functional.softplus(x), torch.nn.functional.softplus(x, beta=2.0, threshold=5.0),
-                dist.Bernoulli(logits=x, validate_args=False).log_prob(y))
+        return (
+            torch.nn.functional.softplus(x),
+            torch.nn.functional.softplus(x, beta=2.0, threshold=5.0),
+            dist.Bernoulli(logits=x, validate_args=False).log_prob(y),
+        )
 
     x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([-1e-6, 0.0, 1e-6, 19.99, 20.01])])
     y = torch.bernoulli(torch.full_like(x, 0.5), generator=torch.Generator().manual_seed(0))
     graph = make_fx(f)(x, y)
     assert log1p_free(graph) == 3
-    assert not any(n.target in (torch.ops.aten.softplus.default, torch.ops.aten.binary_cross_entropy_with_logits.default)
-                   for n in graph.graph.nodes)
+    assert not any(
+        n.target in (torch.ops.aten.softplus.default, torch.ops.aten.binary_cross_entropy_with_logits.default)
+        for n in graph.graph.nodes
+    )
     got, want = graph(x, y), f(x.double(), y.double())
     assert all(g.dtype == torch.float32 for g in got)
     # softplus: a few float32 ulps in relative terms, tiny values (softplus(-40) = 4e-18) too
@@ -61,13 +66,19 @@ def test_onednn_matmuls_rewrites_float32_cpu_products_and_keeps_their_values():
     assert onednn_available()  # the pinned torch has it on x86: the default traced graphs use it
 
     def f(a, b, bias, bias2d, a64, b64):
-        return (torch.mm(a, b), torch.addmm(bias, a, b), torch.mm(a.t().contiguous().t(), b.t().t()),
-                torch.addmm(bias2d[0], a, b), torch.addmm(bias[:1].expand(23), a, b),  # strided biases
-                torch.addmm(bias, a, b, beta=0.5), torch.addmm(bias2d, a, b), torch.mm(a64, b64))
+        return (
+            torch.mm(a, b),
+            torch.addmm(bias, a, b),
+            torch.mm(a.t().contiguous().t(), b.t().t()),
+            torch.addmm(bias2d[0], a, b),
+            torch.addmm(bias[:1].expand(23), a, b),  # strided biases
+            torch.addmm(bias, a, b, beta=0.5),
+            torch.addmm(bias2d, a, b),
+            torch.mm(a64, b64),
+        )
 
     g = torch.Generator().manual_seed(0)
-    a, b, bias = (torch.randn(37, 300, generator=g), torch.randn(300, 23, generator=g),
-                  torch.randn(23, generator=g))
+    a, b, bias = (torch.randn(37, 300, generator=g), torch.randn(300, 23, generator=g), torch.randn(23, generator=g))
     inputs = (a, b, bias, torch.randn(23, 37, generator=g).t(), a.double(), b.double())
     graph = make_fx(f, tracing_mode="fake")(*inputs)
     assert onednn_matmuls(graph) == 5

@@ -69,8 +69,9 @@ def test_timing_measures_both_kernels_on_the_graphs_shapes(fresh):
 def _softplus_and_bce_left(faster, monkeypatch):
     """Whether the default traced graph keeps aten's softplus and Bernoulli log-density
     when the variant ``faster`` ("plain" or "log1p_free") is timed faster."""
-    monkeypatch.setattr(kernels, "_median_seconds", lambda fns, repeats: [1.0, 2.0] if faster == "plain"
-                        else [2.0, 1.0])
+    monkeypatch.setattr(
+        kernels, "_median_seconds", lambda fns, repeats: [1.0, 2.0] if faster == "plain" else [2.0, 1.0]
+    )
     loss, targets = _default_graph()
     aten = torch.ops.aten
     return loss, {aten.softplus.default, aten.binary_cross_entropy_with_logits.default} <= targets

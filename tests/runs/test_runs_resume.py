@@ -12,17 +12,54 @@ from pyro_vae.cli import main
 from pyro_vae.runs import CheckpointError, RunLock, RunLockedError
 
 #: a small VAE on the digits, with every part of the recipe that carries state across epochs
-MODEL = dict(model="vae", image_shape=[1, 8, 8], z_dim=4, network="mlp", hidden_dims=[16], likelihood="bernoulli",
-             guide="diagonal", scale=None)
-RECIPE = dict(batch_size=64, lr=3e-3, seed=0, lr_schedule="cosine", schedule_epochs=4, kl_warmup=1.5,
-              ema_decay=0.9, keep_best=True)
-CLI = ["--hidden", "16", "--z-dim", "4", "--binarize", "dynamic", "--batch-size", "64", "--lr", "3e-3",
-       "--lr-schedule", "cosine", "--schedule-epochs", "4", "--kl-warmup", "1.5", "--ema", "0.9", "--no-progress"]
+MODEL = dict(
+    model="vae",
+    image_shape=[1, 8, 8],
+    z_dim=4,
+    network="mlp",
+    hidden_dims=[16],
+    likelihood="bernoulli",
+    guide="diagonal",
+    scale=None,
+)
+RECIPE = dict(
+    batch_size=64,
+    lr=3e-3,
+    seed=0,
+    lr_schedule="cosine",
+    schedule_epochs=4,
+    kl_warmup=1.5,
+    ema_decay=0.9,
+    keep_best=True,
+)
+CLI = [
+    "--hidden",
+    "16",
+    "--z-dim",
+    "4",
+    "--binarize",
+    "dynamic",
+    "--batch-size",
+    "64",
+    "--lr",
+    "3e-3",
+    "--lr-schedule",
+    "cosine",
+    "--schedule-epochs",
+    "4",
+    "--kl-warmup",
+    "1.5",
+    "--ema",
+    "0.9",
+    "--no-progress",
+]
 
 
 def data():
-    return (load_dataset("digits", "train", binarize="dynamic", seed=0),
-            load_dataset("digits", "valid", binarize="dynamic", seed=0))
+    return (
+        load_dataset("digits", "train", binarize="dynamic", seed=0),
+        load_dataset("digits", "valid", binarize="dynamic", seed=0),
+    )
 
 
 def fit_to(out, epochs):
@@ -44,8 +81,9 @@ def assert_same_run(a, b):
         assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
     assert sa["best"]["epoch"] == sb["best"]["epoch"]
     assert all(torch.equal(sa["best"]["model"][k], sb["best"]["model"][k]) for k in sa["best"]["model"])
-    assert all(torch.equal(x, y) for x, y in zip(sa["optimizer"]["state"][0].values(),
-                                                 sb["optimizer"]["state"][0].values()))
+    assert all(
+        torch.equal(x, y) for x, y in zip(sa["optimizer"]["state"][0].values(), sb["optimizer"]["state"][0].values())
+    )
     for ra, rb in zip(sa["rng"], sb["rng"]):
         assert torch.equal(ra["torch"], rb["torch"]) and torch.equal(ra["numpy"]["keys"], rb["numpy"]["keys"])
     assert torch.equal(sa["generator"], sb["generator"])

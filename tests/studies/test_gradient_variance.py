@@ -67,7 +67,7 @@ def test_sample_variance_error_reduces_to_the_gaussian_case():
     """For the reparameterized route g = 2(φ + ε) is Gaussian: Var s² = 2σ⁴/(R − 1)."""
     for n, r in [(1, 50), (100, 1000)]:
         sigma2 = 4.0 / n
-        assert sample_variance_se("reparam", 0.3, n, r) == pytest.approx(math.sqrt(2 * sigma2 ** 2 / (r - 1)))
+        assert sample_variance_se("reparam", 0.3, n, r) == pytest.approx(math.sqrt(2 * sigma2**2 / (r - 1)))
 
 
 # ---- the toy: what Pyro computes --------------------------------------------------------------
@@ -80,8 +80,7 @@ def test_pyro_computes_the_per_sample_estimators_exactly(route):
     pyro.set_rng_seed(3)
     g = toy_gradients(phi, route, num_samples=1, repeats=6)
     pyro.set_rng_seed(3)
-    trace = poutine.trace(toy_guide).get_trace(torch.full((6,), phi, dtype=torch.float64), r.reparameterized,
-                                               r.prior)
+    trace = poutine.trace(toy_guide).get_trace(torch.full((6,), phi, dtype=torch.float64), r.reparameterized, r.prior)
     x = trace.nodes["x"]["value"]
     assert trace.nodes["x"]["fn"].has_rsample == r.reparameterized
     assert torch.allclose(g, toy_estimate(route, phi, x - phi), atol=1e-12, rtol=0)
@@ -110,8 +109,9 @@ def test_both_routes_are_unbiased_and_their_variances_match_the_closed_forms(phi
 
 def test_variance_of_the_mean_of_n_samples_is_one_nth():
     """Vectorized particles: the mean of N = 100 samples has variance σ²/N."""
-    rows = measure_toy(phis=(1.0,), sample_sizes=(100,), repeats=1500, routes=("reparam", "score"), seed=2,
-                       progress=False)
+    rows = measure_toy(
+        phis=(1.0,), sample_sizes=(100,), repeats=1500, routes=("reparam", "score"), seed=2, progress=False
+    )
     for row in rows:
         assert row["var_closed"] == pytest.approx(toy_variance(row["route"], 1.0) / 100)
         assert abs(row["z"]) < K, row
@@ -152,9 +152,10 @@ def test_default_guide_is_unchanged(digits):
 @pytest.mark.parametrize("baseline", [None, "decaying", "neural"])
 def test_score_function_variant_goes_through_a_non_reparameterized_site(digits, baseline):
     x = digits.x[:5]
-    for vae in (small_vae(reparameterized=False, baseline=baseline),
-                vae_variant(small_vae(), {None: "score", "decaying": "score+decaying",
-                                          "neural": "score+neural"}[baseline])):
+    for vae in (
+        small_vae(reparameterized=False, baseline=baseline),
+        vae_variant(small_vae(), {None: "score", "decaying": "score+decaying", "neural": "score+neural"}[baseline]),
+    ):
         trace = poutine.trace(vae.guide).get_trace(x)
         fn = trace.nodes["z"]["fn"]
         assert not fn.has_rsample
@@ -252,8 +253,12 @@ def test_baselines_lower_the_variance_and_keep_the_mean(tiny_data):
     x = tiny_data.x[:4]
     vae = tiny_vae()
     pyro.set_rng_seed(0)
-    rows = {r["route"]: r for r in vae_gradient_variance(vae, x, tiny_data, ("reparam", "score", "score+decaying"),
-                                                         repeats=100, settle_steps=30, progress=False)}
+    rows = {
+        r["route"]: r
+        for r in vae_gradient_variance(
+            vae, x, tiny_data, ("reparam", "score", "score+decaying"), repeats=100, settle_steps=30, progress=False
+        )
+    }
     assert rows["score"]["ratio"] > 5
     assert rows["score+decaying"]["mean_var"] < 0.7 * rows["score"]["mean_var"]
     g_rep = _gradient_estimates(vae, x, "elbo", 20)
@@ -272,15 +277,53 @@ def test_baselines_lower_the_variance_and_keep_the_mean(tiny_data):
 # ---- the command line -------------------------------------------------------------------
 def test_cli_gradvar_writes_tables_and_figures(tmp_path, capsys):
     out = tmp_path / "gv"
-    code = study_exit(["--out", str(out), "--dataset", "digits", "--phis", "0", "1", "--sizes", "10", "100",
-                 "--repeats", "20", "--train-size", "100", "--valid-size", "50", "--z-dim", "2", "--hidden", "8",
-                 "--steps", "4", "--eval-every", "2", "--batch-size", "20", "--grad-repeats", "3",
-                 "--settle-steps", "2", "--no-progress"])
+    code = study_exit(
+        [
+            "--out",
+            str(out),
+            "--dataset",
+            "digits",
+            "--phis",
+            "0",
+            "1",
+            "--sizes",
+            "10",
+            "100",
+            "--repeats",
+            "20",
+            "--train-size",
+            "100",
+            "--valid-size",
+            "50",
+            "--z-dim",
+            "2",
+            "--hidden",
+            "8",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "20",
+            "--grad-repeats",
+            "3",
+            "--settle-steps",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| score | 1 | 30 |" in printed and "| reparam | elbo |" in printed
-    for name in ("toy_variance.png", "toy_variance.csv", "toy_variance.md", "vae_elbo_curves.png",
-                 "vae_gradient_variance.csv", "vae_gradient_variance.json", "vae_curves.json"):
+    for name in (
+        "toy_variance.png",
+        "toy_variance.csv",
+        "toy_variance.md",
+        "vae_elbo_curves.png",
+        "vae_gradient_variance.csv",
+        "vae_gradient_variance.json",
+        "vae_curves.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "toy_variance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -288,8 +331,7 @@ def test_cli_gradvar_writes_tables_and_figures(tmp_path, capsys):
 def test_cli_gradvar_bad_input(tmp_path, capsys):
     assert study_exit(["--part", "toy", "--out", str(tmp_path / "a"), "--repeats", "2"]) == 2
     assert "argument --repeats: must be an integer ≥ 4, got 2" in capsys.readouterr().err
-    assert study_exit(["--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10",
-                 "--batch-size", "100"]) == 2
+    assert study_exit(["--part", "vae", "--out", str(tmp_path / "b"), "--train-size", "10", "--batch-size", "100"]) == 2
     assert "smaller than --batch-size" in capsys.readouterr().err
 
 

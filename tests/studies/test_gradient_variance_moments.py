@@ -110,8 +110,7 @@ def test_welford_is_exact_on_known_draws(monkeypatch):
     params = list(vae.q.encoder.parameters())
     gen = torch.Generator().manual_seed(0)
     sizes = [p.numel() for p in params]
-    table = [1e3 + torch.randn(sum(sizes), generator=gen, dtype=torch.float64) * (1 + k % 3)
-             for k in range(R)]
+    table = [1e3 + torch.randn(sum(sizes), generator=gen, dtype=torch.float64) * (1 + k % 3) for k in range(R)]
     calls = iter(table)
 
     def fake_backward(objective, model, guide, *args):
@@ -132,8 +131,9 @@ def test_welford_is_exact_on_known_draws(monkeypatch):
 @pytest.mark.parametrize("route", ["reparam", "score", "score-entropy"])
 def test_measure_toy_variance_is_torch_var_of_the_same_toy_gradients(route):
     phis, sizes, repeats, seed = (0.0, 1.5), (1, 7), 60, 4
-    rows = gradvar.measure_toy(phis=phis, sample_sizes=sizes, repeats=repeats, routes=(route,), seed=seed,
-                               progress=False)
+    rows = gradvar.measure_toy(
+        phis=phis, sample_sizes=sizes, repeats=repeats, routes=(route,), seed=seed, progress=False
+    )
     pyro.set_rng_seed(seed)
     for row, (phi, n) in zip(rows, [(p, n) for p in phis for n in sizes]):
         g = gradvar.toy_gradients(phi, route, n, repeats)
@@ -162,11 +162,12 @@ def test_toy_gradients_are_the_reparameterized_estimator_of_the_seeded_noise():
 def test_sample_variance_se_closed_forms(n, r):
     # reparameterized: Gaussian, Var s² = 2 σ⁴_N / (R − 1), σ²_N = 4 / N
     sigma2 = 4.0 / n
-    assert gradvar.sample_variance_se("reparam", 0.3, n, r) == pytest.approx(math.sqrt(2 * sigma2 ** 2 / (r - 1)),
-                                                                            rel=1e-9)
+    assert gradvar.sample_variance_se("reparam", 0.3, n, r) == pytest.approx(
+        math.sqrt(2 * sigma2**2 / (r - 1)), rel=1e-9
+    )
     # score function at φ = 0: g = ε³, σ² = E ε⁶ = 15, μ₄ = E ε¹² = 11!! = 10395
     var, m4 = 15.0, 10395.0
     var_n = var / n
-    m4_n = m4 / n ** 3 + 3 * (n - 1) * var ** 2 / n ** 3
-    expected = math.sqrt(m4_n / r - var_n ** 2 * (r - 3) / (r * (r - 1)))
+    m4_n = m4 / n**3 + 3 * (n - 1) * var**2 / n**3
+    expected = math.sqrt(m4_n / r - var_n**2 * (r - 3) / (r * (r - 1)))
     assert gradvar.sample_variance_se("score", 0.0, n, r) == pytest.approx(expected, rel=1e-9)

@@ -34,10 +34,10 @@ def api_steps(out):
     r = rank()
     train = load_dataset("digits", "train", binarize="dynamic")
     torch.manual_seed(100 + r)
-    trainer = Trainer(build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,)), train, batch_size=BATCH, lr=LR,
-                      optimizer="sgd", seed=SEED)
-    record = {"init": [p.detach().clone() for p in trainer.vae.parameters()], "grads": [], "loss": [],
-              "params": []}
+    trainer = Trainer(
+        build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,)), train, batch_size=BATCH, lr=LR, optimizer="sgd", seed=SEED
+    )
+    record = {"init": [p.detach().clone() for p in trainer.vae.parameters()], "grads": [], "loss": [], "params": []}
 
     def on_step(t):
         record["grads"].append([p.grad.detach().clone() for p in t.vae.parameters()])
@@ -60,12 +60,13 @@ if __name__ == "__main__":
     Path(out).mkdir(parents=True, exist_ok=True)
     api_steps(out)
     opts = sys.argv[2:]
-    for argv in (["train", *opts, "--epochs", "3", "--out", f"{out}/run"],
-                 ["train", *opts, "--epochs", "2", "--out", f"{out}/part"],
-                 ["train", "--resume", f"{out}/part", "--epochs", "3", "--no-progress"]):
+    for argv in (
+        ["train", *opts, "--epochs", "3", "--out", f"{out}/run"],
+        ["train", *opts, "--epochs", "2", "--out", f"{out}/part"],
+        ["train", "--resume", f"{out}/part", "--epochs", "3", "--no-progress"],
+    ):
         code = cli.main(argv)
         if code:
             sys.exit(code)
-    code = cli.main(["train", *opts, "--epochs", "1", "--lr", "1e30", "--checkpoint-every", "1",
-                     "--out", f"{out}/nan"])
+    code = cli.main(["train", *opts, "--epochs", "1", "--lr", "1e30", "--checkpoint-every", "1", "--out", f"{out}/nan"])
     Path(f"{out}/nan{rank()}.txt").write_text(str(code))

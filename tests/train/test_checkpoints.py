@@ -39,8 +39,25 @@ class Evil:
 
 
 def tiny_run(out):
-    assert main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "4", "--binarize", "dynamic",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--hidden",
+                "16",
+                "--z-dim",
+                "4",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_malicious_checkpoint_is_refused_and_its_code_never_runs(tmp_path):
@@ -84,10 +101,13 @@ def test_a_plain_pickle_and_a_truncated_file_are_refused(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
 
 
-@pytest.mark.parametrize("other, says", [
-    (dict(z_dim=6), r"z_dim: checkpoint 4, model 6"),
-    (dict(hidden_dims=(32,)), r"hidden_dims: checkpoint \[16\], model \[32\]"),
-])
+@pytest.mark.parametrize(
+    "other, says",
+    [
+        (dict(z_dim=6), r"z_dim: checkpoint 4, model 6"),
+        (dict(hidden_dims=(32,)), r"hidden_dims: checkpoint \[16\], model \[32\]"),
+    ],
+)
 def test_a_checkpoint_of_another_configuration_says_what_differs(other, says):
     saved = build_vae((1, 8, 8), z_dim=4, hidden_dims=(16,))
     model = build_vae((1, 8, 8), **{"z_dim": 4, "hidden_dims": (16,), **other})
@@ -115,8 +135,25 @@ def test_another_architecture_names_missing_and_unexpected_weights():
 
 def test_load_run_with_a_checkpoint_copied_from_another_run(tmp_path):
     tiny_run(tmp_path / "a")
-    assert main(["train", "--epochs", "1", "--hidden", "32", "--z-dim", "4", "--binarize", "dynamic",
-                 "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--hidden",
+                "32",
+                "--z-dim",
+                "4",
+                "--binarize",
+                "dynamic",
+                "--out",
+                str(tmp_path / "b"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     (tmp_path / "b" / "checkpoint.pt").write_bytes((tmp_path / "a" / "checkpoint.pt").read_bytes())
     with pytest.raises(CheckpointError, match=r"hidden_dims: checkpoint \[16\], run.json of .*b \[32\]"):
         load_run(tmp_path / "b")

@@ -37,9 +37,27 @@ import ddp_worker  # noqa: E402
 
 # 64 particles and the closed-form KL make the Monte Carlo spread between runs small
 # next to the effect of a missing gradient average (see the last test)
-CLI = ["--hidden", "16", "--z-dim", "4", "--batch-size", "64", "--binarize", "dynamic",
-       "--lr", "0.003", "--objective", "meanfield", "--particles", "64", "--checkpoint-every", "10", "--seed", "0",
-       "--no-progress"]
+CLI = [
+    "--hidden",
+    "16",
+    "--z-dim",
+    "4",
+    "--batch-size",
+    "64",
+    "--binarize",
+    "dynamic",
+    "--lr",
+    "0.003",
+    "--objective",
+    "meanfield",
+    "--particles",
+    "64",
+    "--checkpoint-every",
+    "10",
+    "--seed",
+    "0",
+    "--no-progress",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,8 +68,17 @@ def ddp_run(tmp_path_factory):
     """One torchrun launch; returns (folder, completed process)."""
     tmp = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "train" / "ddp_worker.py"), str(tmp), *CLI]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "train" / "ddp_worker.py"),
+        str(tmp),
+        *CLI,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp, proc
@@ -125,8 +152,14 @@ def test_cli_under_torchrun_rank_0_writes_and_the_loss_falls(ddp_run):
     tmp, proc = ddp_run
     out = tmp / "run"
     assert proc.stdout.count("epoch 3: train") == 2 and "2 processes" in proc.stdout  # rank 0 prints, once a run
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "loss_curves.png", "overview.png",
-                                                    "reconstructions.png", "run.json", "samples.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "loss_curves.png",
+        "overview.png",
+        "reconstructions.png",
+        "run.json",
+        "samples.png",
+    ]
     run = json.loads((out / "run.json").read_text())
     state = load_checkpoint(out / "checkpoint.pt")
     assert run["world_size"] == state["world_size"] == 2 and len(state["rng"]) == 2
@@ -171,8 +204,10 @@ def test_cli_under_torchrun_matches_a_single_process_run(ddp_run):
     spread = [(single_process(run, 1000 + k) - ref).norm().item() for k in range(4)]
     distance = (ddp - ref).norm().item()
     unaveraged = (single_process(run, 0, half_batches=True) - ref).norm().item()
-    print(f"distance {distance:.4f}, single-process spread {[round(s, 4) for s in spread]}, "
-          f"without averaging {unaveraged:.4f}")
+    print(
+        f"distance {distance:.4f}, single-process spread {[round(s, 4) for s in spread]}, "
+        f"without averaging {unaveraged:.4f}"
+    )
     assert distance <= 1.5 * max(spread)
     assert unaveraged > 1.5 * max(spread)
 
@@ -194,8 +229,9 @@ def test_a_diverging_data_parallel_run_stops_every_rank_at_the_same_step(ddp_run
     assert [(tmp / f"nan{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
     # one message per rank, the same on both; found in the whole stream, not per line,
     # since two processes share the pipe
-    errors = re.findall(r"pyro-vae train: error: loss is .*?\(saved after step \d+, epoch \d+, batch \d+\)",
-                        proc.stderr)
+    errors = re.findall(
+        r"pyro-vae train: error: loss is .*?\(saved after step \d+, epoch \d+, batch \d+\)", proc.stderr
+    )
     assert len(errors) == 2 and errors[0] == errors[1], proc.stderr
     assert f"the last good checkpoint is {tmp / 'nan' / 'checkpoint.pt'}" in errors[0]
     state = load_checkpoint(tmp / "nan" / "checkpoint.pt")

@@ -15,8 +15,13 @@ from pyro_vae.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SETTINGS = [{"fused": True}, {"compile": True}, {"fused": True, "compile": True}, {"traced": True},
-            {"traced": True, "fused": True}]
+SETTINGS = [
+    {"fused": True},
+    {"compile": True},
+    {"fused": True, "compile": True},
+    {"traced": True},
+    {"traced": True, "fused": True},
+]
 
 
 def ids(kw):

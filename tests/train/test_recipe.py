@@ -20,7 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS_PER_EPOCH = 24  # ceil(1497 / 64)
 
 
-
 def params(module):
     return [p.detach().clone() for p in module.parameters()]
 
@@ -55,8 +54,16 @@ def test_fit_schedules_over_its_epochs_and_bad_schedules_are_refused():
         Trainer(build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,)), train, lr_schedule="linear")
     vae = build_vae((1, 8, 8), z_dim=2, hidden_dims=(8,))
     lrs = []
-    fit(vae, train, epochs=2, progress=False, lr_schedule="cosine", lr=1e-3, lr_final=1e-4,
-        callback=lambda tr: lrs.append(tr.optimizer.param_groups[0]["lr"]))
+    fit(
+        vae,
+        train,
+        epochs=2,
+        progress=False,
+        lr_schedule="cosine",
+        lr=1e-3,
+        lr_final=1e-4,
+        callback=lambda tr: lrs.append(tr.optimizer.param_groups[0]["lr"]),
+    )
     assert lrs == pytest.approx([1e-3, (1e-3 + 1e-4) / 2])  # T = fit's 2 epochs
 
 
@@ -75,8 +82,8 @@ def test_kl_warmup_scales_exactly_the_kl_term():
     assert sorted(losses) == pytest.approx([1 / 24, 0.5, 1.0])
     with torch.no_grad():
         q = t.vae.encode(x)
-        mu, var = q.base_dist.loc, q.base_dist.scale ** 2
-        kl = 0.5 * (mu ** 2 + var - 1 - var.log()).sum()  # KL(N(μ, σ²) ‖ N(0, 1)), summed
+        mu, var = q.base_dist.loc, q.base_dist.scale**2
+        kl = 0.5 * (mu**2 + var - 1 - var.log()).sum()  # KL(N(μ, σ²) ‖ N(0, 1)), summed
     kl = float(kl) * len(t.train_data) / 64
     b0, b1 = 1 / 24, 1.0
     assert (losses[b1] - losses[b0]) / (b1 - b0) == pytest.approx(kl, rel=1e-4)
@@ -140,12 +147,14 @@ def test_keep_best_keeps_the_best_epoch_not_the_last_when_validation_rises():
     """16 training images, 4 a batch, lr 1e-2: the model overfits, so the validation loss
     falls, then rises; the kept weights are the lowest epoch's and differ from the last's."""
     import dataclasses
+
     train = load_dataset("digits", "train", binarize="static")
     valid = load_dataset("digits", "valid", binarize="static")
     few = dataclasses.replace(train, x=train.x[:16], y=train.y[:16])
     torch.manual_seed(0)
-    t = Trainer(build_vae((1, 8, 8), z_dim=4, hidden_dims=(64,)), few, valid, batch_size=4, lr=1e-2, seed=0,
-                keep_best=True)
+    t = Trainer(
+        build_vae((1, 8, 8), z_dim=4, hidden_dims=(64,)), few, valid, batch_size=4, lr=1e-2, seed=0, keep_best=True
+    )
     snapshots = []
     t.run(40, progress=False, callback=lambda tr: snapshots.append(params(tr.vae)))
     losses = t.history.valid_loss
@@ -200,9 +209,14 @@ def test_resuming_with_ema_a_checkpoint_without_it_is_refused():
         make_trainer(ema_decay=0.99).load_state_dict(state)
 
 
-@pytest.mark.parametrize("bad, match", [(dict(ema_decay=1.0), "ema_decay must lie in"),
-                                        (dict(kl_warmup=-1), "kl_warmup must be"),
-                                        (dict(lr_final=0.0), "lr_final must be")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(ema_decay=1.0), "ema_decay must lie in"),
+        (dict(kl_warmup=-1), "kl_warmup must be"),
+        (dict(lr_final=0.0), "lr_final must be"),
+    ],
+)
 def test_bad_recipe_values_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         make_trainer(**bad)
@@ -211,15 +225,39 @@ def test_bad_recipe_values_are_refused(bad, match):
 # ---- command line and run folders --------------------------------------------------------
 def test_cli_recipe_run_stores_best_and_ema_and_evaluate_chooses_weights(tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["train", "--epochs", "3", "--out", str(out), "--no-progress", "--batch-size", "64", "--hidden", "16",
-            "--z-dim", "4", "--lr-schedule", "cosine", "--kl-warmup", "1", "--ema", "0.9"]
+    args = [
+        "train",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "64",
+        "--hidden",
+        "16",
+        "--z-dim",
+        "4",
+        "--lr-schedule",
+        "cosine",
+        "--kl-warmup",
+        "1",
+        "--ema",
+        "0.9",
+    ]
     assert main(args) == 0
     state = load_checkpoint(out / "checkpoint.pt")
     run = load_run(out, weights="raw")[1]
-    assert run["train"]["schedule_epochs"] == 3 and run["train"]["ema_decay"] == 0.9 and run["best"]["epoch"] == state["best"]["epoch"]
-    for weights, expected in (("raw", state["model"]), ("best", state["best"]["model"]),
-                              ("last", {k[len("module."):]: v for k, v in state["ema"].items()
-                                        if k.startswith("module.")})):
+    assert (
+        run["train"]["schedule_epochs"] == 3
+        and run["train"]["ema_decay"] == 0.9
+        and run["best"]["epoch"] == state["best"]["epoch"]
+    )
+    for weights, expected in (
+        ("raw", state["model"]),
+        ("best", state["best"]["model"]),
+        ("last", {k[len("module.") :]: v for k, v in state["ema"].items() if k.startswith("module.")}),
+    ):
         model, _ = load_run(out, weights=weights)
         assert run_weights(state, weights).keys() == model.state_dict().keys()
         for k, v in model.state_dict().items():
@@ -236,12 +274,15 @@ def test_cli_recipe_run_stores_best_and_ema_and_evaluate_chooses_weights(tmp_pat
     assert lr == pytest.approx(1e-4)  # lr_final = lr/10, reached at T = 3
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--ema", "1.5"], "argument --ema: must be a decay in (0, 1)"),
-    (["--kl-warmup", "2", "--objective", "iwae", "--particles", "5"], "--kl-warmup scales the KL term"),
-    (["--lr-final", "-1"], "argument --lr-final: must be a positive number"),
-    (["--schedule-epochs", "0"], "argument --schedule-epochs: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--ema", "1.5"], "argument --ema: must be a decay in (0, 1)"),
+        (["--kl-warmup", "2", "--objective", "iwae", "--particles", "5"], "--kl-warmup scales the KL term"),
+        (["--lr-final", "-1"], "argument --lr-final: must be a positive number"),
+        (["--schedule-epochs", "0"], "argument --schedule-epochs: must be a positive integer"),
+    ],
+)
 def test_cli_refuses_bad_recipe_options_before_writing(tmp_path, capsys, flags, message):
     out = tmp_path / "r"
     assert exit_code(["train", "--epochs", "1", "--out", str(out), "--no-progress"] + flags) == 2

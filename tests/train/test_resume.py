@@ -32,7 +32,6 @@ class Stop(Exception):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def params(module):
     return [p.detach().clone() for p in module.parameters()]
 
@@ -46,8 +45,9 @@ def test_state_dict_continues_bit_identically(stop_at):
     saved = {}
 
     def on_step(t):
-        if (stop_at == "mid-epoch" and t.step_count == 30) or \
-                (stop_at == "last step of an epoch" and t.step_count == STEPS_PER_EPOCH):
+        if (stop_at == "mid-epoch" and t.step_count == 30) or (
+            stop_at == "last step of an epoch" and t.step_count == STEPS_PER_EPOCH
+        ):
             saved["state"] = round_trip(t.state_dict())
             raise Stop
 
@@ -113,8 +113,25 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     """A real ``pyro-vae train`` process is killed with SIGKILL after a randomly chosen
     checkpoint plus a random delay, resumed with ``--resume``, and must end with the
     parameters of the same run never interrupted (CPU, one thread)."""
-    opts = ["--epochs", "3", "--hidden", "16", "--z-dim", "4", "--batch-size", "64", "--binarize", "dynamic",
-            "--lr", "0.003", "--checkpoint-every", "4", "--no-progress", "--seed", "3"]
+    opts = [
+        "--epochs",
+        "3",
+        "--hidden",
+        "16",
+        "--z-dim",
+        "4",
+        "--batch-size",
+        "64",
+        "--binarize",
+        "dynamic",
+        "--lr",
+        "0.003",
+        "--checkpoint-every",
+        "4",
+        "--no-progress",
+        "--seed",
+        "3",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     # meanwhile (below), the uninterrupted run, in this process with one thread as well
     full_run = [lambda: main(["train", *opts, "--out", str(tmp_path / "full")])]
@@ -125,8 +142,12 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
         if at_kill is not None and at_kill["step"] < 3 * STEPS_PER_EPOCH:
             break
     assert at_kill is not None and at_kill["step"] < 3 * STEPS_PER_EPOCH, "every kill came after the run's end"
-    r = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--resume", str(killed), "--no-progress"],
-                       env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyro_vae.cli", "train", "--resume", str(killed), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert f"resuming after step {at_kill['step']}" in r.stdout
     full, resumed = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
@@ -145,8 +166,12 @@ def _kill_at_random_moment(rnd, opts, env, killed, full_run):
     target = rnd.randrange(4, 2 * STEPS_PER_EPOCH + 1, 4)  # a checkpoint step, at least 24 steps before the end
     delay = rnd.uniform(0.0, 0.1)
     print(f"killing after the checkpoint of step {target} and {delay:.3f} s more")
-    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *opts, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", "train", *opts, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         while full_run:
             assert full_run.pop()() == 0
@@ -220,16 +245,37 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
     good = (tmp_path / "checkpoint.pt").read_bytes()
     with torch.no_grad():
         trainer.vae.decoder.net[0].bias[0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match=r"decoder.net.0.bias hold NaN or inf after step 24.*"
-                                                 r"last good checkpoint is .*checkpoint.pt"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"decoder.net.0.bias hold NaN or inf after step 24.*"
+        r"last good checkpoint is .*checkpoint.pt",
+    ):
         ckpt.save(trainer)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
 
 
 def test_cli_divergent_run_stops_with_the_step_and_last_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = exit_code(["train", "--epochs", "2", "--hidden", "16", "--z-dim", "4", "--lr", "1e30", "--checkpoint-every", "1",
-                 "--out", str(out), "--no-progress", "--binarize", "dynamic"])
+    code = exit_code(
+        [
+            "train",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--z-dim",
+            "4",
+            "--lr",
+            "1e30",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--binarize",
+            "dynamic",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "loss is nan at step" in err or "loss is inf at step" in err or "hold NaN or inf" in err

@@ -28,17 +28,21 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 def env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MPLBACKEND="Agg")
 
 
 def cli_process(*argv, **kwargs):
     """``pyro-vae ARGV`` in a process of its own."""
-    return subprocess.Popen([sys.executable, "-c", "import sys; from pyro_vae.cli import main; "
-                             "sys.exit(main(sys.argv[1:]))", *argv], cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pyro_vae.cli import main; sys.exit(main(sys.argv[1:]))", *argv],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for(predicate, seconds=90):
@@ -56,13 +60,16 @@ def stop(proc):
     proc.communicate()
 
 
-HOLD = ("import sys, time; from pyro_vae.runs import RunLock; RunLock(sys.argv[1]).acquire(); "
-        "print('held', flush=True); time.sleep(120)")
+HOLD = (
+    "import sys, time; from pyro_vae.runs import RunLock; RunLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); time.sleep(120)"
+)
 
 
 def holder(folder):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], cwd=REPO, env=env(), stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -75,8 +82,7 @@ def test_the_lock_file_name():
 def test_a_second_writer_is_refused_naming_the_holders_pid(tmp_path):
     proc = holder(tmp_path / "run")
     try:
-        with pytest.raises(runs.RunLockedError,
-                           match=rf"being written by another pyro-vae process \(PID {proc.pid}\)"):
+        with pytest.raises(runs.RunLockedError, match=rf"being written by another pyro-vae process \(PID {proc.pid}\)"):
             runs.RunLock(tmp_path / "run").acquire()
     finally:
         stop(proc)
@@ -115,8 +121,11 @@ def test_two_trainings_into_one_fresh_out_one_is_refused(tmp_path, capsys):
     proc = cli_process("train", "--epochs", "100", "--out", str(out), *TINY)
     try:
         wait_for(lambda: (out / LOCK).is_file())
-        fails(["train", "--epochs", "1", "--out", str(out), *TINY], capsys,
-              f"being written by another pyro-vae process (PID {proc.pid})")
+        fails(
+            ["train", "--epochs", "1", "--out", str(out), *TINY],
+            capsys,
+            f"being written by another pyro-vae process (PID {proc.pid})",
+        )
         fails(["train", "--epochs", "1", "--out", str(out), "--overwrite", *TINY], capsys, f"PID {proc.pid}")
         assert proc.poll() is None  # the first goes on
     finally:
@@ -127,8 +136,11 @@ def test_a_resume_while_the_run_trains_is_refused(run_copy, capsys):
     proc = cli_process("train", "--resume", str(run_copy), "--epochs", "300", "--checkpoint-every", "1")
     try:
         wait_for(lambda: (run_copy / LOCK).is_file())
-        fails(["train", "--resume", str(run_copy), "--epochs", "400", "--no-progress"], capsys,
-              f"being written by another pyro-vae process (PID {proc.pid})")
+        fails(
+            ["train", "--resume", str(run_copy), "--epochs", "400", "--no-progress"],
+            capsys,
+            f"being written by another pyro-vae process (PID {proc.pid})",
+        )
         assert proc.poll() is None
     finally:
         stop(proc)
@@ -234,31 +246,41 @@ def nan_optimizer(state):
     return state
 
 
-@pytest.mark.parametrize("edit, says", [
-    (lambda s: [1, 2, 3], "is not a pyro-vae checkpoint: it holds a list"),
-    (drop("model"), "lacks 'model'"),
-    (nan_weights, "holds NaN or inf weights"),
-    (inf_weights, "holds NaN or inf weights"),
-], ids=["list", "no-model", "nan", "inf"])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda s: [1, 2, 3], "is not a pyro-vae checkpoint: it holds a list"),
+        (drop("model"), "lacks 'model'"),
+        (nan_weights, "holds NaN or inf weights"),
+        (inf_weights, "holds NaN or inf weights"),
+    ],
+    ids=["list", "no-model", "nan", "inf"],
+)
 @pytest.mark.parametrize("command", ["sample", "evaluate", "resume"])
 def test_a_malformed_checkpoint_is_a_one_line_error(run_copy, capsys, edit, says, command):
     edit_checkpoint(run_copy, edit)
     before = snapshot(run_copy)
-    argv = {"sample": ["sample", str(run_copy), "--out", str(run_copy / "s.png")],
-            "evaluate": ["evaluate", str(run_copy), "-K", "10", "--no-progress"],
-            "resume": ["train", "--resume", str(run_copy), "--epochs", "2", "--no-progress"]}[command]
+    argv = {
+        "sample": ["sample", str(run_copy), "--out", str(run_copy / "s.png")],
+        "evaluate": ["evaluate", str(run_copy), "-K", "10", "--no-progress"],
+        "resume": ["train", "--resume", str(run_copy), "--epochs", "2", "--no-progress"],
+    }[command]
     fails(argv, capsys, "checkpoint.pt", says)
     assert snapshot(run_copy) == before  # no PNG, no JSON, nothing trained
 
 
-@pytest.mark.parametrize("edit, says", [
-    (drop("rng"), "lacks 'rng'"),
-    (drop("optimizer"), "lacks 'optimizer'"),
-    (bad_torch_rng, "rng[0].torch is not a torch RNG state"),
-    (bad_numpy_rng, "rng[0].numpy is not a NumPy RNG state"),
-    (bad_epoch, "epoch must be an integer"),
-    (nan_optimizer, "optimizer state holds NaN or inf"),
-], ids=["no-rng", "no-optimizer", "torch-rng", "numpy-rng", "epoch", "nan-optimizer"])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (drop("rng"), "lacks 'rng'"),
+        (drop("optimizer"), "lacks 'optimizer'"),
+        (bad_torch_rng, "rng[0].torch is not a torch RNG state"),
+        (bad_numpy_rng, "rng[0].numpy is not a NumPy RNG state"),
+        (bad_epoch, "epoch must be an integer"),
+        (nan_optimizer, "optimizer state holds NaN or inf"),
+    ],
+    ids=["no-rng", "no-optimizer", "torch-rng", "numpy-rng", "epoch", "nan-optimizer"],
+)
 def test_a_checkpoint_that_cannot_be_resumed_is_a_one_line_error(run_copy, capsys, edit, says):
     edit_checkpoint(run_copy, edit)
     before = snapshot(run_copy)
@@ -279,21 +301,25 @@ def setting(path, value):
             node = node[key]
         node[path[-1]] = value
         return run
+
     return edit
 
 
-@pytest.mark.parametrize("edit, says", [
-    (lambda run: [run], "run.json is not a run's record: it holds a list"),
-    (lambda run: "run", "it holds a string"),
-    (setting(["model", "hidden_dims"], 16), "model.hidden_dims must be a list of positive integers, got 16"),
-    (setting(["model", "z_dim"], "8"), "model.z_dim must be a positive integer"),
-    (setting(["model", "image_shape"], [8, 8]), "model.image_shape must be a list of 3 positive integers"),
-    (setting(["model", "color"], "red"), "unknown model setting color"),
-    (setting(["model", "model"], "gan"), "model.model 'gan' is not a known model kind"),
-    (drop("model"), "holds no model settings"),
-    (setting(["model"], [1]), "model must be an object"),
-], ids=["list", "string", "hidden-int", "z-dim-str", "shape", "unknown-key", "unknown-kind", "no-model",
-        "model-list"])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda run: [run], "run.json is not a run's record: it holds a list"),
+        (lambda run: "run", "it holds a string"),
+        (setting(["model", "hidden_dims"], 16), "model.hidden_dims must be a list of positive integers, got 16"),
+        (setting(["model", "z_dim"], "8"), "model.z_dim must be a positive integer"),
+        (setting(["model", "image_shape"], [8, 8]), "model.image_shape must be a list of 3 positive integers"),
+        (setting(["model", "color"], "red"), "unknown model setting color"),
+        (setting(["model", "model"], "gan"), "model.model 'gan' is not a known model kind"),
+        (drop("model"), "holds no model settings"),
+        (setting(["model"], [1]), "model must be an object"),
+    ],
+    ids=["list", "string", "hidden-int", "z-dim-str", "shape", "unknown-key", "unknown-kind", "no-model", "model-list"],
+)
 def test_a_malformed_run_json_is_a_one_line_error(run_copy, capsys, edit, says):
     edit_run(run_copy, edit)
     before = snapshot(run_copy)
@@ -302,20 +328,35 @@ def test_a_malformed_run_json_is_a_one_line_error(run_copy, capsys, edit, says):
     assert snapshot(run_copy) == before
 
 
-@pytest.mark.parametrize("edit, says", [
-    (setting(["train", "batch_size"], "abc"), "train.batch_size must be a positive integer, got \"abc\""),
-    (setting(["model", "hidden_dims"], 16), "model.hidden_dims must be a list of positive integers, got 16"),
-    (setting(["train", "epochs"], 0), "train.epochs must be a positive integer, got 0"),
-    (setting(["train", "ema_decay"], 1.5), "train.ema_decay must be a number in (0, 1) or null, got 1.5"),
-    (setting(["train", "batch_size"], 2.5), "train.batch_size must be a positive integer, got 2.5"),
-    (setting(["train", "objective"], 3), "train.objective must be a string"),
-    (setting(["data", "labels"], 0), "data.labels must be a positive integer or null, got 0"),
-    (setting(["train", "keep_best"], "yes"), "train.keep_best must be true or false, got \"yes\""),
-    (setting(["train", "colour"], 1), "train.colour is not a setting of the trainer"),
-    (setting(["train"], [1]), "train must be an object"),
-    (setting(["epoch"], -1), "epoch must be an integer ≥ 0"),
-], ids=["batch-size-str", "hidden-int", "epochs-zero", "ema-above-one", "batch-size-float", "objective-int",
-        "labels-zero", "flag", "unknown", "train-list", "epoch"])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (setting(["train", "batch_size"], "abc"), 'train.batch_size must be a positive integer, got "abc"'),
+        (setting(["model", "hidden_dims"], 16), "model.hidden_dims must be a list of positive integers, got 16"),
+        (setting(["train", "epochs"], 0), "train.epochs must be a positive integer, got 0"),
+        (setting(["train", "ema_decay"], 1.5), "train.ema_decay must be a number in (0, 1) or null, got 1.5"),
+        (setting(["train", "batch_size"], 2.5), "train.batch_size must be a positive integer, got 2.5"),
+        (setting(["train", "objective"], 3), "train.objective must be a string"),
+        (setting(["data", "labels"], 0), "data.labels must be a positive integer or null, got 0"),
+        (setting(["train", "keep_best"], "yes"), 'train.keep_best must be true or false, got "yes"'),
+        (setting(["train", "colour"], 1), "train.colour is not a setting of the trainer"),
+        (setting(["train"], [1]), "train must be an object"),
+        (setting(["epoch"], -1), "epoch must be an integer ≥ 0"),
+    ],
+    ids=[
+        "batch-size-str",
+        "hidden-int",
+        "epochs-zero",
+        "ema-above-one",
+        "batch-size-float",
+        "objective-int",
+        "labels-zero",
+        "flag",
+        "unknown",
+        "train-list",
+        "epoch",
+    ],
+)
 def test_a_malformed_run_json_is_a_one_line_error_on_resume(run_copy, capsys, edit, says):
     edit_run(run_copy, edit)
     before = snapshot(run_copy)
@@ -337,9 +378,25 @@ sys.exit(main(sys.argv[2:]))
 def test_a_disk_that_fills_during_a_save_is_a_one_line_error_and_the_old_checkpoint_is_kept(run_copy):
     before = snapshot(run_copy)
     size = (run_copy / CHECKPOINT).stat().st_size
-    proc = subprocess.run([sys.executable, "-c", LIMITED, str(size // 2), "train", "--resume", str(run_copy),
-                           "--epochs", "2", "--no-progress"], cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LIMITED,
+            str(size // 2),
+            "train",
+            "--resume",
+            str(run_copy),
+            "--epochs",
+            "2",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = proc.stderr.strip()
     assert proc.returncode == 2, err
     assert len(err.splitlines()) == 1 and "inline_container" not in err, err
@@ -378,16 +435,23 @@ def test_a_resume_into_a_read_only_folder_fails_before_training(run_copy, read_o
     before = snapshot(run_copy)
     read_only(run_copy)
     start = time.monotonic()
-    fails(["train", "--resume", str(run_copy), "--epochs", "50", "--no-progress"], capsys,
-          f"cannot write into the run folder {run_copy}")
+    fails(
+        ["train", "--resume", str(run_copy), "--epochs", "50", "--no-progress"],
+        capsys,
+        f"cannot write into the run folder {run_copy}",
+    )
     assert time.monotonic() - start < 20  # no epoch trained first
     assert snapshot(run_copy) == before
 
 
 def test_an_out_folder_that_is_read_only_is_refused_before_anything(tmp_path, read_only, capsys):
     parent = read_only(tmp_path / "ro" if (tmp_path / "ro").mkdir() is None else None)
-    fails(["train", "--epochs", "1", "--out", str(parent / "run"), *TINY], capsys,
-          f"cannot create the --out folder {parent / 'run'}")
-    fails(["train", "--epochs", "1", "--out", str(parent), *TINY], capsys,
-          f"cannot write into the --out folder {parent}")
+    fails(
+        ["train", "--epochs", "1", "--out", str(parent / "run"), *TINY],
+        capsys,
+        f"cannot create the --out folder {parent / 'run'}",
+    )
+    fails(
+        ["train", "--epochs", "1", "--out", str(parent), *TINY], capsys, f"cannot write into the --out folder {parent}"
+    )
     assert not list(parent.iterdir())

@@ -49,8 +49,9 @@ def test_same_seed_same_result_other_seed_other_result():
 def test_objectives_train(objective, particles):
     train, valid = digits()
     vae = small_vae()
-    h = fit(vae, train, valid, epochs=3, batch_size=64, objective=objective, particles=particles,
-            lr=3e-3, progress=False)
+    h = fit(
+        vae, train, valid, epochs=3, batch_size=64, objective=objective, particles=particles, lr=3e-3, progress=False
+    )
     assert h.valid_loss[-1] < h.valid_loss[0] or h.valid_loss[-1] < 40
 
 
@@ -180,8 +181,9 @@ def test_a_lazily_built_guide_exists_before_rank_zeros_weights_are_broadcast(mon
     broadcast = []
     monkeypatch.setattr(dp, "rank", lambda: 0)
     monkeypatch.setattr(dp, "world_size", lambda: 2)
-    monkeypatch.setattr(dp, "broadcast_module", lambda module: broadcast.append(
-        {name for name, _ in module.named_parameters()}))
+    monkeypatch.setattr(
+        dp, "broadcast_module", lambda module: broadcast.append({name for name, _ in module.named_parameters()})
+    )
     Trainer(ModelGuide(vae.model, guide), train, batch_size=64, distributed=True)
     (names,) = broadcast
     assert any(name.startswith("guide_module.q.") for name in names), names
