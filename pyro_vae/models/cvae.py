@@ -109,7 +109,7 @@ class QuadrantCondition(nn.Module):
         return with_quadrant_masks(data, (1, 2, 3))
 
 
-def _join(z, h):
+def join_condition(z, h):
     """[z, h] along the last axis, ``h`` (``(batch, k)``) broadcast over z's extra
     leading dimensions (vectorized particles)."""
     return torch.cat([z, h.expand(z.shape[:-1] + h.shape[-1:])], dim=-1)
@@ -191,7 +191,7 @@ class ConditionalVAE(VAE):
     def likelihood_given(self, z, h, mask=None):
         """p(x|z,c) = likelihood(decoder([z, h])); with a target ``mask``, only the
         pixels where it is True count: log p = Σ_i mask_i log p(x_i|z,c)."""
-        px = self.likelihood(self.decoder(_join(z, h)))
+        px = self.likelihood(self.decoder(join_condition(z, h)))
         if mask is None:
             return px
         if not isinstance(px, dist.Independent):
@@ -235,7 +235,7 @@ class ConditionalVAE(VAE):
 
     def decode(self, z, c, x=None, mean=True):
         """E[x|z,c] (or a draw if not ``mean``) for ``z`` of shape ``(*batch, d)``."""
-        theta = self.decoder(_join(z, self.condition(c, x)))
+        theta = self.decoder(join_condition(z, self.condition(c, x)))
         return self.likelihood.mean(theta) if mean else self.likelihood(theta).sample()
 
     def _labels(self, c, n):

@@ -39,7 +39,7 @@ from pyro.nn import pyro_method
 from torch import nn
 
 from ..data import one_hot
-from .cvae import ConditionalVAE, _join
+from .cvae import ConditionalVAE, join_condition
 
 #: The label value that marks a training point without a label.
 UNLABELLED = -1
@@ -232,7 +232,7 @@ class SemiSupervisedVAE(ConditionalVAE):
             y_site = pyro.sample("y", self.label_prior(batch_size), obs=y)
             z = pyro.sample("z", self.prior((batch_size,)))
             h = self._features(y_site)
-            x_site = pyro.sample("x", likelihood(decoder(_join(z, h))), obs=x)
+            x_site = pyro.sample("x", likelihood(decoder(join_condition(z, h))), obs=x)
             if y is not None and x is not None and self.alpha > 0:
                 with poutine.scale(scale=self.alpha):
                     pyro.sample("y_aux", dist.Categorical(logits=classifier(x)), obs=y)
