@@ -12,7 +12,10 @@ from .common import run_data
 
 def figure_names(model):
     """The figures ``pyro-vae train`` writes into a run folder for ``model``."""
-    offers = contract(model)
+    return _figure_names(contract(model))
+
+
+def _figure_names(offers):
     if offers.conditional:  # conditional VAE: one row per class, or completions
         second = "samples.png" if offers.num_classes else "completions.png"
         return ["loss_curves.png", second]
@@ -29,10 +32,10 @@ def write_figures(model, history, valid, out, only=None):
     out = Path(out)
     shape = valid.image_shape
     x = valid.x[:32].to(next(model.parameters()).device)
-    wanted = set(figure_names(model) if only is None else only)
+    offers = contract(model)
+    wanted = set(_figure_names(offers) if only is None else only)
     if "loss_curves.png" in wanted:
         plot_losses(history, out / "loss_curves.png")
-    offers = contract(model)
     if offers.conditional:  # conditional VAE: one row per class, or completions
         if offers.num_classes:
             if "samples.png" in wanted:

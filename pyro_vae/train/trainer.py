@@ -260,7 +260,6 @@ class Trainer:
         if valid is not None:
             _check(self.contract, valid)
         self.num_data = len(train)
-        self._pass_num_data = self.contract.takes_num_data
         self._pair = None  # (model, guide) at β = 1, built once: a compiled ELBO keeps its graphs per pair
         if self.contract.fixed_batch_size:
             _check_batch_size(len(train), batch_size)
@@ -366,7 +365,7 @@ class Trainer:
         model, guide = self.vae.model, self.vae.guide
         if beta < 1:
             model, guide = ScaleLatent(beta)(model), ScaleLatent(beta)(guide)
-        if not self._pass_num_data:
+        if not self.contract.takes_num_data:
             model, guide = _scaled_by_batch(model, self.num_data), _scaled_by_batch(guide, self.num_data)
         if beta >= 1:
             self._pair = (model, guide)
@@ -374,7 +373,7 @@ class Trainer:
 
     def _loss_kwargs(self):
         """``num_data=N`` for model and guide that take it (they scale their data plate)."""
-        return {"num_data": self.num_data} if self._pass_num_data else {}
+        return {"num_data": self.num_data} if self.contract.takes_num_data else {}
 
     @property
     def eval_model(self):
