@@ -245,6 +245,7 @@ class RunRecord(Config):
     step: int = entry("nonneg_int", 0)
     num_data: int | None = entry("pos_int", None, nullable=True)
     world_size: int = entry("pos_int", 1)
+    init: dict | None = entry("dict", None, nullable=True)  # the run whose weights it started from
 
 
 def check_format(run, where):

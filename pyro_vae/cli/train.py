@@ -18,6 +18,7 @@ from ..models.ssvae import ALPHA as SSVAE_ALPHA
 from ..models.ssvae import ssvae_objective
 from ..objectives import ALIASES, OBJECTIVES
 from ..priors import PSEUDO_INPUTS
+from ..runs.files import check_config, load_weights
 from ..runs.resume import for_model, load_splits, make_trainer, restore
 from ..runs.schema import record
 from ..train import LR_SCHEDULES, checkpoints, distributed
@@ -208,6 +209,13 @@ def add_arguments(p):
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint (options default to the run's)",
     )
+    r.add_argument(
+        "--init",
+        default=None,
+        metavar="RUN_DIR",
+        help="start from the weights of the run in RUN_DIR (those evaluate uses: its best epoch's, when kept) "
+        "and train them with this command's settings; the model's settings must equal that run's",
+    )
 
 
 def _validate_train_args(args):
@@ -335,6 +343,8 @@ def _lock_for_training(out, overwrite, resume):
 
 
 def run(args):
+    if getattr(args, "resume", None) and getattr(args, "init", None):
+        raise UsageError("--init starts a new run from another run's weights; --resume continues one: give one of them")
     if getattr(args, "resume", None):  # continue a run: its options, checked against the given ones
         args = resume_args(args, add_arguments, settings_of)
     else:
@@ -457,18 +467,51 @@ def settings_of(args, image_shape):
     return (model, dict(data.to_dict(), root=None), dict(train_config(args).to_dict(), epochs=None, device=None))
 
 
+def _init_weights(model, run_dir):
+    """Load into ``model`` the weights that ``pyro-vae evaluate`` takes from the run in
+    ``run_dir`` (:func:`~pyro_vae.runs.run_weights`, ``"best"``), after checking that the run's
+    model settings are ``model.config``. Returns what ``run.json`` records of it: the folder,
+    the weights and the epochs the run had trained.
+
+    :raises UsageError: if ``run_dir`` holds no run, or one of another model."""
+    run_dir = Path(run_dir)
+    for name in (runs.RUN_JSON, runs.CHECKPOINT):
+        if not (run_dir / name).is_file():
+            raise UsageError(
+                f"--init {run_dir}: there is no {name} there; is it a run folder written by pyro-vae train?"
+            )
+    try:
+        run = runs.read_run(run_dir / runs.RUN_JSON)
+        state = runs.load_checkpoint(run_dir / runs.CHECKPOINT, map_location="cpu")
+        check_config(state.get("config"), model.config, what="model of this command")
+        load_weights(model, runs.run_weights(state, "best"), what=f"model of {run_dir}")
+    except runs.CheckpointError as e:
+        raise UsageError(f"--init {run_dir}: {e}") from None
+    best = state.get("best")
+    return dict(
+        run=str(run_dir),
+        weights="best" if isinstance(best, dict) else "last",
+        epoch=int(best["epoch"]) if isinstance(best, dict) and "epoch" in best else run.get("epoch"),
+        epochs_trained=run.get("epoch"),
+    )
+
+
 def _train(args, device, out, timeout):
     data = data_config(args)
     train, valid = load_splits(data, download=args.download)
     config = model_config(args, train.image_shape, data.binary)
     torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
     model = build_model(config)
+    init = _init_weights(model, args.init) if getattr(args, "init", None) and not args.resume else None
     train, valid, with_labels = for_model(model, train, valid, data)
     trainer = make_trainer(model, train, valid, train_config(args), with_labels, device=device)
+    run = record(model, data, trainer, args.checkpoint_every)
+    if args.resume:  # a resumed run keeps the record of the weights it started from
+        init = runs.read_run(out / runs.RUN_JSON).get("init")
+    if init is not None:
+        run["init"] = init
     # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
-    save = checkpoints.Checkpointer(
-        out, every=args.checkpoint_every, run=record(model, data, trainer, args.checkpoint_every)
-    )
+    save = checkpoints.Checkpointer(out, every=args.checkpoint_every, run=run)
     if args.resume:
         restore(trainer, out / runs.CHECKPOINT)
         if args.epochs <= trainer.epoch:
