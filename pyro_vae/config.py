@@ -183,6 +183,8 @@ class TrainConfig(Config):
     :ivar int particles: L, particles per data point.
     :ivar str optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
     :ivar float lr: the learning rate (at epoch 0 under a schedule).
+    :ivar float weight_decay: λ, the optimizer's weight decay (``torch.optim``'s: the L2 term
+        λθ added to the gradient by Adam and SGD, θ ← θ − ηλθ decoupled by AdamW; 0: off).
     :ivar int batch_size: B, data points per step.
     :ivar int epochs: E, the epochs :func:`~pyro_vae.train.fit` and a resume train to.
     :ivar int seed: seeds Pyro, torch, Python, NumPy and the batch order.
@@ -204,6 +206,7 @@ class TrainConfig(Config):
     particles: int = entry("pos_int", 1)
     optimizer: str = entry("str", "adam")
     lr: float = entry("pos_number", 1e-3)
+    weight_decay: float = entry("nonneg_number", 0.0)
     batch_size: int = entry("pos_int", 128)
     epochs: int = entry("pos_int", 30)
     seed: int = entry("int", 0)

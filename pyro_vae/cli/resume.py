@@ -52,6 +52,8 @@ def options_of(run):
         objective=t.objective,
         particles=t.particles,
         lr=t.lr,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
         batch_size=t.batch_size,
         epochs=t.epochs,
         seed=t.seed,

@@ -22,6 +22,7 @@ from ..runs.files import check_config, load_weights
 from ..runs.resume import for_model, load_splits, make_trainer, restore
 from ..runs.schema import record
 from ..train import LR_SCHEDULES, checkpoints, distributed
+from ..train.trainer import OPTIMIZERS
 from .common import (
     UsageError,
     check_device,
@@ -121,7 +122,20 @@ def add_arguments(p):
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
-    o.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
+    o.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="adam",
+        help="torch.optim's Adam, AdamW (decoupled weight decay) or SGD",
+    )
+    o.add_argument("--lr", type=positive_float, default=1e-3, help="the optimizer's learning rate")
+    o.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        default=0.0,
+        metavar="λ",
+        help="the optimizer's weight decay: λθ added to the gradient (adam, sgd), or θ shrunk by lr·λ per step (adamw)",
+    )
     o.add_argument("--batch-size", type=positive_int, default=128, help="data points per step")
     o.add_argument(
         "--epochs",
@@ -442,6 +456,8 @@ def train_config(args):
         objective=args.objective,
         particles=args.particles,
         lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         epochs=args.epochs,
         seed=args.seed,

@@ -159,6 +159,7 @@ class Trainer:
     :param int particles: L, particles per data point.
     :param str optimizer: ``"adam"`` (default), ``"adamw"`` or ``"sgd"``.
     :param float lr: learning rate.
+    :param float weight_decay: λ, the optimizer's own weight decay (0: off).
     :param int batch_size: B.
     :param int seed: seeds Pyro, PyTorch and the batch order.
     :param device: ``"cpu"``, ``"cuda"``, ...
@@ -292,7 +293,10 @@ class Trainer:
         if isinstance(self.objective, CompiledTrace_ELBO):
             self._trace_first_batch(batch_size, with_labels, kl_warmup)
         self.optimizer = OPTIMIZERS[config.optimizer](
-            self.vae.parameters(), lr=lr, **({"fused": True} if self.fused else {})
+            self.vae.parameters(),
+            lr=lr,
+            weight_decay=config.weight_decay,
+            **({"fused": True} if self.fused else {}),
         )
         self.lr, self.lr_schedule, self.lr_final = lr, config.lr_schedule, config.lr_final
         self.schedule_epochs = config.scheduled_epochs

@@ -187,3 +187,22 @@ def test_a_lazily_built_guide_exists_before_rank_zeros_weights_are_broadcast(mon
     Trainer(ModelGuide(vae.model, guide), train, batch_size=64, distributed=True)
     (names,) = broadcast
     assert any(name.startswith("guide_module.q.") for name in names), names
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_is_the_optimizers_own(optimizer):
+    """One step from the same weights and the same draws, with λ and without: SGD's step
+    differs by −η λ θ (the L2 term in the gradient), AdamW's by −η λ θ too (decoupled)."""
+    train, valid = digits("static")
+    lr, lam, after = 1e-2, 0.5, {}
+    for decay in (0.0, lam):
+        torch.manual_seed(0)
+        trainer = Trainer(small_vae(), train, valid, optimizer=optimizer, lr=lr, weight_decay=decay, seed=1)
+        before = [p.detach().clone() for p in trainer.vae.parameters()]
+        pyro.set_rng_seed(5)
+        trainer.step(train.x[:64])
+        after[decay] = [p.detach().clone() for p in trainer.vae.parameters()]
+    for theta, with_decay, without in zip(before, after[lam], after[0.0]):
+        assert torch.allclose(with_decay - without, -lr * lam * theta, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Trainer(small_vae(), train, valid, weight_decay=-1.0)
