@@ -86,9 +86,26 @@ def given_options(args, add_arguments):
     return set(vars(given))
 
 
+def read_run_dir(run_dir, flag):
+    """The ``run.json`` of the run folder ``run_dir``, after checking that it holds one and its
+    ``checkpoint.pt``.
+
+    :param str flag: the option that named the folder (``"--resume"``, ``"--init"``), for the error.
+    :raises UsageError: if either file is missing.
+    """
+    run_dir = Path(run_dir)
+    for name in (runs.RUN_JSON, runs.CHECKPOINT):
+        if not (run_dir / name).is_file():
+            raise UsageError(
+                f"{flag} {run_dir}: there is no {name} there; is it a run folder written by pyro-vae train?"
+            )
+    return runs.read_run(run_dir / runs.RUN_JSON)
+
+
 def resume_args(args, add_arguments, settings_of):
     """The options of the run in ``args.resume``, with those that may change
-    (:data:`RESUME_MAY_CHANGE`) taken from the command line.
+    (:data:`RESUME_MAY_CHANGE`) taken from the command line, and the run's record of the
+    weights it started from (``run.json``'s ``init``, or None) as ``resumed_init``.
 
     :param settings_of: ``settings_of(options, image_shape) -> (model, data, train)``, the
         settings a namespace of options gives (compared without the options that may change).
@@ -96,14 +113,9 @@ def resume_args(args, add_arguments, settings_of):
         line changes the run's settings, naming each.
     """
     run_dir = Path(args.resume)
-    for name in (runs.RUN_JSON, runs.CHECKPOINT):
-        if not (run_dir / name).is_file():
-            raise UsageError(
-                f"--resume {run_dir}: there is no {name} there; is it a run folder written by pyro-vae train?"
-            )
+    run = read_run_dir(run_dir, "--resume")
     if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
         raise UsageError(f"--resume continues the run in its own folder {run_dir}; drop --out {args.out}")
-    run = runs.read_run(run_dir / runs.RUN_JSON)
     if "train" not in run:
         raise UsageError(
             f"--resume {run_dir}: its run.json stores no training settings (written by an older "
@@ -134,4 +146,5 @@ def resume_args(args, add_arguments, settings_of):
     for k, v in stored.items():
         if not (k in RESUME_MAY_CHANGE and k in given):
             merged[k] = v
+    merged["resumed_init"] = run.get("init")
     return argparse.Namespace(**merged)

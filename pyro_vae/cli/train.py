@@ -34,7 +34,7 @@ from .common import (
     positive_int,
 )
 from .figures import missing_figures, write_figures
-from .resume import resume_args
+from .resume import read_run_dir, resume_args
 
 
 def add_arguments(p):
@@ -491,13 +491,8 @@ def _init_weights(model, run_dir):
 
     :raises UsageError: if ``run_dir`` holds no run, or one of another model."""
     run_dir = Path(run_dir)
-    for name in (runs.RUN_JSON, runs.CHECKPOINT):
-        if not (run_dir / name).is_file():
-            raise UsageError(
-                f"--init {run_dir}: there is no {name} there; is it a run folder written by pyro-vae train?"
-            )
+    run = read_run_dir(run_dir, "--init")
     try:
-        run = runs.read_run(run_dir / runs.RUN_JSON)
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT, map_location="cpu")
         check_config(state.get("config"), model.config, what="model of this command")
         load_weights(model, runs.run_weights(state, "best"), what=f"model of {run_dir}")
@@ -518,12 +513,11 @@ def _train(args, device, out, timeout):
     config = model_config(args, train.image_shape, data.binary)
     torch.manual_seed(args.seed)  # the initial weights follow --seed too (torch's own seed is random)
     model = build_model(config)
-    init = _init_weights(model, args.init) if getattr(args, "init", None) and not args.resume else None
+    # a new run from another's weights, or a resumed one keeping the record of those it started from
+    init = _init_weights(model, args.init) if getattr(args, "init", None) else getattr(args, "resumed_init", None)
     train, valid, with_labels = for_model(model, train, valid, data)
     trainer = make_trainer(model, train, valid, train_config(args), with_labels, device=device)
     run = record(model, data, trainer, args.checkpoint_every)
-    if args.resume:  # a resumed run keeps the record of the weights it started from
-        init = runs.read_run(out / runs.RUN_JSON).get("init")
     if init is not None:
         run["init"] = init
     # checkpoint.pt + run.json every --checkpoint-every steps and at each epoch end, rank 0 only
