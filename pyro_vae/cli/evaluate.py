@@ -152,7 +152,8 @@ def _evaluate_ssvae(model, run, args):
     )
     print(f"{data.name}: {len(data)} data points, {result['seconds']:.1f} s")
     print(f"  {'accuracy':16s}{100 * accuracy:9.2f} % ± {100 * acc_se:.2f}  (argmax_y q(y|x) against the labels)")
-    print(f"  {'-ELBO':16s}{neg_elbo:9.3f}  nats per data point (y summed out, no labels)")
+    of = "per M1's features, M2's bound" if run.get("model", {}).get("model") == "m1m2" else "per data point"
+    print(f"  {'-ELBO':16s}{neg_elbo:9.3f}  nats {of} (y summed out, no labels)")
     out = Path(args.out or Path(args.run_dir) / f"eval_{args.split}.json")
     runs.save_json(out, result)
     print(f"wrote {out}")

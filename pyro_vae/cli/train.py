@@ -14,6 +14,7 @@ from ..config import DataConfig, TrainConfig
 from ..data import DATASETS
 from ..guides import GUIDES
 from ..models import MODEL_BUILDERS, build_model
+from ..models.build import check_m1
 from ..models.ssvae import ALPHA as SSVAE_ALPHA
 from ..models.ssvae import ssvae_objective
 from ..objectives import ALIASES, OBJECTIVES
@@ -97,13 +98,20 @@ def add_arguments(p):
         metavar="K",
         help=f"the VampPrior's pseudo-inputs (--prior vamp); if not given: {PSEUDO_INPUTS}",
     )
-    s = p.add_argument_group("semi-supervised (--model ssvae)")
+    s = p.add_argument_group("semi-supervised (--model ssvae, or m1m2: M2 on the features of a VAE M1)")
     s.add_argument(
         "--labels",
         type=positive_int,
         default=None,
         metavar="N",
         help="--model ssvae: keep N training labels, balanced per class (the rest unlabelled)",
+    )
+    s.add_argument(
+        "--m1",
+        default=None,
+        metavar="RUN_DIR",
+        help="--model m1m2: the VAE run (M1, prior N(0, I), same images) whose guide means, standardized, "
+        "are M2's data; its best epoch's weights, kept fixed",
     )
     s.add_argument("--label-seed", type=int, default=0, help="--model ssvae: seed of the choice of the N labels")
     s.add_argument(
@@ -250,24 +258,38 @@ def _validate_train_args(args):
                 raise UsageError(f"--traced does not combine with {flag}")
 
 
+#: The models whose labels are observed where given and enumerated elsewhere (--labels N).
+SEMI_SUPERVISED = ("ssvae", "m1m2")
+
+
 def _validate_ssvae_args(args):
     """--labels goes with --model ssvae and it alone; the options that do not apply to an
     enumerated label refuse in one line."""
-    ssvae = getattr(args, "model", None) == "ssvae"
-    if not ssvae:
+    model = getattr(args, "model", None)
+    if getattr(args, "m1", None) is not None and model != "m1m2":
+        raise UsageError(f"--m1 is an option of --model m1m2, not --model {model}")
+    if model not in SEMI_SUPERVISED:
         for flag, dest in (("--labels", "labels"), ("--alpha", "alpha")):
             if getattr(args, dest, None) is not None:
-                raise UsageError(f"{flag} is an option of --model ssvae, not --model {args.model}")
+                raise UsageError(f"{flag} is an option of --model ssvae or m1m2, not --model {model}")
         return
+    if model == "m1m2" and getattr(args, "m1", None) is None and getattr(args, "m1_config", None) is None:
+        raise UsageError("--model m1m2 needs --m1 RUN_DIR, the trained VAE whose features M2 models")
+    if getattr(args, "m1", None) is not None:
+        m1 = read_run_dir(args.m1, "--m1").get("model", {})
+        try:
+            check_m1(m1)
+        except ValueError as e:
+            raise UsageError(f"--m1 {args.m1}: {e}") from None
     if getattr(args, "labels", None) is None:
-        raise UsageError("--model ssvae needs --labels N, the number of training labels to keep")
+        raise UsageError(f"--model {model} needs --labels N, the number of training labels to keep")
     try:
         ssvae_objective(args.objective, args.particles)
     except ValueError as e:
         raise UsageError(str(e)) from None
     for flag, on in (("--traced", getattr(args, "traced", False)), ("--kl-warmup", args.kl_warmup)):
         if on:
-            raise UsageError(f"{flag} does not apply to --model ssvae (its label y is enumerated by TraceEnum_ELBO)")
+            raise UsageError(f"{flag} does not apply to --model {model} (its label y is enumerated by TraceEnum_ELBO)")
 
 
 #: ``pyro-vae train``'s defaults for the digits data set (8×8, 17 grey levels): the
@@ -288,7 +310,7 @@ def resolve_defaults(args):
     )
     if args.scale == "learned":
         args.scale = None
-    elif args.scale is None and digits and gaussian:
+    elif args.scale is None and digits and gaussian and args.model != "m1m2":  # M1+M2: M2 models features
         args.scale = DIGITS_SCALE
 
 
@@ -296,8 +318,8 @@ def model_config(args, image_shape, binary):
     """The model settings ``run.json`` stores, from the command line and the data."""
     small = image_shape[-1] <= 8
     likelihood = args.likelihood
-    if likelihood == "auto":
-        likelihood = "bernoulli" if binary else "gaussian"
+    if likelihood == "auto":  # M1+M2: M2 models real-valued features
+        likelihood = "bernoulli" if binary and args.model != "m1m2" else "gaussian"
     hvae = args.model == "hvae"  # two layers of 40 latents, MLPs of 300-300 (the VampPrior paper's sizes)
     config = dict(
         model=args.model,
@@ -309,8 +331,11 @@ def model_config(args, image_shape, binary):
         guide=args.guide,
         scale=args.scale,
     )
-    if args.model == "ssvae":
+    if args.model in SEMI_SUPERVISED:
         config["alpha"] = SSVAE_ALPHA if getattr(args, "alpha", None) is None else args.alpha
+    if args.model == "m1m2":  # M2's settings, and M1's from its run folder (or, resuming, from run.json)
+        m1 = getattr(args, "m1", None)
+        config["m1"] = read_run_dir(m1, "--m1")["model"] if m1 is not None else args.m1_config
     prior, k = getattr(args, "prior", None), getattr(args, "pseudo_inputs", None)
     if k is not None and prior != "vamp":
         raise UsageError("--pseudo-inputs is the VampPrior's K: it needs --prior vamp")
@@ -434,7 +459,7 @@ def _interrupted(error, out):
 
 def data_config(args):
     """The data settings (:class:`~pyro_vae.config.DataConfig`) the options give."""
-    ssvae = args.model == "ssvae"
+    ssvae = args.model in SEMI_SUPERVISED
     return DataConfig(
         dataset=args.dataset,
         binarize=args.binarize,
@@ -483,21 +508,22 @@ def settings_of(args, image_shape):
     return (model, dict(data.to_dict(), root=None), dict(train_config(args).to_dict(), epochs=None, device=None))
 
 
-def _init_weights(model, run_dir):
+def _init_weights(model, run_dir, flag="--init", what="model of this command"):
     """Load into ``model`` the weights that ``pyro-vae evaluate`` takes from the run in
     ``run_dir`` (:func:`~pyro_vae.runs.run_weights`, ``"best"``), after checking that the run's
     model settings are ``model.config``. Returns what ``run.json`` records of it: the folder,
     the weights and the epochs the run had trained.
 
+    :param str flag: the option that named ``run_dir``, and ``what`` the model, for the errors.
     :raises UsageError: if ``run_dir`` holds no run, or one of another model."""
     run_dir = Path(run_dir)
-    run = read_run_dir(run_dir, "--init")
+    run = read_run_dir(run_dir, flag)
     try:
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT, map_location="cpu")
-        check_config(state.get("config"), model.config, what="model of this command")
+        check_config(state.get("config"), model.config, what=what)
         load_weights(model, runs.run_weights(state, "best"), what=f"model of {run_dir}")
     except runs.CheckpointError as e:
-        raise UsageError(f"--init {run_dir}: {e}") from None
+        raise UsageError(f"{flag} {run_dir}: {e}") from None
     best = state.get("best")
     return dict(
         run=str(run_dir),
@@ -505,6 +531,16 @@ def _init_weights(model, run_dir):
         epoch=int(best["epoch"]) if isinstance(best, dict) and "epoch" in best else run.get("epoch"),
         epochs_trained=run.get("epoch"),
     )
+
+
+def _m1_weights(model, run_dir, train):
+    """M1+M2: load M1's weights from the VAE run in ``run_dir`` (as :func:`_init_weights`) into
+    ``model.features`` and standardize the features over the training images ``train.x``.
+    Returns the record of them for ``run.json``'s ``init`` (``part: "m1"``)."""
+    vae = build_model(model.config["m1"])
+    init = _init_weights(vae, run_dir, "--m1", what="M1 of --model m1m2")
+    model.features.load_vae(vae).standardize(train.x)
+    return dict(init, part="m1")
 
 
 def _train(args, device, out, timeout):
@@ -515,6 +551,8 @@ def _train(args, device, out, timeout):
     model = build_model(config)
     # a new run from another's weights, or a resumed one keeping the record of those it started from
     init = _init_weights(model, args.init) if getattr(args, "init", None) else getattr(args, "resumed_init", None)
+    if getattr(args, "m1", None) is not None and not getattr(args, "init", None) and not args.resume:
+        init = _m1_weights(model, args.m1, train)
     train, valid, with_labels = for_model(model, train, valid, data)
     trainer = make_trainer(model, train, valid, train_config(args), with_labels, device=device)
     run = record(model, data, trainer, args.checkpoint_every)

@@ -1,5 +1,5 @@
 """The models: :class:`VAE` and its :class:`Autoencoder` baseline (:mod:`.vae`), the
-:class:`ConditionalVAE` (:mod:`.cvae`), the two-layer :class:`HierarchicalVAE` (:mod:`.hvae`), the semi-supervised :class:`SemiSupervisedVAE` (:mod:`.ssvae`), and their builders (:mod:`.build`)."""
+:class:`ConditionalVAE` (:mod:`.cvae`), the two-layer :class:`HierarchicalVAE` (:mod:`.hvae`), the semi-supervised :class:`SemiSupervisedVAE` (:mod:`.ssvae`) and its M1+M2 stack :class:`StackedSemiSupervisedVAE` (:mod:`.m1m2`), and their builders (:mod:`.build`)."""
 
 from .build import (
     MODEL_BUILDERS,
@@ -7,12 +7,14 @@ from .build import (
     build_cvae,
     build_cvae_quadrant,
     build_hvae,
+    build_m1m2,
     build_model,
     build_ssvae,
     build_vae,
 )
 from .cvae import PRIORS, ConditionalVAE, LabelCondition, QuadrantCondition
 from .hvae import HierarchicalVAE
+from .m1m2 import FeatureMap, StackedSemiSupervisedVAE
 from .ssvae import SemiSupervisedVAE
 from .vae import VAE, Autoencoder, check_batch, unique_name
 
@@ -33,6 +35,9 @@ __all__ = [
     "build_hvae",
     "build_ssvae",
     "SemiSupervisedVAE",
+    "StackedSemiSupervisedVAE",
+    "FeatureMap",
+    "build_m1m2",
     "check_batch",
     "unique_name",
 ]

@@ -15,6 +15,7 @@ from ..contract import contract
 from ..data import ImageData, load_dataset
 from ..data.semisupervised import semisupervised
 from ..models import build_model
+from ..models.m1m2 import StackedSemiSupervisedVAE
 from ..models.ssvae import SemiSupervisedVAE, ssvae_objective
 from ..train import checkpoints as trainer_files
 from ..train.trainer import Trainer, final_weights
@@ -37,6 +38,12 @@ def load_splits(data, root=None, download=False):
     )
 
 
+def semi_supervised(model):
+    """Whether ``model`` trains with labels kept or summed out: the semi-supervised VAE (M2)
+    and its stack on an M1 (M1+M2)."""
+    return isinstance(model, (SemiSupervisedVAE, StackedSemiSupervisedVAE))
+
+
 def for_model(model, train, valid, data):
     """The splits in the form ``model`` trains on: a conditional VAE gets its labels or masks
     attached (its ``prepare_data``); the semi-supervised VAE keeps ``data.labels`` training
@@ -45,7 +52,7 @@ def for_model(model, train, valid, data):
 
     :returns: ``(train, valid, with_labels)``.
     """
-    if isinstance(model, SemiSupervisedVAE):
+    if semi_supervised(model):
         if data.labels is None:
             raise ValueError("the semi-supervised VAE needs data.labels, the number of training labels to keep")
         train = semisupervised(train, data.labels, seed=data.label_seed, labelled_every=data.labelled_every)
@@ -64,7 +71,7 @@ def make_trainer(model, train, valid, config, with_labels=False, device=None):
 
     :param device: overrides ``config.device`` (e.g. the rank's GPU under torchrun).
     """
-    objective = ssvae_objective(config.objective, config.particles) if isinstance(model, SemiSupervisedVAE) else None
+    objective = ssvae_objective(config.objective, config.particles) if semi_supervised(model) else None
     return Trainer(
         model,
         train,
