@@ -37,6 +37,17 @@ def test_m1m2_trains_on_m1s_fixed_weights_evaluates_and_resumes(tmp_path, capsys
     assert again["epoch"] == 3 and again["init"] == run["init"]
 
 
+def test_m1m2_resume_is_bit_identical_to_the_run_never_stopped(tmp_path):
+    m1, straight, stopped = tmp_path / "m1", tmp_path / "straight", tmp_path / "stopped"
+    assert main([*BASE, "--z-dim", "6", "--out", str(m1)]) == 0
+    assert main([*M2, "--epochs", "3", "--m1", str(m1), "--out", str(straight)]) == 0
+    assert main([*M2, "--m1", str(m1), "--out", str(stopped)]) == 0
+    assert main(["train", "--resume", str(stopped), "--epochs", "3", "--no-progress"]) == 0
+    a = runs.load_checkpoint(straight / runs.CHECKPOINT)["model"]
+    b = runs.load_checkpoint(stopped / runs.CHECKPOINT)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_m1m2_refuses_in_one_line_before_writing(tmp_path, capsys):
     out = tmp_path / "new"
     hvae = tmp_path / "hvae"
