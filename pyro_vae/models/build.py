@@ -358,48 +358,22 @@ def check_m1(m1):
         raise ValueError("M1's features are its guide's means, which a flow guide does not give in closed form")
 
 
-def build_m1m2(
-    image_shape,
-    m1,
-    z_dim=50,
-    network="mlp",
-    hidden_dims=(400,),
-    likelihood="gaussian",
-    guide="diagonal",
-    scale=None,
-    guide_kwargs=None,
-    num_classes=10,
-    alpha=ALPHA,
-    model=None,
-    name=None,
-):
+def build_m1m2(image_shape, m1, model=None, name=None, likelihood="gaussian", **settings):
     """M1+M2 (``model="m1m2"``, :class:`~pyro_vae.models.StackedSemiSupervisedVAE`): the
     semi-supervised VAE M2 (:func:`build_ssvae`, on M1's ``z_dim`` features, Gaussian with a
     learned scale by default) over the fixed feature map of a VAE M1 built from its settings ``m1``.
 
     :param dict m1: M1's settings (a ``model="vae"`` config with prior N(0, I)); its weights and the
         features' standardization are loaded afterwards (a checkpoint, or
-        ``load_weights`` of M1 into ``model.features`` then ``model.features.standardize(x_train)``).
-
-    Other settings are M2's, as :func:`build_ssvae`."""
+        ``model.features.load_vae(m1_vae).standardize(x_train)``).
+    :param settings: M2's settings (``z_dim``, ``hidden_dims``, ``alpha``, …), as :func:`build_ssvae`."""
     _check_kind(model, "m1m2", "build_m1m2")
     check_m1(m1)
     vae = build_vae(**m1)
     if tuple(vae.config["image_shape"]) != tuple(int(s) for s in image_shape):
         raise ValueError(f"M1 models images of shape {vae.config['image_shape']}, not {list(image_shape)}")
     features = FeatureMap(vae.q, vae.decoder, vae.likelihood, vae.z_dim)
-    m2 = build_ssvae(
-        (1, 1, vae.z_dim),
-        z_dim=z_dim,
-        network=network,
-        hidden_dims=hidden_dims,
-        likelihood=likelihood,
-        guide=guide,
-        scale=scale,
-        guide_kwargs=guide_kwargs,
-        num_classes=num_classes,
-        alpha=alpha,
-    )
+    m2 = build_ssvae((1, 1, vae.z_dim), likelihood=likelihood, **settings)
     stacked = StackedSemiSupervisedVAE(features, m2, x_dim=vae.x_dim, name=name)
     stacked.config = dict(m2.config, model="m1m2", image_shape=list(vae.config["image_shape"]), m1=dict(vae.config))
     return stacked
