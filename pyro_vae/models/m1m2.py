@@ -22,6 +22,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from .ssvae import SemiSupervisedVAE
+from .vae import unique_name
 
 
 class FeatureMap(nn.Module):
@@ -92,10 +93,14 @@ class StackedSemiSupervisedVAE(PyroModule):
     :param FeatureMap features: M1's fixed feature map.
     :param SemiSupervisedVAE m2: M2, with ``x_dim`` = M1's latent size.
     :param int x_dim: D, values per image.
+    :param str name: the prefix of its networks' names in Pyro's param store (default: ``"m1m2"``,
+        ``"m1m2_1"``, … for successive models).
     """
 
     def __init__(self, features, m2, x_dim, name=None):
-        super().__init__(name=name)
+        # a name of its own ("m1m2", "m1m2_1", …) so that two stacks in one process never share M2's
+        # parameters in Pyro's param store (M2's names are this one's, then ".m2")
+        super().__init__(name=unique_name("m1m2") if name is None else name)
         if not isinstance(m2, SemiSupervisedVAE):
             raise TypeError(f"m2 must be a SemiSupervisedVAE, got {type(m2).__name__}")
         if m2.x_dim != features.z_dim:

@@ -115,3 +115,25 @@ def test_build_model_rebuilds_it_from_its_config():
 def test_m1_that_cannot_be_refuses(change, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_m1(dict(m1().config, **change))
+
+
+def test_two_stacks_in_one_process_train_their_own_parameters_with_svi():
+    """Plain SVI with Pyro's global param store: each stack registers M2's networks under a name
+    of its own, so stepping one never moves, or replaces, the other's."""
+    from pyro.infer import SVI, TraceEnum_ELBO
+
+    pyro.clear_param_store()
+    vae, x = m1(), images(8)
+    a, b = stacked(vae, x, seed=1), stacked(vae, x, seed=2)
+    b_before = {k: v.clone() for k, v in b.state_dict().items()}
+    SVI(a.model, a.guide, pyro.optim.Adam({"lr": 0.1}), TraceEnum_ELBO(max_plate_nesting=1)).step(x, None)
+    assert all(torch.equal(b.state_dict()[k], v) for k, v in b_before.items())
+    a_after = {k: v.clone() for k, v in a.state_dict().items()}
+    SVI(b.model, b.guide, pyro.optim.Adam({"lr": 0.1}), TraceEnum_ELBO(max_plate_nesting=1)).step(x, None)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in a_after.items())
+    assert any(not torch.equal(b.state_dict()[k], v) for k, v in b_before.items())
+    names = set(pyro.get_param_store().keys())
+    assert any(n.startswith(a._pyro_name + ".m2") for n in names) and any(
+        n.startswith(b._pyro_name + ".m2") for n in names
+    )
+    pyro.clear_param_store()
