@@ -104,7 +104,7 @@ def add_arguments(p):
         type=positive_int,
         default=None,
         metavar="N",
-        help="--model ssvae: keep N training labels, balanced per class (the rest unlabelled)",
+        help="--model ssvae or m1m2: keep N training labels, balanced per class (the rest unlabelled)",
     )
     s.add_argument(
         "--m1",
@@ -263,8 +263,8 @@ SEMI_SUPERVISED = ("ssvae", "m1m2")
 
 
 def _validate_ssvae_args(args):
-    """--labels goes with --model ssvae and it alone; the options that do not apply to an
-    enumerated label refuse in one line."""
+    """--labels and --alpha go with --model ssvae or m1m2 alone, --m1 with m1m2 (a VAE run there);
+    the options that do not apply to an enumerated label refuse in one line."""
     model = getattr(args, "model", None)
     if getattr(args, "m1", None) is not None and model != "m1m2":
         raise UsageError(f"--m1 is an option of --model m1m2, not --model {model}")
