@@ -4,7 +4,8 @@ semi-supervised VAE M2 trained on the features of an unsupervised VAE M1.
 1. M1: a VAE (``build_vae``, Bernoulli likelihood, prior N(0, I)) trained on the 8,000 mnist10k
    training images, labels unused, dynamically binarized.
 2. Features: the means μ_φ(x) of M1's guide q(z1|x), for the training and the held-out images,
-   standardized by the training features' mean and standard deviation.
+   standardized by the training features' mean and standard deviation (``FeatureMap``, as in
+   ``pyro-vae train --model m1m2``).
 3. M2 (``build_model(model="ssvae", ...)``) on the features z1: y ~ Cat(π), z2 ~ N(0, I),
    z1 ~ N(f(y, z2), diag s²) with a learned per-feature scale s, y observed for the ``--labels``
    balanced training points (the same choice as ``pyro-vae train --labels N``), enumerated for
@@ -28,14 +29,8 @@ import torch
 from pyro_vae import build_vae, fit
 from pyro_vae.config import DataConfig, TrainConfig
 from pyro_vae.data import ImageData
-from pyro_vae.models import build_model
+from pyro_vae.models import FeatureMap, build_model
 from pyro_vae.runs.resume import for_model, load_splits, make_trainer
-
-
-def features(vae, x, batch=1000):
-    """μ_φ(x): the means of the guide q(z|x), ``(N, z_dim)``."""
-    with torch.no_grad():
-        return torch.cat([vae.encode(x[i : i + batch]).mean for i in range(0, len(x), batch)])
 
 
 def accuracy(pred, y):
@@ -83,9 +78,8 @@ def main(argv=None):
     m1 = build_vae(train.image_shape, z_dim=args.m1_z_dim, hidden_dims=tuple(args.m1_hidden))
     h1 = fit(m1, train, valid, epochs=args.m1_epochs, batch_size=100, lr=1e-3, seed=args.seed, progress=False)
     m1.eval()
-    f_train, f_valid = features(m1, train.x), features(m1, valid.x)
-    mean, std = f_train.mean(0), f_train.std(0)
-    f_train, f_valid = (f_train - mean) / std, (f_valid - mean) / std
+    fmap = FeatureMap(m1.q, m1.decoder, m1.likelihood, m1.z_dim).standardize(train.x)
+    f_train, f_valid = fmap(train.x), fmap(valid.x)
     t1 = time.perf_counter()
     shape = (1, 1, f_train.shape[1])
     ftrain = ImageData(x=f_train, y=train.y, image_shape=shape, name="M1 features (train)")

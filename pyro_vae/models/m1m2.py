@@ -73,7 +73,7 @@ class FeatureMap(nn.Module):
     @torch.no_grad()
     def forward(self, x):
         """f(x), ``(batch, d1)``."""
-        return (self.q(x).mean - self.loc) / self.scale
+        return (self.means(x) - self.loc) / self.scale
 
     @torch.no_grad()
     def decode(self, f, mean=True):
