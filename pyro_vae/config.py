@@ -152,7 +152,8 @@ class DataConfig(Config):
     split, root, binarize=binarize, seed=seed)`` (``root``: the data folder it was read from,
     None for the default); for the semi-supervised VAE also the labels kept
     (:func:`~pyro_vae.data.semisupervised.semisupervised` ``(train, labels,
-    seed=label_seed, labelled_every=labelled_every)``)."""
+    seed=label_seed, labelled_every=labelled_every)``) and ``unlabelled``, a second data set
+    whose training images join the unlabelled points (None: none)."""
 
     dataset: str = entry("str", "digits")
     binarize: str | None = entry("str", None, nullable=True)
@@ -160,6 +161,7 @@ class DataConfig(Config):
     labels: int | None = entry("pos_int", None, nullable=True)
     label_seed: int = entry("int", 0)
     labelled_every: int = entry("pos_int", 1)
+    unlabelled: str | None = entry("str", None, nullable=True)
     root: str | None = entry("str", None, nullable=True)
 
     @property

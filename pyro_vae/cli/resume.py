@@ -39,6 +39,7 @@ def options_of(run):
         labels=d.labels,
         label_seed=d.label_seed,
         labelled_every=d.labelled_every,
+        unlabelled=d.unlabelled,
         model=m.model,
         likelihood=m.likelihood,
         scale=m.scale,

@@ -127,6 +127,14 @@ def add_arguments(p):
         metavar="K",
         help="--model ssvae: one labelled batch after every K unlabelled ones",
     )
+    s.add_argument(
+        "--unlabelled",
+        default=None,
+        choices=DATASETS,
+        metavar="DATASET",
+        help="--model ssvae or m1m2: add this other data set's training images, without labels, to the "
+        "unlabelled points (same image shape; its images must not hold --dataset's validation images)",
+    )
     o = p.add_argument_group("optimization")
     o.add_argument("--objective", default="elbo", help=f"objective: {', '.join(sorted(OBJECTIVES))}")
     o.add_argument("--particles", type=positive_int, default=1, help="L, particles per data point")
@@ -269,7 +277,7 @@ def _validate_ssvae_args(args):
     if getattr(args, "m1", None) is not None and model != "m1m2":
         raise UsageError(f"--m1 is an option of --model m1m2, not --model {model}")
     if model not in SEMI_SUPERVISED:
-        for flag, dest in (("--labels", "labels"), ("--alpha", "alpha")):
+        for flag, dest in (("--labels", "labels"), ("--alpha", "alpha"), ("--unlabelled", "unlabelled")):
             if getattr(args, dest, None) is not None:
                 raise UsageError(f"{flag} is an option of --model ssvae or m1m2, not --model {model}")
         return
@@ -283,6 +291,10 @@ def _validate_ssvae_args(args):
             raise UsageError(f"--m1 {args.m1}: {e}") from None
     if getattr(args, "labels", None) is None:
         raise UsageError(f"--model {model} needs --labels N, the number of training labels to keep")
+    if getattr(args, "unlabelled", None) is not None and args.unlabelled == args.dataset:
+        raise UsageError(
+            f"--unlabelled {args.unlabelled} is --dataset itself, whose unlabelled points are used already"
+        )
     try:
         ssvae_objective(args.objective, args.particles)
     except ValueError as e:
@@ -467,6 +479,7 @@ def data_config(args):
         labels=args.labels if ssvae else None,
         label_seed=args.label_seed if ssvae else 0,
         labelled_every=args.labelled_every if ssvae else 1,
+        unlabelled=getattr(args, "unlabelled", None) if ssvae else None,
         root=args.data,
     )
 
@@ -553,7 +566,7 @@ def _train(args, device, out, timeout):
     init = _init_weights(model, args.init) if getattr(args, "init", None) else getattr(args, "resumed_init", None)
     if getattr(args, "m1", None) is not None and not getattr(args, "init", None) and not args.resume:
         init = _m1_weights(model, args.m1, train)
-    train, valid, with_labels = for_model(model, train, valid, data)
+    train, valid, with_labels = for_model(model, train, valid, data, download=args.download)
     trainer = make_trainer(model, train, valid, train_config(args), with_labels, device=device)
     run = record(model, data, trainer, args.checkpoint_every)
     if init is not None:

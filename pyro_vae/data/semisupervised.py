@@ -109,11 +109,14 @@ class SemiSupervisedData(ImageData):
                 pos += b_lab
 
 
-def semisupervised(data, num_labels, seed=0, labelled_every=1, num_classes=10):
+def semisupervised(data, num_labels, seed=0, labelled_every=1, num_classes=10, unlabelled=None):
     """``data`` (labelled :class:`~pyro_vae.data.ImageData`) with all but ``num_labels`` of its
     labels hidden (set to −1), the kept ones balanced per class (:func:`choose_labelled`).
 
-    :returns: :class:`SemiSupervisedData`.
+    :param unlabelled: more images (:class:`~pyro_vae.data.ImageData` of the same image shape,
+        another data set's training split), appended after ``data``'s as unlabelled points;
+        their labels, if any, are dropped. None: none.
+    :returns: :class:`SemiSupervisedData`, ``data``'s N points then ``unlabelled``'s.
     """
     if data.y is None:
         raise DataError(
@@ -121,16 +124,28 @@ def semisupervised(data, num_labels, seed=0, labelled_every=1, num_classes=10):
             "(mnist10k, digits, mnist, fashion-mnist) of which --labels N are kept"
         )
     keep = choose_labelled(data.y.cpu(), num_labels, num_classes, seed)
-    y = torch.full_like(data.y, UNLABELLED)
+    x, y = data.x, torch.full_like(data.y, UNLABELLED)
     y[keep.to(y.device)] = data.y[keep.to(y.device)]
+    name, source = f"{data.name} ({num_labels} labelled)", data.source
+    if unlabelled is not None:
+        if tuple(unlabelled.image_shape) != tuple(data.image_shape):
+            raise DataError(
+                f"the unlabelled images of {unlabelled.name} have shape {tuple(unlabelled.image_shape)}, "
+                f"those of {data.name} {tuple(data.image_shape)}: they must be the same"
+            )
+        x = torch.cat([x, unlabelled.x.to(x.device, x.dtype)])
+        y = torch.cat([y, torch.full((len(unlabelled),), UNLABELLED, dtype=y.dtype, device=y.device)])
+        name = f"{name} + {len(unlabelled)} unlabelled of {unlabelled.name}"
+        if source is not None:
+            source = dict(source, unlabelled=(unlabelled.source or {}).get("dataset"))
+    if source is not None:
+        source = dict(source, labels=num_labels, label_seed=seed, labelled_every=labelled_every)
     return SemiSupervisedData(
-        data.x,
+        x,
         y,
         image_shape=data.image_shape,
-        name=f"{data.name} ({num_labels} labelled)",
+        name=name,
         binarize=data.binarize,
         labelled_every=labelled_every,
-        source=None
-        if data.source is None
-        else dict(data.source, labels=num_labels, label_seed=seed, labelled_every=labelled_every),
+        source=source,
     )

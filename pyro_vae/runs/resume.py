@@ -44,18 +44,31 @@ def semi_supervised(model):
     return isinstance(model, (SemiSupervisedVAE, StackedSemiSupervisedVAE))
 
 
-def for_model(model, train, valid, data):
+def for_model(model, train, valid, data, root=None, download=False):
     """The splits in the form ``model`` trains on: a conditional VAE gets its labels or masks
     attached (its ``prepare_data``); the semi-supervised VAE keeps ``data.labels`` training
     labels (:func:`~pyro_vae.data.semisupervised.semisupervised`: its batches are ``(x, y)``,
-    y given or ``None``) and is validated on the images alone (``y = None``: summed out).
+    y given or ``None``), with the training images of ``data.unlabelled`` (read from ``root``,
+    default ``data.root``) added as unlabelled points, and is validated on the images alone
+    (``y = None``: summed out).
 
     :returns: ``(train, valid, with_labels)``.
     """
+    if data.unlabelled is not None and not semi_supervised(model):
+        raise ValueError(
+            f"unlabelled images ({data.unlabelled}) are for a semi-supervised model, not {type(model).__name__}"
+        )
     if semi_supervised(model):
         if data.labels is None:
             raise ValueError("the semi-supervised VAE needs data.labels, the number of training labels to keep")
-        train = semisupervised(train, data.labels, seed=data.label_seed, labelled_every=data.labelled_every)
+        extra = None
+        if data.unlabelled is not None:
+            extra = load_dataset(
+                data.unlabelled, "train", root or data.root, binarize=data.binarize, seed=data.seed, download=download
+            )
+        train = semisupervised(
+            train, data.labels, seed=data.label_seed, labelled_every=data.labelled_every, unlabelled=extra
+        )
         valid = ImageData(
             x=valid.x, image_shape=valid.image_shape, name=f"{valid.name} (unlabelled)", source=valid.source
         )
@@ -140,7 +153,7 @@ def resume(run_dir, epochs=None, root=None, device=None, progress=False, downloa
         config = config.replace(**{k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None})
         data = DataConfig.from_dict(run["data"])
         model = build_model(run["model"])
-        train, valid, with_labels = for_model(model, *load_splits(data, root, download), data)
+        train, valid, with_labels = for_model(model, *load_splits(data, root, download), data, root, download)
         trainer = make_trainer(model, train, valid, config, with_labels)
         restore(trainer, run_dir / CHECKPOINT)
         if config.epochs <= trainer.epoch:

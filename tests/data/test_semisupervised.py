@@ -51,3 +51,21 @@ def test_batches_are_pure_and_mix_as_configured():
     assert seen_unl == 180  # every unlabelled point once per epoch
     # 6 unlabelled batches of 30; a labelled batch (of min(30, 20) = 20) after every 2nd
     assert kinds == [False, False, True] * 3
+
+
+def test_another_data_sets_images_join_the_unlabelled_points():
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(x=torch.rand(200, 64, generator=g), y=labels(n=200), image_shape=(1, 8, 8), name="a")
+    data.source = {"dataset": "a", "binarize": None, "seed": 0}
+    more = ImageData(x=torch.rand(50, 64, generator=g), y=labels(n=50, seed=1), image_shape=(1, 8, 8), name="b")
+    more.source = {"dataset": "b", "binarize": None, "seed": 0}
+    alone = semisupervised(data, 20, seed=3)
+    semi = semisupervised(data, 20, seed=3, unlabelled=more)
+    assert len(semi) == 250 and torch.equal(semi.x, torch.cat([data.x, more.x]))
+    # the same labels kept as without the extra images; every extra image unlabelled, its label dropped
+    assert torch.equal(semi.y[:200], alone.y) and (semi.y[200:] == UNLABELLED).all()
+    assert len(semi.labelled) == 20 and len(semi.unlabelled) == 230
+    assert semi.source["unlabelled"] == "b" and semi.source["labels"] == 20
+    other = ImageData(x=torch.rand(5, 16), y=None, image_shape=(1, 4, 4), name="c")
+    with pytest.raises(DataError, match=r"unlabelled images of c have shape \(1, 4, 4\).*must be the same"):
+        semisupervised(data, 20, unlabelled=other)
