@@ -201,6 +201,7 @@ class TrainConfig(Config):
     :ivar bool fused: the optimizer's fused step.
     :ivar bool compile: ``torch.compile`` the networks.
     :ivar bool traced: step with :class:`~pyro_vae.objectives.CompiledTrace_ELBO`.
+    :ivar bool flush_denormal: count subnormal floats as 0 while training and validating.
     :ivar int valid_batch_size: points per validation batch.
     """
 
@@ -223,6 +224,7 @@ class TrainConfig(Config):
     fused: bool = entry("bool", False)
     compile: bool = entry("bool", False)
     traced: bool = entry("bool", False)
+    flush_denormal: bool = entry("bool", False)
     valid_batch_size: int = entry("pos_int", 1000)
 
     def replace(self, **changes):

@@ -68,6 +68,7 @@ def options_of(run):
         ema=t.ema_decay,
         keep_best=t.keep_best,
         fused=t.fused,
+        flush_denormal=t.flush_denormal,
         compile=t.compile,
         traced=t.traced,
         checkpoint_every=run.get("checkpoint_every"),

@@ -36,6 +36,7 @@ from ..ops.compile import forked_rng
 from ..runs.files import CheckpointError, check_config, load_weights
 from . import distributed as dp
 from . import rng
+from .denormal import flush_denormal
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -188,6 +189,11 @@ class Trainer:
         its first step. Pyro's validation, when on, runs in the eager run before each
         trace, on a forked random generator, so that it changes no draw. A
         :class:`~pyro_vae.objectives.CompiledTrace_ELBO` passed as ``objective`` does the same.
+    :param bool flush_denormal: count subnormal floats (below 1.18e-38 in float32) as 0 in
+        the CPU arithmetic of each epoch's steps and of validation (:mod:`pyro_vae.train.denormal`;
+        the thread's mode is restored after each). The semi-supervised VAE's enumerated
+        backward meets them once its classifier is confident, and on x86 CPUs they cost a
+        slow path (3.8 × the step's time in docs/speed.md). Off by default.
     :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
         the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
     :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``
@@ -494,7 +500,7 @@ class Trainer:
         self._epoch_start = self.generator.get_state()
         if self.epoch_step == 0:
             self._epoch_loss, self._epoch_seconds = 0.0, 0.0
-        with pyro.get_param_store().scope(self.param_state):
+        with pyro.get_param_store().scope(self.param_state), flush_denormal(self.config.flush_denormal):
             batches = _batches(self.train_data, self.batch_size, True, self.generator, self.with_labels)
             t0 = time.perf_counter()
             for i, batch in enumerate(batches):
@@ -516,9 +522,10 @@ class Trainer:
         """The objective's loss on the validation data, of :attr:`eval_model`."""
         model = self.eval_model
         model.eval()
-        loss = evaluate_loss(
-            model, self.valid_data, self.objective, self.valid_batch_size, with_labels=self.with_labels
-        )
+        with flush_denormal(self.config.flush_denormal):
+            loss = evaluate_loss(
+                model, self.valid_data, self.objective, self.valid_batch_size, with_labels=self.with_labels
+            )
         model.train()
         return loss
 
