@@ -42,8 +42,7 @@ def main(argv=None):
         elbo.differentiable_loss(model.model, model.guide, x, None).backward()
 
     with torch.no_grad():
-        f = model.features(x) if hasattr(model, "features") else x
-        probs = torch.softmax(model.m2.classifier(f) if hasattr(model, "m2") else model.classifier(f), -1)
+        probs = model.predict_proba(x)
     tiny = torch.finfo(torch.float32).tiny
     print(f"{args.run_dir}: q(y|x) below {tiny:.3g} (subnormal or 0): {100 * (probs < tiny).float().mean():.1f} %")
     times = {False: [], True: []}

@@ -1,6 +1,7 @@
 """Helpers shared by the tests of run folders and checkpoints (a module, not a test file)."""
 
 import io
+import struct
 from pathlib import Path
 
 import torch
@@ -60,3 +61,9 @@ def round_trip(state):
     torch.save(state, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=True)
+
+
+def idx_bytes(array, dtype_code=0x08):
+    """An IDX file (the MNIST format) holding ``array`` (uint8)."""
+    header = struct.pack(">BBBB", 0, 0, dtype_code, array.dim()) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.to(torch.uint8).numpy().tobytes()

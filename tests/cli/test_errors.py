@@ -2,11 +2,10 @@
 written (no run folder created, an existing run left byte for byte)."""
 
 import gzip
-import struct
 
 import pytest
 import torch
-from run_helpers import fails
+from run_helpers import fails, idx_bytes
 
 from pyro_vae import build_vae
 from pyro_vae.cli import main
@@ -159,12 +158,6 @@ def test_amat_cut_in_the_middle_of_a_line(tmp_path):
     root = amat_folder(tmp_path, (GOOD_LINE * 3)[:-100])
     with pytest.raises(DataError, match="line 3 has .* values, expected 784"):
         load_dataset("binarized-mnist", "train", root=root)
-
-
-def idx_bytes(array, dtype_code=0x08):
-    """An IDX file (the MNIST format) holding ``array`` (uint8)."""
-    header = struct.pack(">BBBB", 0, 0, dtype_code, array.dim()) + b"".join(struct.pack(">I", d) for d in array.shape)
-    return header + array.to(torch.uint8).numpy().tobytes()
 
 
 def mnist_raw(tmp_path, images, labels):

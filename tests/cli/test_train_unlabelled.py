@@ -3,11 +3,10 @@ unlabelled points, recorded in run.json and read again by a resume."""
 
 import gzip
 import json
-import struct
 
 import pytest
 import torch
-from run_helpers import fails
+from run_helpers import fails, idx_bytes
 
 from pyro_vae import runs
 from pyro_vae.cli import main
@@ -15,11 +14,6 @@ from pyro_vae.cli import main
 AMAT_TRAIN = 60
 BASE = ["train", "--dataset", "mnist10k", "--binarize", "dynamic", "--epochs", "1", "--no-progress"]
 SSVAE = [*BASE, "--model", "ssvae", "--labels", "20", "--hidden", "16", "--z-dim", "4"]
-
-
-def idx_bytes(array, dtype_code=0x08):
-    header = struct.pack(">BBBB", 0, 0, dtype_code, array.dim()) + b"".join(struct.pack(">I", d) for d in array.shape)
-    return header + array.to(torch.uint8).numpy().tobytes()
 
 
 @pytest.fixture
