@@ -208,7 +208,8 @@ def add_arguments(p):
         "--flush-denormal",
         action="store_true",
         help="count subnormal floats as 0 while training and validating (faster for ssvae and m1m2 "
-        "on x86 CPUs once their classifier is confident; see docs/speed.md)",
+        "on x86 CPUs once their classifier is confident; on the main thread only, so fullest with "
+        "OMP_NUM_THREADS=1; see docs/speed.md)",
     )
     o.add_argument(
         "--compile",

@@ -193,7 +193,9 @@ class Trainer:
         the CPU arithmetic of each epoch's steps and of validation (:mod:`pyro_vae.train.denormal`;
         the thread's mode is restored after each). The semi-supervised VAE's enumerated
         backward meets them once its classifier is confident, and on x86 CPUs they cost a
-        slow path (3.8 × the step's time in docs/speed.md). Off by default.
+        slow path (3.8 × the step's time in docs/speed.md). Off by default. It sets the
+        calling thread's mode: with ``torch.get_num_threads() > 1`` torch's worker threads
+        keep theirs, and only the calling thread's share of each kernel is flushed.
     :param str lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``:
         the learning rate of each epoch is :func:`scheduled_lr`, set at the epoch's start.
     :param int schedule_epochs: T, the epoch at which the schedule reaches ``lr_final``

@@ -51,3 +51,26 @@ def test_the_trainer_flushes_during_its_steps_and_validation_only(monkeypatch):
     plain.run(1, progress=False)
     assert trainer.history.train_loss == plain.history.train_loss
     assert trainer.history.valid_loss == plain.history.valid_loss
+
+
+WORKERS_AFTER_THE_BLOCK = """
+import torch
+from pyro_vae.train.denormal import flush_denormal
+torch.set_num_threads(1)
+n = 2 * 65536  # elements enough for a kernel to split across both intra-op threads
+x = torch.full((n,), 1e-39)
+torch.set_num_threads(2)
+with flush_denormal():
+    (x * 1.0).sum()  # the process's first parallel kernel
+print(int(((x * 1.0) == 0).sum()))
+"""
+
+
+def test_intra_op_threads_made_inside_the_block_do_not_keep_the_flush():
+    """A thread takes its creator's floating-point mode when it is created and keeps it: torch's
+    intra-op workers, first started by a kernel inside the block, must not flush after it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", WORKERS_AFTER_THE_BLOCK], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
