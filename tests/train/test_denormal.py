@@ -1,5 +1,8 @@
 """Subnormal floats flushed to zero for a scope, and the Trainer's ``flush_denormal``."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from run_helpers import make_trainer
@@ -69,8 +72,5 @@ print(int(((x * 1.0) == 0).sum()))
 def test_intra_op_threads_made_inside_the_block_do_not_keep_the_flush():
     """A thread takes its creator's floating-point mode when it is created and keeps it: torch's
     intra-op workers, first started by a kernel inside the block, must not flush after it."""
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", WORKERS_AFTER_THE_BLOCK], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0", out.stdout + out.stderr
