@@ -52,15 +52,23 @@ class GatedLinear(nn.Module):
         return value * torch.sigmoid(gate)
 
 
-def hidden_stack(dims: Sequence[int], activation="softplus") -> nn.Sequential:
+def hidden_stack(dims: Sequence[int], activation="softplus", dropout=0.0) -> nn.Sequential:
     """The hidden layers ``dims[0] -> ... -> dims[-1]``, each followed by ``activation``;
-    ``activation="gated"`` makes each one a :class:`GatedLinear` instead."""
+    ``activation="gated"`` makes each one a :class:`GatedLinear` instead.
+
+    :param float dropout: p of an :class:`~torch.nn.Dropout` after each layer (0: none): in
+        training mode each unit is zeroed with probability p and the rest scaled by 1/(1 - p);
+        in evaluation mode the layer is the identity."""
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     layers = []
     for d_in, d_out in zip(dims[:-1], dims[1:]):
         if activation == "gated":
             layers.append(GatedLinear(d_in, d_out))
         else:
             layers += [nn.Linear(d_in, d_out), _activation(activation)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

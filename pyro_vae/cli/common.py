@@ -119,6 +119,7 @@ nonnegative_int = number_type(int, "an integer ≥ 0", lambda v: v >= 0)
 positive_float = number_type(float, "a positive number", lambda v: v > 0 and math.isfinite(v))
 nonnegative_float = number_type(float, "a number ≥ 0", lambda v: v >= 0 and math.isfinite(v))
 decay = number_type(float, "a decay in (0, 1), e.g. 0.999", lambda v: 0 < v < 1)
+probability = number_type(float, "a probability in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def gaussian_scale(text):

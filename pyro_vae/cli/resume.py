@@ -49,6 +49,7 @@ def options_of(run):
         guide=m.guide,
         prior=run["model"].get("prior"),
         pseudo_inputs=run["model"].get("pseudo_inputs"),
+        dropout=run["model"].get("dropout"),
         alpha=run["model"].get("alpha"),
         m1_config=run["model"].get("m1"),
         objective=t.objective,

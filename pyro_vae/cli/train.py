@@ -33,6 +33,7 @@ from .common import (
     nonnegative_float,
     positive_float,
     positive_int,
+    probability,
 )
 from .figures import missing_figures, write_figures
 from .resume import read_run_dir, resume_args
@@ -97,6 +98,14 @@ def add_arguments(p):
         default=None,
         metavar="K",
         help=f"the VampPrior's pseudo-inputs (--prior vamp); if not given: {PSEUDO_INPUTS}",
+    )
+    m.add_argument(
+        "--dropout",
+        type=probability,
+        default=None,
+        metavar="P",
+        help="--model hvae: dropout of probability P after each hidden layer of the decoder p(x | z1, z2) "
+        "while training (validation and evaluation use the whole network); if not given: 0, none",
     )
     s = p.add_argument_group("semi-supervised (--model ssvae, or m1m2: M2 on the features of a VAE M1)")
     s.add_argument(
@@ -379,6 +388,11 @@ def model_config(args, image_shape, binary):
             config["prior"] = prior
         if prior == "vamp":
             config["pseudo_inputs"] = k if k is not None else PSEUDO_INPUTS
+    dropout = getattr(args, "dropout", None)
+    if dropout and args.model != "hvae":
+        raise UsageError(f"--dropout is an option of --model hvae, not --model {args.model}")
+    if dropout:
+        config["dropout"] = dropout
     return config
 
 

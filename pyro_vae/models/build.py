@@ -391,14 +391,16 @@ def _trunk(d_in, hidden_dims, network, out_dims):
 
 
 class _Decoder(torch.nn.Module):
-    """``[z1, z2] -> θ``: a hidden stack and a linear output layer of size ``x_dim``."""
+    """``[z1, z2] -> θ``: a hidden stack (with dropout of probability ``dropout`` after each
+    hidden layer while training) and a linear output layer of size ``x_dim``."""
 
-    def __init__(self, z_dim, x_dim, hidden_dims, network):
+    def __init__(self, z_dim, x_dim, hidden_dims, network, dropout=0.0):
         super().__init__()
         hidden_dims = tuple(int(h) for h in hidden_dims)
         activation = "gated" if network == "gated" else "softplus"
         self.net = torch.nn.Sequential(
-            hidden_stack((int(z_dim),) + hidden_dims, activation), torch.nn.Linear(hidden_dims[-1], int(x_dim))
+            hidden_stack((int(z_dim),) + hidden_dims, activation, dropout=dropout),
+            torch.nn.Linear(hidden_dims[-1], int(x_dim)),
         )
         self.x_dim, self.z_dim = int(x_dim), int(z_dim)
 
@@ -419,6 +421,7 @@ def build_hvae(
     guide_kwargs=None,
     prior=None,
     pseudo_inputs=None,
+    dropout=0.0,
     model=None,
     name=None,
 ):
@@ -435,10 +438,17 @@ def build_hvae(
     :param guide: the guide family of z2 (and of z1 unless ``guide1`` is given).
     :param guide1: the guide family of z1.
     :param str prior: None or ``"fixed"``, p(z2) = N(0, I); ``"vamp"``, the VampPrior on z2.
+    :param float dropout: p of the dropout after each hidden layer of the decoder
+        p(x | z1, z2) while training (0: none; evaluation mode never drops). It regularizes
+        the decoder, which is where the model overfits static training images; the ELBO
+        trained is then that of a decoder with random masks, and the model evaluated the
+        one with the masks' means (the weights scaled by 1 - p).
 
     Other settings as :func:`build_vae`.
     """
     _check_kind(model, "hvae", "build_hvae")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     if network not in HVAE_NETWORKS:
         raise ValueError(
             f"the hierarchical VAE's networks are MLPs: network {network!r} is not supported "
@@ -457,7 +467,7 @@ def build_hvae(
     encoder1 = _trunk(x_dim + z2_dim, hidden_dims, network, family1.encoder_out_dims(z1_dim))
     encoder2.x_dim, encoder1.x_dim = x_dim, x_dim + z2_dim
     prior1 = _trunk(z2_dim, hidden_dims, network, (z1_dim, z1_dim))
-    decoder = _Decoder(z1_dim + z2_dim, x_dim, tuple(hidden_dims)[::-1], network)
+    decoder = _Decoder(z1_dim + z2_dim, x_dim, tuple(hidden_dims)[::-1], network, dropout=float(dropout))
     vamp = dict(pseudo_inputs=PSEUDO_INPUTS if pseudo_inputs is None else pseudo_inputs) if prior == "vamp" else {}
     hvae = HierarchicalVAE(
         encoder2,
@@ -488,6 +498,7 @@ def build_hvae(
         guide1=guide1 if guide1 is None or isinstance(guide1, str) else guide1.__name__,
         guide_kwargs=guide_kwargs or {},
         **(dict(prior="vamp", **vamp) if vamp else {}),
+        **(dict(dropout=float(dropout)) if dropout else {}),
     )
     return hvae
 

@@ -196,10 +196,11 @@ TINY_HVAE = [
 ]
 
 
-def test_cli_train_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--dropout", "0.3"]], ids=["plain", "dropout"])
+def test_cli_train_then_resume_is_bit_identical(tmp_path, extra):
     full, part = tmp_path / "full", tmp_path / "part"
-    assert exit_code(["train", *TINY_HVAE, "--epochs", "3", "--out", str(full)]) == 0
-    assert exit_code(["train", *TINY_HVAE, "--epochs", "1", "--out", str(part)]) == 0
+    assert exit_code(["train", *TINY_HVAE, *extra, "--epochs", "3", "--out", str(full)]) == 0
+    assert exit_code(["train", *TINY_HVAE, *extra, "--epochs", "1", "--out", str(part)]) == 0
     assert exit_code(["train", "--resume", str(part), "--epochs", "3"]) == 0
     a = torch.load(full / "checkpoint.pt", weights_only=True)
     b = torch.load(part / "checkpoint.pt", weights_only=True)
@@ -214,6 +215,54 @@ def test_cli_train_then_resume_is_bit_identical(tmp_path):
     assert ha["train_loss"] == hb["train_loss"] and ha["valid_loss"] == hb["valid_loss"]
     run = json.loads((full / "run.json").read_text())
     assert run["model"]["model"] == "hvae" and build_model(run["model"]).z1_dim == 3
+    assert run["model"].get("dropout") == (0.3 if extra else None)
+
+
+def test_dropout_zeroes_a_fraction_p_of_the_decoders_units_while_training_only():
+    """Dropout of probability p after each decoder hidden layer: in training mode a
+    fraction p of the units is zero (within 4 binomial standard errors) and the rest are
+    the evaluation mode's values over 1 - p; evaluation mode is deterministic and drops nothing."""
+    p, n = 0.3, 400
+    torch.manual_seed(0)
+    m = build_hvae((1, 3, 4), z_dim=D2, z1_dim=D1, hidden_dims=(200,), dropout=p)
+    stack = m.decoder.net[0]
+    assert [type(layer).__name__ for layer in stack] == ["GatedLinear", "Dropout"]
+    z = torch.randn(n, D1 + D2)
+    m.eval()
+    clean = stack(z)
+    assert torch.equal(m.decoder(z), m.decoder(z)) and torch.equal(stack(z), clean)
+    m.train()
+    noisy = stack(z)
+    dropped = (noisy == 0) & (clean != 0)
+    frac, se = dropped.float().mean().item(), math.sqrt(p * (1 - p) / clean.numel())
+    assert abs(frac - p) < 4 * se
+    kept = ~dropped
+    assert torch.allclose(noisy[kept], clean[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+    for module in (m.q, m.q1, m.prior1):
+        assert not any(isinstance(layer, torch.nn.Dropout) for layer in module.modules())
+
+
+def test_dropout_is_stored_only_when_used_and_refused_outside_a_probability():
+    with_dropout = build_model(json.loads(json.dumps(build_hvae((1, 3, 4), hidden_dims=(8,), dropout=0.2).config)))
+    assert with_dropout.config["dropout"] == 0.2
+    assert sum(isinstance(layer, torch.nn.Dropout) for layer in with_dropout.decoder.modules()) == 1
+    plain = build_hvae((1, 3, 4), hidden_dims=(8,)).config
+    assert "dropout" not in plain  # a run.json written before --dropout reads as dropout 0
+    assert not any(isinstance(layer, torch.nn.Dropout) for layer in build_model(plain).modules())
+    for bad in (1.0, -0.1, True, "0.2"):
+        with pytest.raises(ValueError, match="dropout must be a probability"):
+            build_hvae((1, 3, 4), hidden_dims=(8,), dropout=bad)
+
+
+def test_cli_refuses_dropout_for_other_models_before_writing(tmp_path, capsys):
+    out = tmp_path / "vae"
+    assert exit_code(["train", "--model", "vae", "--dropout", "0.2", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dropout is an option of --model hvae, not --model vae" in err[0]
+    assert not out.exists()
+    assert exit_code(["train", *TINY_HVAE, "--dropout", "1", "--epochs", "1", "--out", str(out)]) == 2
+    assert "must be a probability in [0, 1), got 1" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_log_likelihood_takes_the_two_layer_pair_unchanged():
