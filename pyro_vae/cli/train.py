@@ -272,6 +272,8 @@ def _validate_train_args(args):
         raise UsageError(f"unknown --objective {args.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")
     check_device(args.device)
     _validate_ssvae_args(args)
+    if getattr(args, "dropout", None) and args.model != "hvae":
+        raise UsageError(f"--dropout is an option of --model hvae, not --model {args.model}")
     if args.kl_warmup and key not in ("elbo", "meanfield", "tracegraph"):
         raise UsageError(f"--kl-warmup scales the KL term of an ELBO; --objective {args.objective} has none")
     if getattr(args, "traced", False):
@@ -389,8 +391,6 @@ def model_config(args, image_shape, binary):
         if prior == "vamp":
             config["pseudo_inputs"] = k if k is not None else PSEUDO_INPUTS
     dropout = getattr(args, "dropout", None)
-    if dropout and args.model != "hvae":
-        raise UsageError(f"--dropout is an option of --model hvae, not --model {args.model}")
     if dropout:
         config["dropout"] = dropout
     return config

@@ -440,9 +440,10 @@ def build_hvae(
     :param str prior: None or ``"fixed"``, p(z2) = N(0, I); ``"vamp"``, the VampPrior on z2.
     :param float dropout: p of the dropout after each hidden layer of the decoder
         p(x | z1, z2) while training (0: none; evaluation mode never drops). It regularizes
-        the decoder, which is where the model overfits static training images; the ELBO
-        trained is then that of a decoder with random masks, and the model evaluated the
-        one with the masks' means (the weights scaled by 1 - p).
+        the decoder, which is where the model overfits static training images. Training
+        maximizes the ELBO of a decoder with random masks whose kept units are scaled by
+        1/(1 - p) (PyTorch's inverted dropout); evaluation uses the network as stored, each
+        layer fed the mean of its masked input.
 
     Other settings as :func:`build_vae`.
     """

@@ -112,14 +112,23 @@ def evaluate_loss(vae, data, objective="elbo", batch_size=1000, num_particles=1,
     :param vae: a model with Pyro ``model``/``guide`` methods.
     :param data: :class:`~pyro_vae.data.ImageData`.
     :param bool with_labels: pass ``(x, y)`` to model and guide (conditional models).
+
+    The model is evaluated in eval mode (no dropout), its modules' modes restored afterwards.
     """
     if isinstance(objective, str):
         objective = make_objective(objective, num_particles)
     total, count = 0.0, 0
-    with pyro.get_param_store().scope():
-        for batch in _batches(data, batch_size, shuffle=False, with_labels=with_labels):
-            total += float(objective.loss(vae.model, vae.guide, *batch))
-            count += batch[0].shape[0]
+    modes = [(m, m.training) for m in vae.modules()] if isinstance(vae, torch.nn.Module) else []
+    try:
+        for m, _ in modes:
+            m.eval()
+        with pyro.get_param_store().scope():
+            for batch in _batches(data, batch_size, shuffle=False, with_labels=with_labels):
+                total += float(objective.loss(vae.model, vae.guide, *batch))
+                count += batch[0].shape[0]
+    finally:
+        for m, mode in modes:
+            m.training = mode
     return total / count
 
 

@@ -224,9 +224,11 @@ def test_dropout_zeroes_a_fraction_p_of_the_decoders_units_while_training_only()
     the evaluation mode's values over 1 - p; evaluation mode is deterministic and drops nothing."""
     p, n = 0.3, 400
     torch.manual_seed(0)
-    m = build_hvae((1, 3, 4), z_dim=D2, z1_dim=D1, hidden_dims=(200,), dropout=p)
-    stack = m.decoder.net[0]
-    assert [type(layer).__name__ for layer in stack] == ["GatedLinear", "Dropout"]
+    m = build_hvae((1, 3, 4), z_dim=D2, z1_dim=D1, hidden_dims=(200, 200), dropout=p)
+    assert [type(layer).__name__ for layer in m.decoder.net[0]] == ["GatedLinear", "Dropout"] * 2
+    soft = build_hvae((1, 3, 4), hidden_dims=(8, 8), network="mlp", dropout=p).decoder.net[0]
+    assert [type(layer).__name__ for layer in soft] == ["Linear", "Softplus", "Dropout"] * 2
+    stack = m.decoder.net[0][:2]
     z = torch.randn(n, D1 + D2)
     m.eval()
     clean = stack(z)
@@ -242,10 +244,33 @@ def test_dropout_zeroes_a_fraction_p_of_the_decoders_units_while_training_only()
         assert not any(isinstance(layer, torch.nn.Dropout) for layer in module.modules())
 
 
+def test_evaluate_loss_scores_a_dropout_model_in_eval_mode_and_restores_its_mode():
+    """After training mode (as ``fit`` leaves the model), ``evaluate_loss`` is the −ELBO of the
+    unmasked network: equal to its value in eval mode, not to a masked one."""
+    from pyro_vae.data import ImageData
+    from pyro_vae.train.trainer import evaluate_loss
+
+    torch.manual_seed(0)
+    m = build_hvae((1, 3, 4), z_dim=D2, z1_dim=D1, hidden_dims=(32, 32), dropout=0.5)
+    x = ImageData(data(200), image_shape=(1, 3, 4))
+
+    def loss(model):
+        pyro.set_rng_seed(0)
+        return evaluate_loss(model, x, batch_size=200)
+
+    m.eval()
+    clean = loss(m)
+    m.train()
+    assert loss(m) == clean and m.training and m.decoder.training
+    pyro.set_rng_seed(0)
+    masked = Trace_ELBO().loss(m.model, m.guide, x.x) / 200
+    assert abs(masked - clean) > 1e-3
+
+
 def test_dropout_is_stored_only_when_used_and_refused_outside_a_probability():
-    with_dropout = build_model(json.loads(json.dumps(build_hvae((1, 3, 4), hidden_dims=(8,), dropout=0.2).config)))
+    with_dropout = build_model(json.loads(json.dumps(build_hvae((1, 3, 4), hidden_dims=(8, 8), dropout=0.2).config)))
     assert with_dropout.config["dropout"] == 0.2
-    assert sum(isinstance(layer, torch.nn.Dropout) for layer in with_dropout.decoder.modules()) == 1
+    assert sum(isinstance(layer, torch.nn.Dropout) for layer in with_dropout.decoder.modules()) == 2
     plain = build_hvae((1, 3, 4), hidden_dims=(8,)).config
     assert "dropout" not in plain  # a run.json written before --dropout reads as dropout 0
     assert not any(isinstance(layer, torch.nn.Dropout) for layer in build_model(plain).modules())
